@@ -1,0 +1,1 @@
+"""Network definitions, preprocessing shared by training and serving, and the weight manifest."""

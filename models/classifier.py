@@ -1,0 +1,28 @@
+"""The served classifier: torchvision ResNet18, 1-channel 128x128 gray input, 2 classes."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+CLASSES = ("benign", "malignant")  # index 1, malignant, is the positive class everywhere
+ARCHITECTURE = "torchvision.resnet18(weights=None, num_classes=2), conv1 1-channel"
+
+
+def build_classifier(in_channels: int = 1, num_classes: int = 2) -> nn.Module:
+    model = resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 128, temperature: float = 1.0) -> torch.Tensor:
+    """Normalised inputs (N,1,H,W) -> p(malignant) (N,)."""
+    model.eval()
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    out = []
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size].to(device=device, dtype=dtype)).float()
+        out.append(torch.softmax(logits / temperature, dim=1)[:, 1].cpu())
+    return torch.cat(out) if out else torch.zeros(0)

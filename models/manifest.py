@@ -1,0 +1,123 @@
+"""Weight manifest (models/weights/manifest.json) and verified loading.
+
+Loading never falls back to a random network: a missing file, a sha256 mismatch or a shape
+mismatch raises WeightsError naming the file and what is wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+from safetensors.torch import load_file, save_file
+
+from models.classifier import build_classifier
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+MANIFEST_NAME = "manifest.json"
+
+
+class WeightsError(RuntimeError):
+    """The served weights are missing, corrupt or do not fit the architecture."""
+
+
+class InputSpec(BaseModel):
+    channels: int = 1
+    size: int = 128
+    mean: float = 0.5
+    std: float = 0.5
+    roi_margin: float = 0.10
+    crop: str = "square around lesion box + margin, slid inside the image, reflection-padded if smaller"
+
+
+class ModelEntry(BaseModel):
+    name: str
+    file: str
+    sha256: str
+    architecture: str
+    modality: str
+    input: InputSpec = Field(default_factory=InputSpec)
+    classes: list[str] = ["benign", "malignant"]
+    temperature: float = 1.0
+    threshold: float = 0.5
+    regime: str = "real"
+    training: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    git_commit: str = "unknown"
+    created: str = ""
+
+
+class Manifest(BaseModel):
+    models: dict[str, ModelEntry] = {}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(weights_dir: Path = WEIGHTS_DIR) -> Manifest:
+    path = Path(weights_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise WeightsError(f"weight manifest not found: {path}")
+    try:
+        return Manifest.model_validate_json(path.read_text())
+    except ValueError as e:
+        raise WeightsError(f"weight manifest {path} is not valid: {e}") from e
+
+
+def write_manifest(manifest: Manifest, weights_dir: Path = WEIGHTS_DIR) -> Path:
+    path = Path(weights_dir) / MANIFEST_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def save_classifier(model: torch.nn.Module, path: Path) -> str:
+    """fp16 safetensors; returns its sha256."""
+    state = {k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+    return sha256_file(path)
+
+
+def load_classifier(name: str, weights_dir: Path = WEIGHTS_DIR, device: str | torch.device = "cpu"
+                    ) -> tuple[torch.nn.Module, ModelEntry]:
+    """Verified load of one classifier from the manifest: float32, eval mode."""
+    weights_dir = Path(weights_dir)
+    manifest = read_manifest(weights_dir)
+    if name not in manifest.models:
+        raise WeightsError(f"model {name!r} is not in {weights_dir / MANIFEST_NAME} "
+                           f"(it lists: {', '.join(sorted(manifest.models)) or 'nothing'})")
+    entry = manifest.models[name]
+    path = weights_dir / entry.file
+    if not path.is_file():
+        raise WeightsError(f"weight file missing: {path} (listed for {name!r} in the manifest)")
+    digest = sha256_file(path)
+    if digest != entry.sha256:
+        raise WeightsError(f"sha256 mismatch for {path}: manifest says {entry.sha256}, file is {digest}")
+    model = build_classifier(in_channels=entry.input.channels, num_classes=len(entry.classes))
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises several types for corrupt headers
+        raise WeightsError(f"cannot read weight file {path}: {e}") from e
+    expected = model.state_dict()
+    bad = [k for k in expected if k not in state or tuple(state[k].shape) != tuple(expected[k].shape)]
+    extra = [k for k in state if k not in expected]
+    if bad or extra:
+        raise WeightsError(f"weight file {path} does not fit {entry.architecture}: "
+                           f"missing or misshapen {bad[:5]}, unexpected {extra[:5]}")
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.to(device).eval(), entry

@@ -1,0 +1,1 @@
+"""BraNet's offline phase: `python -m training <command> --help`."""

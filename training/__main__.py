@@ -1,0 +1,36 @@
+"""`python -m training <command>`: the offline phase, one command per step."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help). A command's module is imported only when it runs.
+COMMANDS = {
+    "prepare": ("training.prepare", "read datasets into one ROI table with counts per source/label"),
+    "train-classifier": ("training.train_classifier", "cross-validate and fit the ResNet18 (regimes real/sngan/hybrid)"),
+    "evaluate": ("training.evaluate", "evaluate weights on a prepared or raw dataset folder"),
+    "export": ("training.export", "write chosen weights (fp16 safetensors) + manifest into models/weights"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, (module, help_) in COMMANDS.items():
+        if name != chosen:
+            sub.add_parser(name, help=help_)
+            continue
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    args = parser.parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Dataset adapters: each finds its layout under a folder and reads it into RoiRecords.
+
+An adapter module has NAME, `find(root) -> [dataset roots]` and `read(root, warn) -> [RoiRecord]`.
+`warn` receives one message per problem, naming the file; the adapter skips what it cannot use.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+ADAPTER_MODULES = [
+    "training.datasets.busi",
+    "training.datasets.mias",
+]
+
+
+def adapters() -> list[ModuleType]:
+    return [importlib.import_module(m) for m in ADAPTER_MODULES]
+
+
+def known_layouts() -> str:
+    return ", ".join(a.NAME for a in adapters())
+
+
+def discover(root: Path) -> list[tuple[ModuleType, Path]]:
+    """Every (adapter, dataset root) found under `root`, in adapter order."""
+    found = []
+    for adapter in adapters():
+        for r in adapter.find(Path(root)):
+            found.append((adapter, r))
+    return found

@@ -1,0 +1,75 @@
+"""`prepare`: any folder of known datasets -> one ROI table (rois.csv) + counts (summary.json/.md)."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from training.datasets import discover, known_layouts
+from training.roi_table import RoiRecord, Summary, read_table, summarize, summary_markdown, write_summary, write_table
+
+
+class LayoutError(ValueError):
+    """The folder holds no dataset in a known layout."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=Path(os.environ.get("BRANET_DATA", "../shared/data")),
+                   help="folder holding one or more datasets (default: $BRANET_DATA or ../shared/data)")
+    p.add_argument("--out", type=Path, required=True, help="output folder for rois.csv and summary")
+
+
+def prepare(data: Path, out: Path, log=print) -> tuple[list[RoiRecord], Summary]:
+    data = Path(data)
+    if not data.is_dir():
+        raise LayoutError(f"data folder not found: {data}")
+    found = discover(data)
+    if not found:
+        raise LayoutError(f"no dataset in a known layout under {data} (known: {known_layouts()})")
+    records: list[RoiRecord] = []
+    warnings: list[str] = []
+    for adapter, root in found:
+        log(f"reading {adapter.NAME} from {root}")
+        records += adapter.read(root, warnings.append)
+    for w in warnings:
+        log(f"warning: {w}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(records, out / "rois.csv")
+    summary = summarize(records, warnings)
+    write_summary(summary, out)
+    return records, summary
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("BRANET_CACHE", ".cache/branet"))
+
+
+def prepared(data: Path, log=print) -> list[RoiRecord]:
+    """The ROI table of `data`: a folder with rois.csv, or a dataset folder prepared on the fly (cached)."""
+    data = Path(data)
+    if (data / "rois.csv").is_file():
+        return read_table(data / "rois.csv")
+    key = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:16]
+    out = cache_root() / "prepared" / key
+    if (out / "rois.csv").is_file() and (out / "rois.csv").stat().st_mtime >= _newest_mtime(data):
+        return read_table(out / "rois.csv")
+    records, _ = prepare(data, out, log)
+    return records
+
+
+def _newest_mtime(data: Path) -> float:
+    return max((p.stat().st_mtime for p in [data, *data.rglob("*")] if p.is_dir()), default=0.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        _, summary = prepare(args.data, args.out)
+    except LayoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary_markdown(summary))
+    print(f"wrote {args.out / 'rois.csv'}")
+    return 0
