@@ -12,6 +12,11 @@ from types import ModuleType
 ADAPTER_MODULES = [
     "training.datasets.busi",
     "training.datasets.mias",
+    "training.datasets.cbis_ddsm",
+    "training.datasets.inbreast",
+    "training.datasets.vindr",
+    "training.datasets.udiat",
+    "training.datasets.folders",
 ]
 
 
