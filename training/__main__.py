@@ -10,6 +10,7 @@ COMMANDS = {
     "prepare": ("training.prepare", "read datasets into one ROI table with counts per source/label"),
     "train-classifier": ("training.train_classifier", "cross-validate and fit the ResNet18 (regimes real/sngan/hybrid)"),
     "evaluate": ("training.evaluate", "evaluate weights on a prepared or raw dataset folder"),
+    "kappa": ("training.kappa", "reader agreement: Cohen's kappa between two readers and each reader's accuracy"),
     "export": ("training.export", "write chosen weights (fp16 safetensors) + manifest into models/weights"),
 }
 

@@ -1,0 +1,201 @@
+"""`evaluate`: served weights on a dataset folder -> report.json, report.md, predictions.csv, plots.
+
+DATA is a prepared folder (with rois.csv) or any folder of known datasets (e.g. BUSI, mini-MIAS), prepared
+on the fly into the cache. Lesions are cropped from the dataset's own annotation (expert ROIs), so
+this measures the classifier alone, not segmentation + classifier.
+
+Exit status 2: missing or unknown data folder, no lesions of the modality, missing/corrupt weights.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from training.roi_table import MODALITIES, RoiRecord
+
+PLOTS = {"roc": "roc.png", "confusion": "confusion.png", "reliability": "reliability.png"}
+
+
+class EvaluateError(RuntimeError):
+    """Bad input: printed as one error line, exit 2."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    # The default weights dir is models/weights; spelled out here so --help works without importing torch.
+    p.add_argument("--weights", type=Path, default=Path(__file__).resolve().parents[1] / "models" / "weights",
+                   help="weights folder holding manifest.json (default: models/weights)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="prepared folder (rois.csv) or dataset folder in a known layout (e.g. BUSI, mini-MIAS)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--modality", choices=MODALITIES,
+                   help="us or dm (default: the only modality in DATA)")
+    p.add_argument("--model", help="manifest entry to evaluate (default: classifier-<modality>)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the AUC 95%% CI")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def _log(msg: str) -> None:
+    # stdout carries the report; progress goes to stderr.
+    print(msg, file=sys.stderr)
+
+
+def select_lesions(data: Path, modality: str | None) -> tuple[str, list[RoiRecord]]:
+    from training.prepare import LayoutError, prepared
+    from training.roi_table import lesions
+
+    if not data.is_dir():
+        raise EvaluateError(f"data folder not found: {data}")
+    try:
+        records = prepared(data, log=_log)
+    except LayoutError as e:
+        raise EvaluateError(str(e)) from e
+    except (ValueError, KeyError, TypeError) as e:  # a hand-edited or foreign rois.csv
+        raise EvaluateError(f"cannot read the ROI table of {data}: {e}") from e
+    present = sorted({r.modality for r in lesions(records)})
+    if modality is None:
+        if not present:
+            raise EvaluateError(f"no benign/malignant lesion with a box in {data}")
+        if len(present) > 1:
+            raise EvaluateError(f"{data} holds several modalities ({', '.join(present)}): "
+                                f"choose one with --modality")
+        modality = present[0]
+    chosen = lesions(records, modality)
+    if not chosen:
+        raise EvaluateError(f"no benign/malignant {modality} lesion with a box in {data} "
+                            f"(it has: {', '.join(present) or 'none'})")
+    return modality, chosen
+
+
+def predict(records: list[RoiRecord], weights: Path, name: str) -> tuple[list[float], Any]:
+    """p(malignant) per record from the verified classifier `name`, and its manifest entry."""
+    import torch
+
+    from models.classifier import predict_proba
+    from models.manifest import WeightsError, load_classifier
+    from models.preprocessing import MEAN, STD, normalize
+    from training.rois import load_rois
+
+    try:
+        model, entry = load_classifier(name, weights)
+    except WeightsError as e:
+        raise EvaluateError(str(e)) from e
+    if (entry.input.mean, entry.input.std) != (MEAN, STD):
+        # normalize() is the one served preprocessing; other constants would mean other weights' inputs.
+        raise EvaluateError(f"{name} expects inputs normalised with mean {entry.input.mean}, std {entry.input.std}; "
+                            f"models.preprocessing uses {MEAN}, {STD}")
+    if entry.modality not in ("", records[0].modality):
+        _log(f"warning: {name} was trained on {entry.modality}, evaluating it on {records[0].modality}")
+    rois = load_rois(records, size=entry.input.size, margin=entry.input.roi_margin, progress=sys.stderr.isatty())
+    with torch.inference_mode():
+        p = predict_proba(model, normalize(rois), temperature=entry.temperature)
+    return [float(v) for v in p.tolist()], entry
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    return "undefined" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def report_markdown(rep: dict[str, Any]) -> str:
+    ci = rep["roc_auc_ci"]
+    ci_txt = f"{ci[0]:.3f} to {ci[1]:.3f}" if ci else "undefined"
+    (tn, fp), (fn, tp) = rep["confusion_matrix"]
+    counts = rep["data"]["counts"]
+    lines = [
+        f"# Evaluation of `{rep['model']}` on {rep['modality']}",
+        "",
+        "Research use only. Not for clinical diagnosis.",
+        "",
+        f"- data: `{rep['data']['folder']}` ({', '.join(rep['data']['sources'])}): "
+        f"{rep['n']} lesions, {counts.get('benign', 0)} benign, {counts.get('malignant', 0)} malignant",
+        f"- ROIs: {rep['roi_source']} (lesion box from the dataset's own annotation)",
+        f"- weights sha256: `{rep['model_sha256']}`",
+        f"- temperature {rep['temperature']:g}, threshold {rep['threshold']:g} "
+        f"(malignant when p(malignant) >= threshold)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| ROC AUC | {_fmt(rep['roc_auc'])} (95% bootstrap CI {ci_txt}) |",
+        *[f"| {label} | {_fmt(rep[key])} |" for key, label in (
+            ("accuracy", "accuracy"), ("sensitivity", "sensitivity (malignant recall)"),
+            ("specificity", "specificity (benign recall)"), ("ppv", "PPV"), ("npv", "NPV"),
+            ("f1", "F1 (malignant)"), ("mcc", "MCC"), ("ece", "ECE (10 bins)"))],
+        "",
+        "Confusion matrix (rows: true class, columns: predicted):",
+        "",
+        "| | predicted benign | predicted malignant |",
+        "|---|---|---|",
+        f"| true benign | {tn} (TN) | {fp} (FP) |",
+        f"| true malignant | {fn} (FN) | {tp} (TP) |",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+        *[f"| {c} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} | {v['support']} |"
+          for c, v in rep["per_class"].items()],
+        "",
+        "![ROC](roc.png) ![confusion matrix](confusion.png) ![reliability](reliability.png)",
+        "",
+        "Predictions per lesion: [predictions.csv](predictions.csv).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, model: str | None = None,
+             n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    from training.metrics import binary_report
+    from training.plots import plot_confusion, plot_reliability, plot_roc
+
+    modality, records = select_lesions(Path(data), modality)
+    name = model or f"classifier-{modality}"
+    _log(f"evaluating {name} on {len(records)} {modality} lesions from {data}")
+    p, entry = predict(records, Path(weights), name)
+    y = [r.target for r in records]
+    metrics = binary_report(y, p, threshold=entry.threshold, n_boot=n_boot, seed=seed)
+    by_source: dict[str, Counter] = {}
+    for r in records:
+        by_source.setdefault(r.source, Counter())[r.label] += 1
+    rep: dict[str, Any] = {
+        "model": name,
+        "model_sha256": entry.sha256,
+        "modality": modality,
+        **metrics,
+        "temperature": entry.temperature,
+        "data": {"folder": str(Path(data).resolve()), "sources": sorted(by_source),
+                 "counts": dict(sorted(sum(by_source.values(), Counter()).items())),
+                 "counts_by_source": {s: dict(sorted(c.items())) for s, c in sorted(by_source.items())}},
+        "roi_source": "expert",
+        "weights": str(Path(weights).resolve()),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["lesion_id", "image_path", "label", "p_malignant"])
+        # repr keeps every bit of the float, so metrics recomputed from this file match report.json.
+        w.writerows([r.lesion_id, r.image_path, r.label, repr(pi)] for r, pi in zip(records, p))
+    title = f"{name} on {', '.join(sorted(by_source))} ({modality}, n={len(records)})"
+    plot_roc([(name, y, p)], out / PLOTS["roc"], f"ROC: {title}")
+    plot_confusion(metrics["confusion_matrix"], out / PLOTS["confusion"],
+                   f"{name}, threshold {entry.threshold:g}")
+    plot_reliability(y, p, out / PLOTS["reliability"], f"Reliability: {title}")
+    # allow_nan=False: a NaN slipping through must fail here, not in whoever reads the file.
+    (out / "report.json").write_text(json.dumps(rep, indent=2, allow_nan=False) + "\n")
+    (out / "report.md").write_text(report_markdown(rep))
+    return rep
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        evaluate(args.data, args.weights, args.out, args.modality, args.model, args.n_boot, args.seed)
+    except EvaluateError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "report.md").read_text())
+    print(f"wrote {args.out / 'report.json'}, report.md, predictions.csv, {', '.join(PLOTS.values())}")
+    return 0
