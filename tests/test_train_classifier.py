@@ -1,0 +1,97 @@
+"""End to end on real BUSI lesions with --quick: train-classifier -> export -> evaluate."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from models.manifest import WeightsError, load_classifier, read_manifest
+from training.augment import affine
+from training.train_classifier import TrainConfig, folds_of, select
+from training.prepare import prepared
+from training.roi_table import write_table
+
+
+def run_training(*args: str) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+@pytest.fixture(scope="module")
+def real_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("us-real")
+    run_training("train-classifier", "--rois", str(data_dir / "busi"), "--modality", "us", "--regime", "real",
+                 "--quick", "--limit", "6", "--out", str(out))
+    return out
+
+
+def test_cv_report_and_plots(real_run):
+    report = json.loads((real_run / "cv" / "report.json").read_text())
+    assert report["n"] == 12 and report["folds"] == 2 and report["regime"] == "real"
+    oof = (real_run / "cv" / "oof.csv").read_text().splitlines()
+    assert len(oof) == 13  # every lesion predicted exactly once, out of fold
+    assert 0 < report["temperature"] and 0 <= report["threshold"] <= 1
+    for name in ("roc.png", "confusion.png", "reliability.png", "fold0/curves.png"):
+        assert (real_run / "cv" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_final_weights_export_and_evaluate(real_run, data_dir, tmp_path):
+    served = tmp_path / "served"
+    run_training("export", "--from", str(real_run / "weights"), "--to", str(served))
+    model, entry = load_classifier("classifier-us", served)
+    report = json.loads((real_run / "cv" / "report.json").read_text())
+    assert entry.threshold == pytest.approx(report["threshold"])
+    assert entry.temperature == pytest.approx(report["temperature"])
+    assert entry.data["lesions"] == 12 and entry.git_commit
+    assert entry.metrics["cv_folds"] == 2
+    # The exported model is what evaluate loads and scores (on a prepared table of 20 real lesions).
+    table = tmp_path / "table"
+    write_table(select(prepared(data_dir / "busi"), "us", 10), table / "rois.csv")
+    run_training("evaluate", "--weights", str(served), "--data", str(table), "--out", str(tmp_path / "ev"))
+    ev = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert ev["model_sha256"] == entry.sha256 and ev["n"] == 20
+
+
+def test_export_refuses_corrupt_weights_and_keeps_served(real_run, tmp_path):
+    served = tmp_path / "served"
+    run_training("export", "--from", str(real_run / "weights"), "--to", str(served))
+    before = (served / "manifest.json").read_text()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in (real_run / "weights").iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "classifier-us.safetensors").write_bytes(b"not a model")
+    res = subprocess.run([sys.executable, "-m", "training", "export", "--from", str(bad), "--to", str(served)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "sha256 mismatch" in res.stderr
+    assert (served / "manifest.json").read_text() == before
+    load_classifier("classifier-us", served)
+
+
+def test_folds_keep_groups_together_and_stratify(data_dir):
+    records = select(prepared(data_dir / "busi"), "us", None)
+    cfg = TrainConfig(modality="us")
+    seen = set()
+    for train_idx, test_idx in folds_of(records, cfg):
+        train_groups = {records[i].group for i in train_idx}
+        assert not train_groups & {records[i].group for i in test_idx}
+        rate = np.mean([records[i].target for i in test_idx])
+        assert 0.25 < rate < 0.40  # 210 / 647 = 0.32 malignant overall
+        seen |= set(test_idx.tolist())
+    assert seen == set(range(len(records)))
+
+
+def test_affine_keeps_ultrasound_upright_and_fills_corners():
+    x = torch.linspace(-1, 1, 32).view(1, 1, 32, 1).expand(16, 1, 32, 32).contiguous()  # dark top, bright bottom
+    out = affine(x, "us", torch.Generator().manual_seed(0))
+    assert (out[:, :, :4].mean() < out[:, :, -4:].mean())  # never flipped upside down
+    assert out.abs().max() <= 1.0001 and (out != 0).float().mean() > 0.99  # reflection, no black corners
+
+
+def test_no_lesions_is_a_clear_error(mias_dir, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "training", "train-classifier", "--rois", str(mias_dir),
+                          "--modality", "us", "--quick", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 2 and "no benign and malignant us lesions" in res.stdout + res.stderr

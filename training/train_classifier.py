@@ -1,0 +1,368 @@
+"""`train-classifier`: group-aware stratified 5-fold cross-validation of the ResNet18, then a final fit.
+
+Regimes (BraNet's question is whether synthetic ROIs help, so it is measured, not assumed):
+  real    real ROIs only
+  sngan   pretrain on SNGAN-synthesised ROIs, then fine-tune on real ones (the BraNet method)
+  hybrid  real + synthetic ROIs mixed in one training set
+In cross-validation the SNGAN of each fold is trained on that fold's training ROIs only, so that no
+test lesion leaks into its synthetic pretraining data. Every fold is evaluated at its last epoch:
+nothing is chosen on the test fold. Temperature and decision threshold are fitted on the pooled
+out-of-fold predictions and shipped with the final model (trained on all lesions).
+
+Outputs under --out: cv/ (per-fold history and curves, oof.csv, report.json/.md, ROC, confusion and
+reliability plots) and weights/ (classifier-<modality>.safetensors + manifest.json, ready for
+`evaluate --weights` and `export`).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+from sklearn.model_selection import StratifiedGroupKFold
+from tqdm import tqdm
+
+from models.classifier import ARCHITECTURE, CLASSES, build_classifier
+from models.manifest import InputSpec, Manifest, ModelEntry, save_classifier, write_manifest
+from models.preprocessing import normalize
+from training.augment import affine
+from training.prepare import prepared
+from training.roi_table import RoiRecord, lesions, summarize
+from training.rois import load_rois
+
+Regime = Literal["real", "sngan", "hybrid"]
+
+
+class TrainConfig(BaseModel):
+    modality: Literal["us", "dm"]
+    regime: Regime = "real"
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    augment: Literal["affine", "none"] = "affine"
+    folds: int = 5
+    seed: int = 0
+    pretrain_epochs: int = 10         # sngan: epochs on synthetic ROIs before fine-tuning
+    synthetic_per_class: int = 1000   # sngan/hybrid: synthetic ROIs per class
+    gan_epochs: int = 40
+    target_sensitivity: float = 0.90
+    amp: bool = True                  # bf16 autocast + channels_last: ~6x faster on AMX CPUs and on GPUs
+    quick: bool = False
+
+    @classmethod
+    def quick_config(cls, **kw) -> "TrainConfig":
+        base = dict(epochs=2, batch_size=8, folds=2, pretrain_epochs=1, synthetic_per_class=8, gan_epochs=1,
+                    quick=True)
+        return cls(**{**base, **kw})
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rois", type=Path, required=True, help="prepared folder (rois.csv) or a raw dataset folder")
+    p.add_argument("--modality", choices=["us", "dm"], required=True)
+    p.add_argument("--regime", choices=["real", "sngan", "hybrid"], default="real")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--quick", action="store_true", help="tiny config that proves the command end to end")
+    for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("folds", int), ("seed", int),
+                      ("pretrain-epochs", int), ("synthetic-per-class", int), ("gan-epochs", int)):
+        p.add_argument(f"--{name}", type=typ, default=None)
+    p.add_argument("--augment", choices=["affine", "none"], default=None)
+    p.add_argument("--no-final", action="store_true", help="cross-validate only, skip the final fit")
+    p.add_argument("--no-cv", action="store_true", help="final fit only")
+    p.add_argument("--limit", type=int, default=None, help="use the first N lesions per class (smoke tests)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {k: v for k, v in dict(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, folds=args.folds, seed=args.seed,
+        pretrain_epochs=args.pretrain_epochs, synthetic_per_class=args.synthetic_per_class,
+        gan_epochs=args.gan_epochs, augment=args.augment).items() if v is not None}
+    kw = dict(modality=args.modality, regime=args.regime, **overrides)
+    return TrainConfig.quick_config(**kw) if args.quick else TrainConfig(**kw)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+def _batches(n: int, batch_size: int, gen: torch.Generator):
+    order = torch.randperm(n, generator=gen)
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size]
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fit(model: torch.nn.Module, images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, epochs: int,
+        desc: str, evaluate: Callable[[torch.nn.Module], dict] | None = None) -> list[dict]:
+    """Adam + one-cycle cosine schedule, class-weighted cross-entropy; returns per-epoch history."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    dev = device()
+    memory_format = torch.channels_last if cfg.amp else torch.contiguous_format
+    model.to(dev, memory_format=memory_format)
+    x_all = normalize(images)
+    y_all = torch.as_tensor(targets, dtype=torch.long)
+    counts = torch.bincount(y_all, minlength=2).clamp(min=1).float()
+    class_weight = counts.sum() / (2 * counts)  # malignant is the minority in every set here
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, epochs * -(-len(y_all) // cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    history = []
+    for epoch in tqdm(range(1, epochs + 1), desc=desc, leave=False):
+        model.train()
+        total, seen, t0 = 0.0, 0, time.time()
+        for idx in _batches(len(y_all), cfg.batch_size, gen):
+            if len(idx) < 2:  # batch norm needs two samples
+                continue
+            x, y = x_all[idx], y_all[idx]
+            if cfg.augment == "affine":
+                x = affine(x, cfg.modality, gen)
+            x = x.to(dev, memory_format=memory_format)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y.to(dev), weight=class_weight.to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+        row = {"epoch": epoch, "train_loss": total / max(seen, 1), "seconds": round(time.time() - t0, 1)}
+        if evaluate is not None and (epoch % 3 == 0 or epoch == epochs):
+            row.update(evaluate(model))
+        history.append(row)
+    return history
+
+
+@torch.inference_mode()
+def logits_of(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """float32 logits, as served."""
+    model.eval()
+    dev = next(model.parameters()).device
+    x = normalize(images)
+    return torch.cat([model(x[i:i + batch_size].to(dev)).float().cpu()
+                      for i in range(0, len(x), batch_size)]).numpy()
+
+
+def _softmax_p(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    return torch.softmax(torch.as_tensor(logits) / temperature, dim=1)[:, 1].numpy()
+
+
+def synthetic_set(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, gan_dir: Path
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """SNGAN trained on these (training-only) ROIs, then sampled: the synthetic ROIs of one fold."""
+    from training.gan import GanConfig, synthesize, train_gan
+    gan_cfg = GanConfig.quick() if cfg.quick else GanConfig()
+    gan_cfg = gan_cfg.model_copy(update={"epochs": cfg.gan_epochs, "seed": cfg.seed})
+    generator = train_gan(images, targets, gan_cfg, gan_dir, resume=True)
+    return synthesize(generator, cfg.synthetic_per_class, seed=cfg.seed)
+
+
+def train_one(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, work: Path, desc: str,
+              evaluate: Callable[[torch.nn.Module], dict] | None = None) -> tuple[torch.nn.Module, list[dict]]:
+    """One model under the configured regime (used by every fold and by the final fit)."""
+    torch.manual_seed(cfg.seed)
+    model = build_classifier()
+    history: list[dict] = []
+    if cfg.regime in ("sngan", "hybrid"):
+        syn_x, syn_y = synthetic_set(images, targets, cfg, work / "gan")
+        if cfg.regime == "sngan":
+            history += [{**h, "phase": "pretrain-synthetic"} for h in
+                        fit(model, syn_x, syn_y, cfg, cfg.pretrain_epochs, f"{desc} pretrain")]
+        else:
+            images, targets = np.concatenate([images, syn_x]), np.concatenate([targets, syn_y])
+    history += fit(model, images, targets, cfg, cfg.epochs, desc, evaluate)
+    return model, history
+
+
+# ------------------------------------------------------------------------------------ cross-validation
+
+def folds_of(records: list[RoiRecord], cfg: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    y = np.array([r.target for r in records])
+    groups = np.array([r.group for r in records])
+    splitter = StratifiedGroupKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.seed)
+    return list(splitter.split(np.zeros(len(y)), y, groups))
+
+
+def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path) -> dict:
+    targets = np.array([r.target for r in records])
+    oof = np.zeros((len(records), 2), np.float32)
+    fold_of = np.full(len(records), -1)
+    for k, (train_idx, test_idx) in enumerate(folds_of(records, cfg)):
+        fold_dir = out / "cv" / f"fold{k}"
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        test_groups = {records[i].group for i in test_idx}
+        assert not test_groups & {records[i].group for i in train_idx}, "a group crosses folds"
+
+        def monitor(model: torch.nn.Module, idx=test_idx) -> dict:
+            # Logged for the curves only; no choice (epoch, threshold, config) is made from it.
+            from sklearn.metrics import roc_auc_score
+            lg = logits_of(model, images[idx])
+            y = targets[idx]
+            return {"test_fold_auc": float(roc_auc_score(y, _softmax_p(lg))) if len(set(y)) == 2 else None,
+                    "test_fold_loss": float(F.cross_entropy(torch.as_tensor(lg), torch.as_tensor(y)))}
+
+        model, history = train_one(images[train_idx], targets[train_idx], cfg, fold_dir,
+                                   f"fold {k + 1}/{cfg.folds}", monitor)
+        oof[test_idx] = logits_of(model, images[test_idx])
+        fold_of[test_idx] = k
+        (fold_dir / "history.json").write_text(json.dumps(history, indent=1))
+        last = history[-1]
+        print(f"fold {k + 1}/{cfg.folds}: test-fold AUC {last.get('test_fold_auc')} "
+              f"({sum(h['seconds'] for h in history):.0f} s)", flush=True)
+    write_oof(out / "cv" / "oof.csv", records, fold_of, oof)
+    return report_cv(out / "cv", cfg)
+
+
+def write_oof(path: Path, records: list[RoiRecord], fold_of: np.ndarray, logits: np.ndarray) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["lesion_id", "group", "source", "label", "target", "fold", "logit_benign", "logit_malignant"])
+        for r, k, lg in zip(records, fold_of, logits):
+            w.writerow([r.lesion_id, r.group, r.source, r.label, r.target, int(k), float(lg[0]), float(lg[1])])
+
+
+def read_oof(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    y = np.array([int(r["target"]) for r in rows])
+    fold = np.array([int(r["fold"]) for r in rows])
+    logits = np.array([[float(r["logit_benign"]), float(r["logit_malignant"])] for r in rows], np.float32)
+    return y, fold, logits
+
+
+def report_cv(cv_dir: Path, cfg: TrainConfig) -> dict:
+    """Fold metrics, pooled out-of-fold metrics, temperature and threshold, plots: from oof.csv alone."""
+    from training.metrics import binary_report, cv_summary, fit_temperature, threshold_for_sensitivity
+    from training.plots import plot_confusion, plot_curves, plot_reliability, plot_roc
+    y, fold, logits = read_oof(cv_dir / "oof.csv")
+    p_raw = _softmax_p(logits)
+    temperature = fit_temperature(y, logits)
+    p = _softmax_p(logits, temperature)
+    threshold = threshold_for_sensitivity(y, p, cfg.target_sensitivity)
+    folds = sorted(set(fold.tolist()))
+    fold_reports = [binary_report(y[fold == k], p[fold == k], threshold=threshold) for k in folds]
+    summary = cv_summary(fold_reports, y, p, threshold)
+    report = {
+        "modality": cfg.modality, "regime": cfg.regime, "folds": len(folds), "n": int(len(y)),
+        "roi_source": "expert", "config": cfg.model_dump(),
+        "temperature": temperature, "threshold": threshold,
+        "threshold_rule": f"largest threshold with out-of-fold sensitivity >= {cfg.target_sensitivity}",
+        "ece_uncalibrated": binary_report(y, p_raw, threshold=0.5, n_boot=0)["ece"],
+        "summary": summary, "fold_reports": fold_reports,
+        "at_0.5": binary_report(y, p, threshold=0.5, n_boot=0),
+    }
+    (cv_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_roc([(f"fold {k + 1}", y[fold == k], p[fold == k]) for k in folds] + [("pooled", y, p)],
+             cv_dir / "roc.png", f"{cfg.modality.upper()} {cfg.regime}: {len(folds)}-fold CV")
+    plot_confusion(summary["pooled"]["confusion_matrix"], cv_dir / "confusion.png",
+                   f"{cfg.modality.upper()} {cfg.regime}: pooled out-of-fold, threshold {threshold:.3f}")
+    plot_reliability(y, p, cv_dir / "reliability.png", f"{cfg.modality.upper()} {cfg.regime}: calibrated")
+    for k in folds:
+        history = json.loads((cv_dir / f"fold{k}" / "history.json").read_text())
+        plot_curves([h for h in history if "phase" not in h], cv_dir / f"fold{k}" / "curves.png",
+                    f"{cfg.modality.upper()} {cfg.regime}: fold {k + 1} (test-fold values: monitoring only)")
+    (cv_dir / "report.md").write_text(cv_markdown(report))
+    return report
+
+
+def cv_markdown(report: dict) -> str:
+    s, pooled = report["summary"], report["summary"]["pooled"]
+
+    def ms(key: str) -> str:
+        return f"{s[key]['mean']:.3f} ± {s[key]['std']:.3f}" if s.get(key) and s[key].get("mean") is not None else "n/a"
+
+    ci = pooled["roc_auc_ci"]
+    return "\n".join([
+        f"# {report['modality'].upper()} classifier, regime `{report['regime']}`: {report['folds']}-fold CV",
+        "", f"{report['n']} lesions, group-aware stratified folds, last epoch of every fold.", "",
+        "| | value |", "|---|---|",
+        f"| fold ROC-AUC (mean ± sd) | {ms('roc_auc')} |",
+        f"| pooled out-of-fold ROC-AUC [95% bootstrap CI] | {pooled['roc_auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] |",
+        f"| accuracy / sensitivity / specificity at threshold {report['threshold']:.3f} | "
+        f"{pooled['accuracy']:.3f} / {pooled['sensitivity']:.3f} / {pooled['specificity']:.3f} |",
+        f"| accuracy / sensitivity / specificity at 0.5 (calibrated) | {report['at_0.5']['accuracy']:.3f} / "
+        f"{report['at_0.5']['sensitivity']:.3f} / {report['at_0.5']['specificity']:.3f} |",
+        f"| ECE before / after temperature {report['temperature']:.2f} | "
+        f"{report['ece_uncalibrated']:.3f} / {pooled['ece']:.3f} |",
+        "", "![ROC](roc.png) ![confusion](confusion.png) ![reliability](reliability.png)", ""])
+
+
+# ------------------------------------------------------------------------------------------- final fit
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path, cv: dict | None) -> Path:
+    targets = np.array([r.target for r in records])
+    model, history = train_one(images, targets, cfg, out / "final", "final fit")
+    from training.plots import plot_curves
+    (out / "final").mkdir(parents=True, exist_ok=True)
+    (out / "final" / "history.json").write_text(json.dumps(history, indent=1))
+    plot_curves([h for h in history if "phase" not in h], out / "final" / "curves.png",
+                f"{cfg.modality.upper()} {cfg.regime}: final fit on all lesions")
+    name = f"classifier-{cfg.modality}"
+    weights = out / "weights"
+    sha = save_classifier(model, weights / f"{name}.safetensors")
+    summary = summarize(records)
+    metrics = {}
+    if cv:
+        pooled = cv["summary"]["pooled"]
+        metrics = {"cv_folds": cv["folds"], "roi_source": cv["roi_source"],
+                   "cv_roc_auc_mean": cv["summary"]["roc_auc"]["mean"], "cv_roc_auc_std": cv["summary"]["roc_auc"]["std"],
+                   **{f"oof_{k}": pooled[k] for k in ("roc_auc", "roc_auc_ci", "accuracy", "sensitivity",
+                                                       "specificity", "f1", "ece")}}
+    entry = ModelEntry(
+        name=name, file=f"{name}.safetensors", sha256=sha, architecture=ARCHITECTURE, modality=cfg.modality,
+        input=InputSpec(), classes=list(CLASSES), regime=cfg.regime,
+        temperature=cv["temperature"] if cv else 1.0, threshold=cv["threshold"] if cv else 0.5,
+        training=cfg.model_dump(),
+        data={"sources": summary.counts, "lesions": len(records), "groups": len({r.group for r in records}),
+              "split_seed": cfg.seed},
+        metrics=metrics, git_commit=git_commit(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_manifest(Manifest(models={name: entry}), weights)
+    return weights
+
+
+def select(records: list[RoiRecord], modality: str, limit: int | None) -> list[RoiRecord]:
+    chosen = lesions(records, modality)
+    if limit:
+        chosen = [r for r in chosen if r.label == "benign"][:limit] + [r for r in chosen if r.label == "malignant"][:limit]
+    return chosen
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = config_from_args(args)
+    records = select(prepared(args.rois), cfg.modality, args.limit)
+    if len({r.target for r in records}) < 2:
+        print(f"error: {args.rois} holds no benign and malignant {cfg.modality} lesions to train on", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    torch.manual_seed(cfg.seed)
+    images = load_rois(records)
+    print(f"{len(records)} {cfg.modality} lesions ({sum(r.target for r in records)} malignant), regime {cfg.regime}")
+    cv = None if args.no_cv else cross_validate(records, images, cfg, args.out)
+    if cv:
+        print((args.out / "cv" / "report.md").read_text())
+    if not args.no_final:
+        print(f"final weights: {final_fit(records, images, cfg, args.out, cv)}")
+    return 0
