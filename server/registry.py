@@ -1,6 +1,7 @@
 """What the server serves: the verified classifiers named in models/weights/manifest.json."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,8 @@ SERVED = {"us": "classifier-us", "dm": "classifier-dm"}
 
 @dataclass
 class Registry:
-    weights_dir: Path = WEIGHTS_DIR
+    # BRANET_WEIGHTS points the server at another exported weights folder (default: the committed ones).
+    weights_dir: Path = field(default_factory=lambda: Path(os.environ.get("BRANET_WEIGHTS", WEIGHTS_DIR)))
     classifiers: dict[str, tuple[torch.nn.Module, ModelEntry]] = field(default_factory=dict)
 
     def load(self) -> None:

@@ -11,6 +11,7 @@ COMMANDS = {
     "train-classifier": ("training.train_classifier", "cross-validate and fit the ResNet18 (regimes real/sngan/hybrid)"),
     "evaluate": ("training.evaluate", "evaluate weights on a prepared or raw dataset folder"),
     "kappa": ("training.kappa", "reader agreement: Cohen's kappa between two readers and each reader's accuracy"),
+    "compare": ("training.compare", "regimes side by side: AUC with CIs and paired AUC differences, plot"),
     "export": ("training.export", "write chosen weights (fp16 safetensors) + manifest into models/weights"),
 }
 

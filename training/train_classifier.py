@@ -80,6 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-final", action="store_true", help="cross-validate only, skip the final fit")
     p.add_argument("--no-cv", action="store_true", help="final fit only")
     p.add_argument("--limit", type=int, default=None, help="use the first N lesions per class (smoke tests)")
+    p.add_argument("--report-only", action="store_true", help="rebuild cv/report.* and plots from cv/oof.csv")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
 
 
@@ -269,10 +270,14 @@ def report_cv(cv_dir: Path, cfg: TrainConfig) -> dict:
     plot_confusion(summary["pooled"]["confusion_matrix"], cv_dir / "confusion.png",
                    f"{cfg.modality.upper()} {cfg.regime}: pooled out-of-fold, threshold {threshold:.3f}")
     plot_reliability(y, p, cv_dir / "reliability.png", f"{cfg.modality.upper()} {cfg.regime}: calibrated")
+    seconds = 0.0
     for k in folds:
         history = json.loads((cv_dir / f"fold{k}" / "history.json").read_text())
+        seconds += sum(h["seconds"] for h in history)
         plot_curves([h for h in history if "phase" not in h], cv_dir / f"fold{k}" / "curves.png",
                     f"{cfg.modality.upper()} {cfg.regime}: fold {k + 1} (test-fold values: monitoring only)")
+    report["seconds"] = round(seconds)  # training time of all folds (monitoring passes excluded)
+    (cv_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (cv_dir / "report.md").write_text(cv_markdown(report))
     return report
 
@@ -351,6 +356,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
+    if args.report_only:
+        cfg = TrainConfig.model_validate_json((args.out / "config.json").read_text())
+        print(cv_markdown(report_cv(args.out / "cv", cfg)))
+        return 0
     records = select(prepared(args.rois), cfg.modality, args.limit)
     if len({r.target for r in records}) < 2:
         print(f"error: {args.rois} holds no benign and malignant {cfg.modality} lesions to train on", file=sys.stderr)
