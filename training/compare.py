@@ -57,7 +57,7 @@ def compare(runs: list[Path], n_boot: int = 2000) -> list[dict]:
                "sensitivity": pooled["sensitivity"], "specificity": pooled["specificity"],
                "accuracy_at_threshold": pooled["accuracy"],
                "ece_before": rep["ece_uncalibrated"], "ece_after": pooled["ece"],
-               "seconds": rep.get("seconds")}
+               "tta_flip_auc": rep.get("tta_flip", {}).get("roc_auc"), "seconds": rep.get("seconds")}
         if item is not base and np.array_equal(item["y"], base["y"]):
             d, ci = paired_auc_difference(base["y"], base["p"], item["p"], n_boot)
             row.update(delta_auc_vs_baseline=d, delta_auc_ci=ci, baseline=base["report"]["regime"])
@@ -67,8 +67,8 @@ def compare(runs: list[Path], n_boot: int = 2000) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| modality | regime | n | fold AUC (mean ± sd) | pooled AUC [95% CI] | ΔAUC vs baseline [95% CI] "
-             "| acc @0.5 | threshold | sens / spec @threshold | ECE before → after |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| acc @0.5 | threshold | sens / spec @threshold | ECE before → after | AUC with flip TTA | train time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         delta = (f"{r['delta_auc_vs_baseline']:+.3f} [{r['delta_auc_ci'][0]:+.3f}, {r['delta_auc_ci'][1]:+.3f}]"
                  if "delta_auc_vs_baseline" in r else "baseline")
@@ -76,7 +76,9 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['modality']} | {r['regime']} | {r['n']} | {r['fold_auc_mean']:.3f} ± {r['fold_auc_std']:.3f} "
             f"| {r['pooled_auc']:.3f} [{r['pooled_auc_ci'][0]:.3f}, {r['pooled_auc_ci'][1]:.3f}] | {delta} "
             f"| {r['accuracy_at_0.5']:.3f} | {r['threshold']:.3f} | {r['sensitivity']:.3f} / {r['specificity']:.3f} "
-            f"| {r['ece_before']:.3f} → {r['ece_after']:.3f} |")
+            f"| {r['ece_before']:.3f} → {r['ece_after']:.3f} "
+            f"| {'n/a' if r['tta_flip_auc'] is None else format(r['tta_flip_auc'], '.3f')} "
+            f"| {'n/a' if r['seconds'] is None else format(r['seconds'] / 60, '.0f') + ' min'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -199,6 +199,7 @@ def folds_of(records: list[RoiRecord], cfg: TrainConfig) -> list[tuple[np.ndarra
 def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path) -> dict:
     targets = np.array([r.target for r in records])
     oof = np.zeros((len(records), 2), np.float32)
+    oof_tta = np.zeros((len(records), 2), np.float32)
     fold_of = np.full(len(records), -1)
     for k, (train_idx, test_idx) in enumerate(folds_of(records, cfg)):
         fold_dir = out / "cv" / f"fold{k}"
@@ -217,12 +218,15 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
         model, history = train_one(images[train_idx], targets[train_idx], cfg, fold_dir,
                                    f"fold {k + 1}/{cfg.folds}", monitor)
         oof[test_idx] = logits_of(model, images[test_idx])
+        # Test-time augmentation, measured alongside: mean logits of the crop and its mirror image.
+        oof_tta[test_idx] = (oof[test_idx] + logits_of(model, images[test_idx][:, :, ::-1].copy())) / 2
         fold_of[test_idx] = k
         (fold_dir / "history.json").write_text(json.dumps(history, indent=1))
         last = history[-1]
         print(f"fold {k + 1}/{cfg.folds}: test-fold AUC {last.get('test_fold_auc')} "
               f"({sum(h['seconds'] for h in history):.0f} s)", flush=True)
     write_oof(out / "cv" / "oof.csv", records, fold_of, oof)
+    write_oof(out / "cv" / "oof_tta.csv", records, fold_of, oof_tta)
     return report_cv(out / "cv", cfg)
 
 
@@ -264,6 +268,9 @@ def report_cv(cv_dir: Path, cfg: TrainConfig) -> dict:
         "summary": summary, "fold_reports": fold_reports,
         "at_0.5": binary_report(y, p, threshold=0.5, n_boot=0),
     }
+    if (cv_dir / "oof_tta.csv").is_file():
+        y_t, _, logits_t = read_oof(cv_dir / "oof_tta.csv")
+        report["tta_flip"] = binary_report(y_t, _softmax_p(logits_t, fit_temperature(y_t, logits_t)), threshold=0.5)
     (cv_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_roc([(f"fold {k + 1}", y[fold == k], p[fold == k]) for k in folds] + [("pooled", y, p)],
              cv_dir / "roc.png", f"{cfg.modality.upper()} {cfg.regime}: {len(folds)}-fold CV")
