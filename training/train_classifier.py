@@ -53,8 +53,8 @@ class TrainConfig(BaseModel):
     augment: Literal["affine", "none"] = "affine"
     folds: int = 5
     seed: int = 0
-    pretrain_epochs: int = 10         # sngan: epochs on synthetic ROIs before fine-tuning
-    synthetic_per_class: int = 1000   # sngan/hybrid: synthetic ROIs per class
+    pretrain_epochs: int = 5          # sngan: epochs on synthetic ROIs before fine-tuning
+    synthetic_per_class: int = 500    # sngan/hybrid: synthetic ROIs per class
     gan_epochs: int = 40
     target_sensitivity: float = 0.90
     amp: bool = True                  # bf16 autocast + channels_last: ~6x faster on AMX CPUs and on GPUs
@@ -80,6 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-final", action="store_true", help="cross-validate only, skip the final fit")
     p.add_argument("--no-cv", action="store_true", help="final fit only")
     p.add_argument("--limit", type=int, default=None, help="use the first N lesions per class (smoke tests)")
+    p.add_argument("--gan-dir", type=Path, default=None,
+                   help="reuse the per-fold SNGANs of another run's --out (e.g. hybrid reusing sngan's)")
     p.add_argument("--report-only", action="store_true", help="rebuild cv/report.* and plots from cv/oof.csv")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
 
@@ -170,14 +172,17 @@ def synthetic_set(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, gan
     return synthesize(generator, cfg.synthetic_per_class, seed=cfg.seed)
 
 
-def train_one(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, work: Path, desc: str,
+def train_one(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, gan_dir: Path, desc: str,
               evaluate: Callable[[torch.nn.Module], dict] | None = None) -> tuple[torch.nn.Module, list[dict]]:
-    """One model under the configured regime (used by every fold and by the final fit)."""
+    """One model under the configured regime (used by every fold and by the final fit).
+
+    `gan_dir` holds the SNGAN trained on exactly these ROIs; an sngan and a hybrid run can share it
+    (train_gan resumes a finished run instead of training again)."""
     torch.manual_seed(cfg.seed)
     model = build_classifier()
     history: list[dict] = []
     if cfg.regime in ("sngan", "hybrid"):
-        syn_x, syn_y = synthetic_set(images, targets, cfg, work / "gan")
+        syn_x, syn_y = synthetic_set(images, targets, cfg, gan_dir)
         if cfg.regime == "sngan":
             history += [{**h, "phase": "pretrain-synthetic"} for h in
                         fit(model, syn_x, syn_y, cfg, cfg.pretrain_epochs, f"{desc} pretrain")]
@@ -196,7 +201,8 @@ def folds_of(records: list[RoiRecord], cfg: TrainConfig) -> list[tuple[np.ndarra
     return list(splitter.split(np.zeros(len(y)), y, groups))
 
 
-def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path) -> dict:
+def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path,
+                   gan_root: Path | None = None) -> dict:
     targets = np.array([r.target for r in records])
     oof = np.zeros((len(records), 2), np.float32)
     oof_tta = np.zeros((len(records), 2), np.float32)
@@ -215,7 +221,8 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
             return {"test_fold_auc": float(roc_auc_score(y, _softmax_p(lg))) if len(set(y)) == 2 else None,
                     "test_fold_loss": float(F.cross_entropy(torch.as_tensor(lg), torch.as_tensor(y)))}
 
-        model, history = train_one(images[train_idx], targets[train_idx], cfg, fold_dir,
+        model, history = train_one(images[train_idx], targets[train_idx], cfg,
+                                   (gan_root or out) / "cv" / f"fold{k}" / "gan",
                                    f"fold {k + 1}/{cfg.folds}", monitor)
         oof[test_idx] = logits_of(model, images[test_idx])
         # Test-time augmentation, measured alongside: mean logits of the crop and its mirror image.
@@ -321,9 +328,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path, cv: dict | None) -> Path:
+def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path, cv: dict | None,
+              gan_root: Path | None = None) -> Path:
     targets = np.array([r.target for r in records])
-    model, history = train_one(images, targets, cfg, out / "final", "final fit")
+    model, history = train_one(images, targets, cfg, (gan_root or out) / "final" / "gan", "final fit")
     from training.plots import plot_curves
     (out / "final").mkdir(parents=True, exist_ok=True)
     (out / "final" / "history.json").write_text(json.dumps(history, indent=1))
@@ -376,9 +384,9 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)
     images = load_rois(records)
     print(f"{len(records)} {cfg.modality} lesions ({sum(r.target for r in records)} malignant), regime {cfg.regime}")
-    cv = None if args.no_cv else cross_validate(records, images, cfg, args.out)
+    cv = None if args.no_cv else cross_validate(records, images, cfg, args.out, args.gan_dir)
     if cv:
         print((args.out / "cv" / "report.md").read_text())
     if not args.no_final:
-        print(f"final weights: {final_fit(records, images, cfg, args.out, cv)}")
+        print(f"final weights: {final_fit(records, images, cfg, args.out, cv, args.gan_dir)}")
     return 0
