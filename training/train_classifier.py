@@ -51,6 +51,9 @@ class TrainConfig(BaseModel):
     lr: float = 1e-3
     weight_decay: float = 1e-4
     augment: Literal["affine", "none"] = "affine"
+    aug_degrees: float = 15.0
+    aug_translate: float = 0.08       # fraction of the crop
+    aug_scale: tuple[float, float] = (0.9, 1.1)
     folds: int = 5
     seed: int = 0
     pretrain_epochs: int = 5          # sngan: epochs on synthetic ROIs before fine-tuning
@@ -77,6 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       ("pretrain-epochs", int), ("synthetic-per-class", int), ("gan-epochs", int)):
         p.add_argument(f"--{name}", type=typ, default=None)
     p.add_argument("--augment", choices=["affine", "none"], default=None)
+    p.add_argument("--aug-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"))
+    p.add_argument("--aug-translate", type=float, default=None)
     p.add_argument("--no-final", action="store_true", help="cross-validate only, skip the final fit")
     p.add_argument("--no-cv", action="store_true", help="final fit only")
     p.add_argument("--limit", type=int, default=None, help="use the first N lesions per class (smoke tests)")
@@ -90,7 +95,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = {k: v for k, v in dict(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, folds=args.folds, seed=args.seed,
         pretrain_epochs=args.pretrain_epochs, synthetic_per_class=args.synthetic_per_class,
-        gan_epochs=args.gan_epochs, augment=args.augment).items() if v is not None}
+        gan_epochs=args.gan_epochs, augment=args.augment, aug_scale=args.aug_scale,
+        aug_translate=args.aug_translate).items() if v is not None}
     kw = dict(modality=args.modality, regime=args.regime, **overrides)
     return TrainConfig.quick_config(**kw) if args.quick else TrainConfig(**kw)
 
@@ -130,7 +136,7 @@ def fit(model: torch.nn.Module, images: np.ndarray, targets: np.ndarray, cfg: Tr
                 continue
             x, y = x_all[idx], y_all[idx]
             if cfg.augment == "affine":
-                x = affine(x, cfg.modality, gen)
+                x = affine(x, cfg.modality, gen, cfg.aug_degrees, cfg.aug_translate, cfg.aug_scale)
             x = x.to(dev, memory_format=memory_format)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 logits = model(x)
@@ -274,6 +280,7 @@ def report_cv(cv_dir: Path, cfg: TrainConfig) -> dict:
         "ece_uncalibrated": binary_report(y, p_raw, threshold=0.5, n_boot=0)["ece"],
         "summary": summary, "fold_reports": fold_reports,
         "at_0.5": binary_report(y, p, threshold=0.5, n_boot=0),
+        "cross_fitted": cross_fitted_operating_point(y, fold, logits, cfg.target_sensitivity),
     }
     if (cv_dir / "oof_tta.csv").is_file():
         y_t, _, logits_t = read_oof(cv_dir / "oof_tta.csv")
@@ -296,6 +303,24 @@ def report_cv(cv_dir: Path, cfg: TrainConfig) -> dict:
     return report
 
 
+def cross_fitted_operating_point(y: np.ndarray, fold: np.ndarray, logits: np.ndarray, target: float) -> dict:
+    """The served recipe judged without looking at the judged fold: for each fold, temperature and
+    threshold are fitted on the other folds' out-of-fold predictions, then applied to this one."""
+    from training.metrics import ece, fit_temperature, threshold_for_sensitivity
+    p = np.zeros(len(y))
+    decision = np.zeros(len(y), bool)
+    for k in sorted(set(fold.tolist())):
+        rest, here = fold != k, fold == k
+        t = fit_temperature(y[rest], logits[rest])
+        thr = threshold_for_sensitivity(y[rest], _softmax_p(logits[rest], t), target)
+        p[here] = _softmax_p(logits[here], t)
+        decision[here] = p[here] >= thr
+    tp, fn = int((decision & (y == 1)).sum()), int((~decision & (y == 1)).sum())
+    tn, fp = int((~decision & (y == 0)).sum()), int((decision & (y == 0)).sum())
+    return {"sensitivity": tp / max(tp + fn, 1), "specificity": tn / max(tn + fp, 1),
+            "accuracy": (tp + tn) / len(y), "ece": ece(y, p), "confusion_matrix": [[tn, fp], [fn, tp]]}
+
+
 def cv_markdown(report: dict) -> str:
     s, pooled = report["summary"], report["summary"]["pooled"]
 
@@ -313,6 +338,9 @@ def cv_markdown(report: dict) -> str:
         f"{pooled['accuracy']:.3f} / {pooled['sensitivity']:.3f} / {pooled['specificity']:.3f} |",
         f"| accuracy / sensitivity / specificity at 0.5 (calibrated) | {report['at_0.5']['accuracy']:.3f} / "
         f"{report['at_0.5']['sensitivity']:.3f} / {report['at_0.5']['specificity']:.3f} |",
+        f"| sensitivity / specificity / accuracy, temperature and threshold fitted on the other folds | "
+        f"{report['cross_fitted']['sensitivity']:.3f} / {report['cross_fitted']['specificity']:.3f} / "
+        f"{report['cross_fitted']['accuracy']:.3f} |",
         f"| ECE before / after temperature {report['temperature']:.2f} | "
         f"{report['ece_uncalibrated']:.3f} / {pooled['ece']:.3f} |",
         "", "![ROC](roc.png) ![confusion](confusion.png) ![reliability](reliability.png)", ""])
