@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export BRANET_DATA ?= ../shared/data
 
-.PHONY: install serve test clean
+.PHONY: install serve test clean weights
 
 install: $(STAMP)
 
@@ -23,3 +23,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
+
+# The full offline phase (hours on 2 CPU cores): see training/RESULTS.md.
+weights: $(STAMP)
+	PY=$(PY) training/reproduce.sh
