@@ -13,6 +13,9 @@ COMMANDS = {
     "kappa": ("training.kappa", "reader agreement: Cohen's kappa between two readers and each reader's accuracy"),
     "compare": ("training.compare", "regimes side by side: AUC with CIs and paired AUC differences, plot"),
     "export": ("training.export", "write chosen weights (fp16 safetensors) + manifest into models/weights"),
+    "train-gan": ("training.train_gan", "train the class-conditional SNGAN on one modality's ROIs, report FID/KID"),
+    "synthesize": ("training.synthesize", "synthetic ROIs from a trained SNGAN generator into an .npz"),
+    "fid": ("training.fid_command", "FID/KID of a synthetic .npz against real ROIs"),
 }
 
 
