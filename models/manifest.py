@@ -44,6 +44,7 @@ class ModelEntry(BaseModel):
     temperature: float = 1.0
     threshold: float = 0.5
     regime: str = "real"
+    members: int = 1  # >1: mean logits of that many ResNet18s (models.classifier.LogitMean)
     training: dict[str, Any] = {}
     data: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
@@ -108,7 +109,8 @@ def load_classifier(name: str, weights_dir: Path = WEIGHTS_DIR, device: str | to
     digest = sha256_file(path)
     if digest != entry.sha256:
         raise WeightsError(f"sha256 mismatch for {path}: manifest says {entry.sha256}, file is {digest}")
-    model = build_classifier(in_channels=entry.input.channels, num_classes=len(entry.classes))
+    model = build_classifier(in_channels=entry.input.channels, num_classes=len(entry.classes),
+                             members=entry.members)
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises several types for corrupt headers

@@ -30,7 +30,7 @@ class Registry:
 
     def describe(self) -> list[dict]:
         return [{"modality": m, "name": e.name, "sha256": e.sha256, "architecture": e.architecture,
-                 "regime": e.regime, "threshold": e.threshold, "metrics": e.metrics}
+                 "regime": e.regime, "members": e.members, "threshold": e.threshold, "metrics": e.metrics}
                 for m, (_, e) in sorted(self.classifiers.items())]
 
 

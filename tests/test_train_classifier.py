@@ -95,3 +95,32 @@ def test_no_lesions_is_a_clear_error(mias_dir, tmp_path):
     res = subprocess.run([sys.executable, "-m", "training", "train-classifier", "--rois", str(mias_dir),
                           "--modality", "us", "--quick", "--out", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 2 and "no benign and malignant us lesions" in res.stdout + res.stderr
+
+
+def test_seed_ensemble_reports_and_serves_the_mean(real_run, data_dir, tmp_path):
+    second = tmp_path / "seed1"
+    run_training("train-classifier", "--rois", str(data_dir / "busi"), "--modality", "us", "--regime", "real",
+                 "--quick", "--limit", "6", "--seed", "1", "--out", str(second))
+    ens = tmp_path / "ens"
+    run_training("ensemble", str(real_run), str(second), "--out", str(ens))
+    report = json.loads((ens / "cv" / "report.json").read_text())
+    assert report["regime"] == "real ensemble x2" and report["member_seeds"] == [0, 1] and report["n"] == 12
+    model, entry = load_classifier("classifier-us", ens / "weights")
+    assert entry.members == 2 and entry.threshold == pytest.approx(report["threshold"])
+    members = [load_classifier("classifier-us", run / "weights")[0] for run in (real_run, second)]
+    x = torch.randn(3, 1, 128, 128)
+    with torch.no_grad():
+        expected = (members[0](x) + members[1](x)) / 2
+        assert torch.allclose(model(x), expected, atol=1e-3)
+    served = tmp_path / "served"
+    run_training("export", "--from", str(ens / "weights"), "--to", str(served))
+    assert read_manifest(served).models["classifier-us"].members == 2
+
+
+def test_ensemble_of_runs_on_other_lesions_is_refused(real_run, mias_dir, tmp_path):
+    other = tmp_path / "dm"
+    run_training("train-classifier", "--rois", str(mias_dir), "--modality", "dm", "--quick", "--limit", "4",
+                 "--no-final", "--out", str(other))
+    res = subprocess.run([sys.executable, "-m", "training", "ensemble", str(real_run), str(other), "--out",
+                          str(tmp_path / "ens")], capture_output=True, text=True)
+    assert res.returncode == 2 and "same lesions" in res.stderr

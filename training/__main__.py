@@ -12,6 +12,7 @@ COMMANDS = {
     "evaluate": ("training.evaluate", "evaluate weights on a prepared or raw dataset folder"),
     "kappa": ("training.kappa", "reader agreement: Cohen's kappa between two readers and each reader's accuracy"),
     "compare": ("training.compare", "regimes side by side: AUC with CIs and paired AUC differences, plot"),
+    "ensemble": ("training.ensemble", "mean of several runs (seeds): out-of-fold report and one weights file"),
     "export": ("training.export", "write chosen weights (fp16 safetensors) + manifest into models/weights"),
     "train-gan": ("training.train_gan", "train the class-conditional SNGAN on one modality's ROIs, report FID/KID"),
     "synthesize": ("training.synthesize", "synthetic ROIs from a trained SNGAN generator into an .npz"),

@@ -59,6 +59,7 @@ class TrainConfig(BaseModel):
     pretrain_epochs: int = 5          # sngan: epochs on synthetic ROIs before fine-tuning
     synthetic_per_class: int = 500    # sngan/hybrid: synthetic ROIs per class
     gan_epochs: int = 40
+    gan_iters_per_epoch: int | None = None  # None: one pass over the ROIs per SNGAN epoch
     target_sensitivity: float = 0.90
     amp: bool = True                  # bf16 autocast + channels_last: ~6x faster on AMX CPUs and on GPUs
     quick: bool = False
@@ -77,7 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--quick", action="store_true", help="tiny config that proves the command end to end")
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("folds", int), ("seed", int),
-                      ("pretrain-epochs", int), ("synthetic-per-class", int), ("gan-epochs", int)):
+                      ("pretrain-epochs", int), ("synthetic-per-class", int), ("gan-epochs", int),
+                      ("gan-iters-per-epoch", int)):
         p.add_argument(f"--{name}", type=typ, default=None)
     p.add_argument("--augment", choices=["affine", "none"], default=None)
     p.add_argument("--aug-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"))
@@ -95,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = {k: v for k, v in dict(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, folds=args.folds, seed=args.seed,
         pretrain_epochs=args.pretrain_epochs, synthetic_per_class=args.synthetic_per_class,
-        gan_epochs=args.gan_epochs, augment=args.augment, aug_scale=args.aug_scale,
+        gan_epochs=args.gan_epochs, gan_iters_per_epoch=args.gan_iters_per_epoch, augment=args.augment, aug_scale=args.aug_scale,
         aug_translate=args.aug_translate).items() if v is not None}
     kw = dict(modality=args.modality, regime=args.regime, **overrides)
     return TrainConfig.quick_config(**kw) if args.quick else TrainConfig(**kw)
@@ -171,10 +173,14 @@ def _softmax_p(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 def synthetic_set(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, gan_dir: Path
                   ) -> tuple[np.ndarray, np.ndarray]:
     """SNGAN trained on these (training-only) ROIs, then sampled: the synthetic ROIs of one fold."""
-    from training.gan import GanConfig, synthesize, train_gan
+    from training.gan import GanConfig, save_generator, synthesize, train_gan
     gan_cfg = GanConfig.quick() if cfg.quick else GanConfig()
-    gan_cfg = gan_cfg.model_copy(update={"epochs": cfg.gan_epochs, "seed": cfg.seed})
+    update = {"epochs": cfg.gan_epochs, "seed": cfg.seed}
+    if cfg.gan_iters_per_epoch:
+        update["iters_per_epoch"] = cfg.gan_iters_per_epoch
+    gan_cfg = gan_cfg.model_copy(update=update)
     generator = train_gan(images, targets, gan_cfg, gan_dir, resume=True)
+    save_generator(generator, gan_dir / "generator.safetensors", gan_cfg)
     return synthesize(generator, cfg.synthetic_per_class, seed=cfg.seed)
 
 
