@@ -124,3 +124,19 @@ def test_ensemble_of_runs_on_other_lesions_is_refused(real_run, mias_dir, tmp_pa
     res = subprocess.run([sys.executable, "-m", "training", "ensemble", str(real_run), str(other), "--out",
                           str(tmp_path / "ens")], capture_output=True, text=True)
     assert res.returncode == 2 and "same lesions" in res.stderr
+
+
+def test_interrupted_cv_resumes_after_finished_folds(real_run, data_dir, tmp_path):
+    import shutil
+    out = tmp_path / "resumed"
+    shutil.copytree(real_run, out)
+    (out / "cv" / "oof.csv").unlink()
+    shutil.rmtree(out / "cv" / "fold1")  # as if stopped during the second fold
+    res = run_training("train-classifier", "--rois", str(data_dir / "busi"), "--modality", "us", "--quick",
+                       "--limit", "6", "--no-final", "--out", str(out))
+    assert "fold 1/2: already done" in res.stdout and "fold 2/2: test-fold AUC" in res.stdout
+    assert (out / "cv" / "oof.csv").read_text().splitlines()[1:] != []
+    before = {r.split(",")[0]: r for r in (real_run / "cv" / "oof.csv").read_text().splitlines()}
+    after = {r.split(",")[0]: r for r in (out / "cv" / "oof.csv").read_text().splitlines()}
+    fold0 = [k for k, r in before.items() if r.split(",")[5] == "0"]
+    assert fold0 and all(after[k] == before[k] for k in fold0)  # the finished fold was not retrained

@@ -233,6 +233,12 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
             return {"test_fold_auc": float(roc_auc_score(y, _softmax_p(lg))) if len(set(y)) == 2 else None,
                     "test_fold_loss": float(F.cross_entropy(torch.as_tensor(lg), torch.as_tensor(y)))}
 
+        done = fold_dir / "predictions.npz"  # a finished fold: an interrupted CV resumes after it
+        if done.is_file() and json.loads(str(np.load(done)["config"])) == cfg.model_dump(mode="json"):
+            saved = np.load(done)
+            oof[test_idx], oof_tta[test_idx], fold_of[test_idx] = saved["logits"], saved["logits_tta"], k
+            print(f"fold {k + 1}/{cfg.folds}: already done ({done})", flush=True)
+            continue
         model, history = train_one(images[train_idx], targets[train_idx], cfg,
                                    (gan_root or out) / "cv" / f"fold{k}" / "gan",
                                    f"fold {k + 1}/{cfg.folds}", monitor)
@@ -241,6 +247,9 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
         oof_tta[test_idx] = (oof[test_idx] + logits_of(model, images[test_idx][:, :, ::-1].copy())) / 2
         fold_of[test_idx] = k
         (fold_dir / "history.json").write_text(json.dumps(history, indent=1))
+        np.savez(fold_dir / "predictions.tmp.npz", logits=oof[test_idx], logits_tta=oof_tta[test_idx],
+                 test_idx=test_idx, config=json.dumps(cfg.model_dump(mode="json")))
+        (fold_dir / "predictions.tmp.npz").replace(done)
         last = history[-1]
         print(f"fold {k + 1}/{cfg.folds}: test-fold AUC {last.get('test_fold_auc')} "
               f"({sum(h['seconds'] for h in history):.0f} s)", flush=True)
