@@ -94,6 +94,14 @@ def save_classifier(model: torch.nn.Module, path: Path) -> str:
     return sha256_file(path)
 
 
+def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Why `state` cannot be loaded into `model` (missing, misshapen or unexpected keys), or None."""
+    expected = model.state_dict()
+    bad = [k for k in expected if k not in state or tuple(state[k].shape) != tuple(expected[k].shape)]
+    extra = [k for k in state if k not in expected]
+    return f"missing or misshapen {bad[:5]}, unexpected {extra[:5]}" if bad or extra else None
+
+
 def load_classifier(name: str, weights_dir: Path = WEIGHTS_DIR, device: str | torch.device = "cpu"
                     ) -> tuple[torch.nn.Module, ModelEntry]:
     """Verified load of one classifier from the manifest: float32, eval mode."""
@@ -115,11 +123,8 @@ def load_classifier(name: str, weights_dir: Path = WEIGHTS_DIR, device: str | to
         state = load_file(str(path))
     except Exception as e:  # safetensors raises several types for corrupt headers
         raise WeightsError(f"cannot read weight file {path}: {e}") from e
-    expected = model.state_dict()
-    bad = [k for k in expected if k not in state or tuple(state[k].shape) != tuple(expected[k].shape)]
-    extra = [k for k in state if k not in expected]
-    if bad or extra:
-        raise WeightsError(f"weight file {path} does not fit {entry.architecture}: "
-                           f"missing or misshapen {bad[:5]}, unexpected {extra[:5]}")
+    mismatch = state_mismatch(model, state)
+    if mismatch:
+        raise WeightsError(f"weight file {path} does not fit {entry.architecture}: {mismatch}")
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.to(device).eval(), entry

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from models.manifest import state_mismatch
 from models.sngan import (GanConfig, Generator, build_discriminator, build_generator, hinge_d_loss,
                           hinge_g_loss)
 
@@ -419,11 +420,9 @@ def load_generator(path: Path, device: str | torch.device = "cpu") -> Generator:
     except (ValueError, TypeError) as e:
         raise GeneratorFileError(f"{path}: unusable architecture {arch_json!r}: {e}") from e
     expected = generator.state_dict()
-    bad = [k for k in expected if k not in state or tuple(state[k].shape) != tuple(expected[k].shape)]
-    extra = [k for k in state if k not in expected]
-    if bad or extra:
-        raise GeneratorFileError(f"generator file {path} does not fit its architecture {arch_json}: "
-                                 f"missing or misshapen {bad[:5]}, unexpected {extra[:5]}")
+    mismatch = state_mismatch(generator, state)
+    if mismatch:
+        raise GeneratorFileError(f"generator file {path} does not fit its architecture {arch_json}: {mismatch}")
     generator.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     config_path = _sidecar(path)
     if config_path.is_file():
