@@ -140,3 +140,24 @@ def test_interrupted_cv_resumes_after_finished_folds(real_run, data_dir, tmp_pat
     after = {r.split(",")[0]: r for r in (out / "cv" / "oof.csv").read_text().splitlines()}
     fold0 = [k for k, r in before.items() if r.split(",")[5] == "0"]
     assert fold0 and all(after[k] == before[k] for k in fold0)  # the finished fold was not retrained
+
+
+def test_sngan_and_hybrid_share_per_fold_gans_and_fid(data_dir, tmp_path):
+    rois = str(data_dir / "busi")
+    sngan = tmp_path / "sngan"
+    run_training("train-classifier", "--rois", rois, "--modality", "us", "--regime", "sngan", "--quick",
+                 "--limit", "6", "--no-final", "--out", str(sngan))
+    fold0 = sngan / "cv" / "fold0" / "gan"
+    history = json.loads((sngan / "cv" / "fold0" / "history.json").read_text())
+    assert history[0]["phase"] == "pretrain-synthetic" and "phase" not in history[-1]
+    assert (fold0 / "generator.safetensors").is_file() and list(fold0.glob("grid_epoch*.png"))
+    stamp = (fold0 / "checkpoint.pt").stat().st_mtime_ns
+    hybrid = tmp_path / "hybrid"
+    run_training("train-classifier", "--rois", rois, "--modality", "us", "--regime", "hybrid", "--quick",
+                 "--limit", "6", "--no-final", "--gan-dir", str(sngan), "--out", str(hybrid))
+    assert (fold0 / "checkpoint.pt").stat().st_mtime_ns == stamp  # reused, not retrained
+    assert not (hybrid / "cv" / "fold0" / "gan").exists()
+    assert json.loads((hybrid / "cv" / "report.json").read_text())["regime"] == "hybrid"
+    res = run_training("fold-fid", str(sngan), "--rois", rois, "--fold", "0", "--n", "8")
+    fid = json.loads((fold0 / "fid.json").read_text())
+    assert fid["sngan_vs_real"]["fid"] > 0 and "real vs real FID" in res.stdout

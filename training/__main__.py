@@ -11,6 +11,7 @@ COMMANDS = {
     "train-classifier": ("training.train_classifier", "cross-validate and fit the ResNet18 (regimes real/sngan/hybrid)"),
     "evaluate": ("training.evaluate", "evaluate weights on a prepared or raw dataset folder"),
     "kappa": ("training.kappa", "reader agreement: Cohen's kappa between two readers and each reader's accuracy"),
+    "fold-fid": ("training.fold_fid", "FID/KID of one cross-validation fold's SNGAN against its training ROIs"),
     "compare": ("training.compare", "regimes side by side: AUC with CIs and paired AUC differences, plot"),
     "ensemble": ("training.ensemble", "mean of several runs (seeds): out-of-fold report and one weights file"),
     "export": ("training.export", "write chosen weights (fp16 safetensors) + manifest into models/weights"),

@@ -170,15 +170,20 @@ def _softmax_p(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return torch.softmax(torch.as_tensor(logits) / temperature, dim=1)[:, 1].numpy()
 
 
-def synthetic_set(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, gan_dir: Path
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """SNGAN trained on these (training-only) ROIs, then sampled: the synthetic ROIs of one fold."""
-    from training.gan import GanConfig, save_generator, synthesize, train_gan
-    gan_cfg = GanConfig.quick() if cfg.quick else GanConfig()
+def gan_config(cfg: TrainConfig):
+    """The SNGAN configuration of a run's per-fold GANs."""
+    from training.gan import GanConfig
     update = {"epochs": cfg.gan_epochs, "seed": cfg.seed}
     if cfg.gan_iters_per_epoch:
         update["iters_per_epoch"] = cfg.gan_iters_per_epoch
-    gan_cfg = gan_cfg.model_copy(update=update)
+    return (GanConfig.quick() if cfg.quick else GanConfig()).model_copy(update=update)
+
+
+def synthetic_set(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, gan_dir: Path
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """SNGAN trained on these (training-only) ROIs, then sampled: the synthetic ROIs of one fold."""
+    from training.gan import save_generator, synthesize, train_gan
+    gan_cfg = gan_config(cfg)
     generator = train_gan(images, targets, gan_cfg, gan_dir, resume=True)
     save_generator(generator, gan_dir / "generator.safetensors", gan_cfg)
     return synthesize(generator, cfg.synthetic_per_class, seed=cfg.seed)
