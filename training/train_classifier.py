@@ -89,6 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="use the first N lesions per class (smoke tests)")
     p.add_argument("--gan-dir", type=Path, default=None,
                    help="reuse the per-fold SNGANs of another run's --out (e.g. hybrid reusing sngan's)")
+    p.add_argument("--only-folds", type=int, nargs="+", default=None, metavar="K",
+                   help="run only these folds (0-based), e.g. in parallel processes; rerun without it to report")
     p.add_argument("--report-only", action="store_true", help="rebuild cv/report.* and plots from cv/oof.csv")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
 
@@ -219,7 +221,9 @@ def folds_of(records: list[RoiRecord], cfg: TrainConfig) -> list[tuple[np.ndarra
 
 
 def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path,
-                   gan_root: Path | None = None) -> dict:
+                   gan_root: Path | None = None, only_folds: set[int] | None = None) -> dict | None:
+    """Every fold (or `only_folds`, so that folds can run in parallel processes); the report once all
+    folds have predictions."""
     targets = np.array([r.target for r in records])
     oof = np.zeros((len(records), 2), np.float32)
     oof_tta = np.zeros((len(records), 2), np.float32)
@@ -244,6 +248,8 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
             oof[test_idx], oof_tta[test_idx], fold_of[test_idx] = saved["logits"], saved["logits_tta"], k
             print(f"fold {k + 1}/{cfg.folds}: already done ({done})", flush=True)
             continue
+        if only_folds is not None and k not in only_folds:
+            continue
         model, history = train_one(images[train_idx], targets[train_idx], cfg,
                                    (gan_root or out) / "cv" / f"fold{k}" / "gan",
                                    f"fold {k + 1}/{cfg.folds}", monitor)
@@ -258,6 +264,9 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
         last = history[-1]
         print(f"fold {k + 1}/{cfg.folds}: test-fold AUC {last.get('test_fold_auc')} "
               f"({sum(h['seconds'] for h in history):.0f} s)", flush=True)
+    if (fold_of < 0).any():
+        print(f"folds {sorted(set(range(cfg.folds)) - set(fold_of.tolist()))} not done yet: no report", flush=True)
+        return None
     write_oof(out / "cv" / "oof.csv", records, fold_of, oof)
     write_oof(out / "cv" / "oof_tta.csv", records, fold_of, oof_tta)
     return report_cv(out / "cv", cfg)
@@ -432,7 +441,10 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)
     images = load_rois(records)
     print(f"{len(records)} {cfg.modality} lesions ({sum(r.target for r in records)} malignant), regime {cfg.regime}")
-    cv = None if args.no_cv else cross_validate(records, images, cfg, args.out, args.gan_dir)
+    cv = None if args.no_cv else cross_validate(records, images, cfg, args.out, args.gan_dir,
+                                                 set(args.only_folds) if args.only_folds else None)
+    if args.only_folds:
+        return 0
     if cv:
         print((args.out / "cv" / "report.md").read_text())
     if not args.no_final:
