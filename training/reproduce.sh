@@ -17,19 +17,25 @@ for m in us dm; do
   gan=(--gan-epochs 30); [ "$m" = dm ] && gan+=(--gan-iters-per-epoch 10)
   for r in $REGIMES; do
     extra=()
-    [ "$r" = real ] && $PY -m training train-classifier --rois "$RUNS/rois" --modality "$m" --regime real \
-      --seed 1 --out "$RUNS/$m-real-seed1"
+    [ "$r" = real ] && [ "$m" = us ] && $PY -m training train-classifier --rois "$RUNS/rois" --modality us \
+      --regime real --seed 1 --out "$RUNS/us-real-seed1"
     [ "$r" = hybrid ] && extra=(--gan-dir "$RUNS/$m-sngan")  # the same per-fold SNGANs as sngan
+    [ "$r" = real ] || extra+=(--no-final)  # measured, not served (RESULTS.md)
     $PY -m training train-classifier --rois "$RUNS/rois" --modality "$m" --regime "$r" \
       "${gan[@]}" --out "$RUNS/$m-$r" "${extra[@]}"
   done
-  # The served candidate: the mean of the two real runs (seeds 0 and 1), refitted and reported as one.
-  $PY -m training ensemble "$RUNS/$m-real" "$RUNS/$m-real-seed1" --out "$RUNS/$m-real-ens"
-  $PY -m training compare "$RUNS/$m-real" "$RUNS/$m-real-seed1" "$RUNS/$m-real-ens" \
-    $(for r in $REGIMES; do [ "$r" = real ] || echo "$RUNS/$m-$r"; done) --out "training/results/$m"
+  runs=("$RUNS/$m-real")
+  if [ "$m" = us ]; then
+    # The served US model: the mean of the two real runs (seeds 0 and 1), reported as one.
+    $PY -m training ensemble "$RUNS/us-real" "$RUNS/us-real-seed1" --out "$RUNS/us-real-ens"
+    runs+=("$RUNS/us-real-seed1" "$RUNS/us-real-ens")
+  fi
+  $PY -m training fold-fid "$RUNS/$m-sngan" --rois "$RUNS/rois" --fold 0 --threads 1 || true
+  $PY -m training compare "${runs[@]}" $(for r in $REGIMES; do [ "$r" = real ] || echo "$RUNS/$m-$r"; done) \
+    --out "training/results/$m"
 done
 SERVED_US=${SERVED_US:-real-ens}
-SERVED_DM=${SERVED_DM:-real-ens}
+SERVED_DM=${SERVED_DM:-real}
 $PY -m training export --from "$RUNS/us-$SERVED_US/weights" --from "$RUNS/dm-$SERVED_DM/weights"
 $PY -m training evaluate --weights models/weights --data "$DATA/busi" --out "$RUNS/eval-us"
 $PY -m training evaluate --weights models/weights --data "$DATA/mias" --out "$RUNS/eval-dm"
