@@ -19,7 +19,8 @@ for m in us dm; do
     extra=()
     [ "$r" = real ] && [ "$m" = us ] && $PY -m training train-classifier --rois "$RUNS/rois" --modality us \
       --regime real --seed 1 --out "$RUNS/us-real-seed1"
-    [ "$r" = hybrid ] && extra=(--gan-dir "$RUNS/$m-sngan")  # the same per-fold SNGANs as sngan
+    # hybrid: the same per-fold SNGANs as sngan, as many synthetic ROIs as real ones
+    [ "$r" = hybrid ] && extra=(--gan-dir "$RUNS/$m-sngan" --synthetic-per-class "$([ "$m" = us ] && echo 260 || echo 50)")
     [ "$r" = real ] || extra+=(--no-final)  # measured, not served (RESULTS.md)
     $PY -m training train-classifier --rois "$RUNS/rois" --modality "$m" --regime "$r" \
       "${gan[@]}" --out "$RUNS/$m-$r" "${extra[@]}"
