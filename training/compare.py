@@ -50,7 +50,8 @@ def compare(runs: list[Path], n_boot: int = 2000) -> list[dict]:
     rows = []
     for item in loaded:
         rep, pooled = item["report"], item["report"]["summary"]["pooled"]
-        row = {"run": item["run"], "modality": rep["modality"], "regime": rep["regime"], "n": rep["n"],
+        regime = rep["regime"] if "ensemble_of" in rep else f"{rep['regime']} (seed {rep['config']['seed']})"
+        row = {"run": item["run"], "modality": rep["modality"], "regime": regime, "n": rep["n"],
                "fold_auc_mean": rep["summary"]["roc_auc"]["mean"], "fold_auc_std": rep["summary"]["roc_auc"]["std"],
                "pooled_auc": pooled["roc_auc"], "pooled_auc_ci": pooled["roc_auc_ci"],
                "accuracy_at_0.5": rep["at_0.5"]["accuracy"], "threshold": rep["threshold"],
