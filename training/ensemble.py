@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from models.classifier import ARCHITECTURE, LogitMean
-from models.manifest import Manifest, WeightsError, load_classifier, read_manifest, save_classifier, write_manifest
+from models.manifest import Manifest, WeightsError, load_classifier, save_classifier, write_manifest
 from training.roi_table import RoiRecord
-from training.train_classifier import TrainConfig, cv_markdown, read_oof, report_cv, write_oof
+from training.train_classifier import TrainConfig, cv_markdown, manifest_metrics, read_oof, report_cv, write_oof
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,17 +64,11 @@ def combine_weights(runs: list[Path], out: Path, report: dict) -> Path:
         entries.append(entry)
     weights = out / "weights"
     sha = save_classifier(LogitMean(members), weights / f"{name}.safetensors")
-    pooled = report["summary"]["pooled"]
     entry = entries[0].model_copy(update=dict(
         sha256=sha, members=len(members), architecture=f"mean logits of {len(members)} x {ARCHITECTURE}",
         regime=report["regime"], temperature=report["temperature"], threshold=report["threshold"],
         training={**entries[0].training, "member_seeds": report["member_seeds"]},
-        metrics={"cv_folds": report["folds"], "roi_source": report["roi_source"],
-                 "cv_roc_auc_mean": report["summary"]["roc_auc"]["mean"],
-                 "cv_roc_auc_std": report["summary"]["roc_auc"]["std"],
-                 **{f"oof_{k}": pooled[k] for k in ("roc_auc", "roc_auc_ci", "accuracy", "sensitivity",
-                                                     "specificity", "f1", "ece")},
-                 "oof_accuracy_at_0.5": report["at_0.5"]["accuracy"]}))
+        metrics=manifest_metrics(report)))
     write_manifest(Manifest(models={name: entry}), weights)
     load_classifier(name, weights)
     return weights

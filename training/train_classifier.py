@@ -385,6 +385,17 @@ def git_commit() -> str:
         return "unknown"
 
 
+def manifest_metrics(report: dict) -> dict:
+    """The cross-validated numbers a manifest entry carries, from a cv/report.json."""
+    pooled = report["summary"]["pooled"]
+    return {"cv_folds": report["folds"], "roi_source": report["roi_source"],
+            "cv_roc_auc_mean": report["summary"]["roc_auc"]["mean"],
+            "cv_roc_auc_std": report["summary"]["roc_auc"]["std"],
+            **{f"oof_{k}": pooled[k] for k in ("roc_auc", "roc_auc_ci", "accuracy", "sensitivity", "specificity",
+                                                "f1", "ece")},
+            "oof_accuracy_at_0.5": report["at_0.5"]["accuracy"]}
+
+
 def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path, cv: dict | None,
               gan_root: Path | None = None) -> Path:
     targets = np.array([r.target for r in records])
@@ -398,13 +409,7 @@ def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, ou
     weights = out / "weights"
     sha = save_classifier(model, weights / f"{name}.safetensors")
     summary = summarize(records)
-    metrics = {}
-    if cv:
-        pooled = cv["summary"]["pooled"]
-        metrics = {"cv_folds": cv["folds"], "roi_source": cv["roi_source"],
-                   "cv_roc_auc_mean": cv["summary"]["roc_auc"]["mean"], "cv_roc_auc_std": cv["summary"]["roc_auc"]["std"],
-                   **{f"oof_{k}": pooled[k] for k in ("roc_auc", "roc_auc_ci", "accuracy", "sensitivity",
-                                                       "specificity", "f1", "ece")}}
+    metrics = manifest_metrics(cv) if cv else {}
     entry = ModelEntry(
         name=name, file=f"{name}.safetensors", sha256=sha, architecture=ARCHITECTURE, modality=cfg.modality,
         input=InputSpec(), classes=list(CLASSES), regime=cfg.regime,
