@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "BraNet needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[test]'
+	$(PY) -m models.fetch_mobilesam
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -88,6 +88,8 @@ def roi_from_image(gray: np.ndarray, box: Box, size: int = INPUT_SIZE, margin: f
 
 def normalize(rois: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N,H,W) or (H,W) -> float (N,1,H,W) in [-1, 1]."""
+    if isinstance(rois, np.ndarray) and not rois.flags.writeable:
+        rois = rois.copy()  # torch cannot share read-only memory (e.g. a decoded PIL image)
     t = torch.as_tensor(rois)
     if t.ndim == 2:
         t = t[None]

@@ -1,36 +1,65 @@
-"""The ASGI app. The full /v1 API (upload, SAM segmentation, analyses) is issue 7; this serves health
-and what is loaded, and refuses to start without verified weights."""
+"""The ASGI app `server.app:app`: uploads, SAM segmentation, classification and history under /v1.
+
+It never serves an unverified network: the lifespan loads every classifier and SAM model (sha256
+checked) before the first request, and a WeightsError stops the start naming the file."""
 from __future__ import annotations
 
+import sys
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server.registry import Registry
+from server import errors
+from server.body_limit import BodyLimit
+from server.engine import Engine
+from server.metrics import RequestMetrics
+from server.pipeline import ImageMemory, Services
+from server.routers import analyses, images, service
+from server.schemas import NOTICE
+from server.settings import Settings, get_settings
+from server.store import Store
 
-NOTICE = "Research use only. Not for clinical diagnosis."
-registry = Registry()
-
-
-@asynccontextmanager
-async def lifespan(app: FastAPI):
-    registry.load()  # WeightsError stops the start-up with the missing file's name
-    yield
-
-
-app = FastAPI(title="BraNet", version="0.1.0", description=NOTICE, lifespan=lifespan)
+MULTIPART_ALLOWANCE = 256 * 1024  # part headers and the prompt field around the image
 
 
-@app.get("/healthz")
-def healthz() -> dict:
-    return {"status": "ok"}
+def first_start(store: Store, settings: Settings) -> None:
+    if settings.create_dev_user and store.user_count() == 0:
+        _, token = store.add_user("dev", admin=True)
+        print(f"branet: created user 'dev'; its token (shown once): {token}", file=sys.stderr, flush=True)
 
 
-@app.get("/readyz")
-def readyz() -> dict:
-    return {"ready": registry.ready, "models": sorted(registry.classifiers)}
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """`engine`: already loaded (the CLI loads it first, to refuse to start before binding the port)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        nonlocal engine
+        if engine is None:
+            engine = Engine(settings)
+            engine.load()  # WeightsError stops the start-up with the missing file's name
+        store = Store(settings.home)
+        first_start(store, settings)
+        app.state.users = store
+        app.state.services = Services(settings, engine, store, ImageMemory())
+        try:
+            yield
+        finally:
+            engine.close()
+            store.close()
+
+    app = FastAPI(title="BraNet", version="0.2.0", lifespan=lifespan,
+                  description=f"{NOTICE}\n\nBreast ultrasound (us) and mammography (dm): SAM outlines the lesion, "
+                              "a ResNet18 says benign or malignant with a calibrated probability. Every /v1 route "
+                              "needs `Authorization: Bearer <token>` (`branet users add NAME`).")
+    errors.install(app)
+    app.include_router(images.router)
+    app.include_router(analyses.router)
+    app.include_router(service.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + MULTIPART_ALLOWANCE,
+                       message=f"the request is larger than the {settings.max_upload_mb:g} MB upload limit")
+    app.add_middleware(RequestMetrics)
+    return app
 
 
-@app.get("/v1/models")
-def models() -> dict:
-    return {"notice": NOTICE, "classifiers": registry.describe()}
+app = create_app()

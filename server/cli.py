@@ -1,29 +1,110 @@
-"""`branet`: command line of the online phase."""
+"""`branet`: serve, manage users, and analyse an image against a running server."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
 
 from models.manifest import WeightsError
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from server.engine import Engine
+    from server.settings import get_settings
+    settings = get_settings()
+    engine = Engine(settings)
+    try:
+        engine.load()  # fail before binding the port, naming the file
+    except WeightsError as e:
+        print(f"branet: cannot start: {e}", file=sys.stderr)
+        return 1
+    import uvicorn
+
+    from server.app import create_app
+    uvicorn.run(create_app(settings, engine), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    from server.settings import get_settings
+    from server.store import Store
+    store = Store(get_settings().home)
+    try:
+        _, token = store.add_user(args.name, admin=args.admin)
+    except ValueError as e:
+        print(f"branet: {e}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(token)  # alone on stdout, for scripts: TOKEN=$(branet users add alice)
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    import httpx
+    if not args.token:
+        print("branet: a token is needed (--token or BRANET_TOKEN)", file=sys.stderr)
+        return 2
+    if not args.image.is_file():
+        print(f"branet: no such file: {args.image}", file=sys.stderr)
+        return 2
+    prompt = {"box": args.box} if args.box else ({"points": [[x, y, 1] for x, y in args.point]} if args.point else {})
+    headers = {"Authorization": f"Bearer {args.token}"}
+    with httpx.Client(base_url=args.server, headers=headers, timeout=args.timeout) as client:
+        try:
+            with args.image.open("rb") as fh:
+                res = client.post("/v1/analyses", files={"file": (args.image.name, fh)},
+                                  data={"modality": args.modality, "prompt": json.dumps(prompt)})
+        except httpx.HTTPError as e:
+            print(f"branet: cannot reach {args.server}: {e}", file=sys.stderr)
+            return 1
+        if res.status_code != 201:
+            try:
+                message = res.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = res.text[:200]
+            print(f"branet: {res.status_code}: {message}", file=sys.stderr)
+            return 1
+        result = res.json()
+        overlay = args.overlay or args.image.with_name(f"{args.image.stem}.overlay.png")
+        overlay.write_bytes(client.get(f"/v1/analyses/{result['id']}/overlay.png").content)
+    seg = result["segmentation"]
+    print(f"{result['label']}  p(malignant) = {result['p_malignant']:.3f}  (threshold {result['threshold']:.3f})")
+    print(f"lesion box {seg['box']}  SAM {seg['sam_model']} score {seg['score']:.2f}  "
+          f"classifier {result['models']['classifier']['name']}@{result['models']['classifier']['version']}")
+    print(f"analysis {result['id']}  overlay {overlay}  ({result['timings_ms']['total']:.0f} ms)")
+    print(result["notice"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="branet")
+    parser = argparse.ArgumentParser(prog="branet", description="BraNet server (research use only)")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="start the server")
+    serve = sub.add_parser("serve", help="start the server (settings: BRANET_* environment, see README)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(run=_serve)
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
+    add = users.add_parser("add", help="create a user and print its token (alone on stdout)")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true")
+    add.set_defaults(run=_users_add)
+    analyze = sub.add_parser("analyze", help="analyse an image on a server; writes IMAGE.overlay.png")
+    analyze.add_argument("image", type=Path)
+    analyze.add_argument("--modality", choices=["us", "dm"], required=True)
+    analyze.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
+    analyze.add_argument("--point", type=float, nargs=2, action="append", metavar=("X", "Y"),
+                         help="a point on the lesion (repeatable); no box or point = automatic")
+    analyze.add_argument("--server", default=os.environ.get("BRANET_SERVER", "http://127.0.0.1:8000"))
+    analyze.add_argument("--token", default=os.environ.get("BRANET_TOKEN"))
+    analyze.add_argument("--overlay", type=Path, help="where to write the overlay PNG")
+    analyze.add_argument("--timeout", type=float, default=600.0)
+    analyze.set_defaults(run=_analyze)
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        from server.registry import Registry
-        try:
-            Registry().load()  # fail before binding the port, with the file's name
-        except WeightsError as e:
-            print(f"branet: cannot start: {e}", file=sys.stderr)
-            return 1
-        import uvicorn
-        uvicorn.run("server.app:app", host=args.host, port=args.port)
-    return 0
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -26,3 +26,32 @@ def mias_dir(data_dir) -> Path:
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BRANET_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+# One in-process server with the real models for all API tests (loading SAM + classifiers takes seconds).
+@pytest.fixture(scope="session")
+def api(tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    home = tmp_path_factory.mktemp("home")
+    app = create_app(Settings(home=home, create_dev_user=False, amg_points_per_side=4))
+    with TestClient(app) as client:
+        client.home = home
+        client.store = app.state.users
+        client.services = app.state.services
+        yield client
+
+
+@pytest.fixture(scope="session")
+def alice(api):
+    return {"Authorization": f"Bearer {api.store.add_user('alice')[1]}"}
+
+
+@pytest.fixture(scope="session")
+def bob(api):
+    return {"Authorization": f"Bearer {api.store.add_user('bob')[1]}"}
+
+

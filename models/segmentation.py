@@ -1,0 +1,218 @@
+"""Prompted and automatic lesion segmentation with one SAM model, shared by serving and evaluation.
+
+`SamSegmenter` splits SAM into its two costs: `encode` (the image encoder, once per image, cacheable)
+and `predict` (prompt encoder + mask decoder, milliseconds). Prompts come in the API's shape:
+`{"box": [x0, y0, x1, y1]}`, `{"points": [[x, y, 1|0], ...]}`, `{"mask": "<PNG base64>"}` or `{}`
+(automatic). A drawn mask is sent to SAM as its bounding box: the box-trained LiteMedSAM then
+outlines the lesion the user circled.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything.utils.amg import mask_to_rle_pytorch
+
+from models.preprocessing import box_of_mask
+from models.sam import LoadedSam
+
+PromptKind = Literal["box", "points", "mask", "auto"]
+
+# The paper's automatic-mask-generator parameters (BraNet, Module 3).
+AMG_DEFAULTS = dict(points_per_side=32, points_per_batch=64, pred_iou_thresh=0.88,
+                    stability_score_thresh=0.95, box_nms_thresh=0.7)
+# Automatic lesion pick: a lesion is neither a speck nor the whole field of view, and does not run
+# into the image border (that is skin, chest wall or the scanner's frame). Among such masks the one
+# SAM is surest of (predicted IoU x stability) wins; if every mask touches the border, the surest
+# mask under the size cap is taken.
+AUTO_MIN_AREA = 0.002
+AUTO_MAX_AREA = 0.5
+AUTO_BORDER_PX = 2
+
+
+class PromptError(ValueError):
+    """The prompt does not fit the image (outside it, empty, wrong size): the caller's mistake."""
+
+
+class NoLesionFound(ValueError):
+    """SAM returned nothing usable for this prompt."""
+
+
+class Prompt(BaseModel):
+    """One of box, points or mask; none of them means automatic."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"box": [120, 80, 260, 190]}, {"points": [[190, 135, 1], [40, 40, 0]]}, {}]})
+
+    box: list[float] | None = Field(None, min_length=4, max_length=4,
+                                    description="x0, y0, x1, y1 in image pixels (x1 > x0, y1 > y0)")
+    points: list[list[float]] | None = Field(None, min_length=1, max_length=64,
+                                             description="[x, y, label]: label 1 = lesion, 0 = background")
+    mask: str | None = Field(None, description="PNG (base64) of the image's size; non-zero = lesion",
+                             max_length=16_000_000)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Prompt":
+        given = [k for k in ("box", "points", "mask") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of box, points or mask, not {' and '.join(given)}")
+        for p in self.points or []:
+            if len(p) != 3 or p[2] not in (0, 1):
+                raise ValueError(f"each point is [x, y, 1|0], got {p}")
+        return self
+
+    @property
+    def kind(self) -> PromptKind:
+        for k in ("box", "points", "mask"):
+            if getattr(self, k) is not None:
+                return k  # type: ignore[return-value]
+        return "auto"
+
+
+@dataclass
+class Embedding:
+    """What SAM's image encoder computed for one image, enough to answer any prompt on it."""
+
+    model: str
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.element_size() * self.features.nelement()
+
+
+@dataclass
+class Segmentation:
+    mask: np.ndarray  # HxW bool
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) of the mask
+    score: float  # SAM's predicted IoU
+    model: str
+    prompt: PromptKind
+
+
+def decode_mask_png(data: str, width: int, height: int) -> np.ndarray:
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        image.load()
+    except (binascii.Error, ValueError, OSError) as err:
+        raise PromptError(f"prompt mask is not a base64 PNG: {err}") from err
+    if image.size != (width, height):
+        raise PromptError(f"prompt mask is {image.size[0]}x{image.size[1]}, the image is {width}x{height}")
+    mask = np.asarray(image.convert("L")) > 0
+    if not mask.any():
+        raise PromptError("prompt mask is empty: draw over the lesion")
+    return mask
+
+
+def check_box(box: list[float], width: int, height: int) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise PromptError(f"box {box} is not a non-empty box inside the {width}x{height} image")
+    return np.array([x0, y0, x1, y1], dtype=np.float32)
+
+
+def check_points(points: list[list[float]], width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    for x, y, _ in points:
+        if not (0 <= x < width and 0 <= y < height):
+            raise PromptError(f"point ({x}, {y}) is outside the {width}x{height} image")
+    if not any(label == 1 for _, _, label in points):
+        raise PromptError("points need at least one positive (label 1) point on the lesion")
+    arr = np.asarray(points, dtype=np.float32)
+    return arr[:, :2], arr[:, 2].astype(np.int64)
+
+
+def mask_rle(mask: np.ndarray) -> dict:
+    """COCO uncompressed RLE (column-major counts starting with background)."""
+    return mask_to_rle_pytorch(torch.from_numpy(mask[None]))[0]
+
+
+def _pick_lesion(records: list[dict], width: int, height: int) -> dict | None:
+    area = float(width * height)
+    sized = [r for r in records if AUTO_MIN_AREA <= r["area"] / area <= AUTO_MAX_AREA]
+
+    def inside(r: dict) -> bool:
+        x, y, w, h = r["bbox"]
+        b = AUTO_BORDER_PX
+        return x >= b and y >= b and x + w <= width - b and y + h <= height - b
+
+    pool = [r for r in sized if inside(r)] or sized
+    return max(pool, key=lambda r: r["predicted_iou"] * r["stability_score"], default=None)
+
+
+class SamSegmenter:
+    """One SAM model: encode images, answer prompts on an embedding, or find a lesion automatically.
+
+    Calls are serialised by a lock: the wrapped `SamPredictor` holds one image's state at a time."""
+
+    def __init__(self, sam: LoadedSam, amg: dict | None = None):
+        self.sam = sam
+        self.name = sam.name
+        self.predictor = SamPredictor(sam.model)
+        self.amg = {**AMG_DEFAULTS, **(amg or {})}
+        self._lock = threading.Lock()
+
+    def model_input(self, rgb: np.ndarray) -> np.ndarray:
+        if not self.sam.min_max_scale:
+            return rgb
+        lo, hi = float(rgb.min()), float(rgb.max())
+        scaled = (rgb.astype(np.float32) - lo) / max(hi - lo, 1e-8) * 255.0
+        return scaled.astype(np.uint8)
+
+    def encode(self, rgb: np.ndarray) -> Embedding:
+        with self._lock:
+            self.predictor.set_image(self.model_input(rgb), image_format="RGB")
+            return Embedding(self.name, self.predictor.features, self.predictor.original_size,
+                             self.predictor.input_size)
+
+    def predict(self, embedding: Embedding, prompt: Prompt) -> Segmentation:
+        if embedding.model != self.name:
+            raise ValueError(f"embedding from {embedding.model}, segmenter is {self.name}")
+        height, width = embedding.original_size
+        box = coords = labels = None
+        if prompt.kind == "box":
+            box = check_box(prompt.box, width, height)
+        elif prompt.kind == "mask":
+            drawn = box_of_mask(decode_mask_png(prompt.mask, width, height))
+            box = np.asarray(drawn, dtype=np.float32)
+        elif prompt.kind == "points":
+            coords, labels = check_points(prompt.points, width, height)
+        else:
+            raise PromptError("automatic segmentation has no prompt: use `automatic`")
+        # One point is ambiguous (SAM's multimask output picks among part / whole / more); a box is not.
+        multimask = prompt.kind == "points" and len(prompt.points) == 1
+        with self._lock:
+            p = self.predictor
+            p.features, p.original_size, p.input_size = embedding.features, embedding.original_size, embedding.input_size
+            p.is_image_set = True
+            masks, scores, _ = p.predict(point_coords=coords, point_labels=labels, box=box,
+                                         multimask_output=multimask)
+        best = int(np.argmax(scores))
+        return self._segmentation(masks[best], float(scores[best]), prompt.kind)
+
+    def automatic(self, rgb: np.ndarray) -> Segmentation:
+        height, width = rgb.shape[:2]
+        with self._lock:
+            generator = SamAutomaticMaskGenerator(self.sam.model, output_mode="binary_mask", **self.amg)
+            records = generator.generate(self.model_input(rgb))
+        chosen = _pick_lesion(records, width, height)
+        if chosen is None:
+            raise NoLesionFound(f"{self.name} found no lesion-sized region automatically: give a box or points")
+        return self._segmentation(chosen["segmentation"], float(chosen["predicted_iou"]), "auto")
+
+    def _segmentation(self, mask: np.ndarray, score: float, kind: PromptKind) -> Segmentation:
+        mask = np.asarray(mask, dtype=bool)
+        box = box_of_mask(mask)
+        if box is None:
+            raise NoLesionFound(f"{self.name} returned an empty mask for this {kind} prompt")
+        return Segmentation(mask, box, score, self.name, kind)

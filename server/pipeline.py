@@ -1,0 +1,192 @@
+"""Upload -> stored image -> SAM mask -> ROI -> calibrated classification -> stored analysis.
+
+Route handlers call these; each step that fails raises ApiError before anything is stored, and an
+analysis is stored only once every part of it exists.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from models.segmentation import NoLesionFound, Prompt, PromptError, Segmentation, mask_rle
+from server import render
+from server.engine import Engine, Timer
+from server.errors import ApiError
+from server.metrics import observe_stages
+from server.schemas import NOTICE
+from server.settings import Settings
+from server.store import HistoryStore, ImageRecord, User, now
+from server.uploads import DecodedImage, decode, load_png
+
+CHUNK = 1024 * 1024
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    history: HistoryStore
+    images: "ImageMemory"
+
+
+class ImageMemory:
+    """The last few decoded images by id: a re-prompt does not decode the PNG again."""
+
+    def __init__(self, size: int = 32):
+        self.size = size
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def get(self, record: ImageRecord) -> np.ndarray:
+        rgb = self._items.get(record.id)
+        if rgb is None:
+            rgb = load_png(record.file.read_bytes())
+            self.put(record.id, rgb)
+        self._items.move_to_end(record.id)
+        return rgb
+
+    def put(self, image_id: str, rgb: np.ndarray) -> None:
+        self._items[image_id] = rgb
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
+    """The file's bytes, refused with 413 as soon as they pass the limit."""
+    chunks, total = [], 0
+    while chunk := await upload.read(CHUNK):
+        total += len(chunk)
+        if total > settings.max_upload_bytes:
+            raise ApiError(413, "too_large", f"the file is larger than {settings.max_upload_mb:g} MB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_prompt(raw: str | None) -> Prompt:
+    if raw is None or not raw.strip():
+        return Prompt()
+    try:
+        return Prompt.model_validate_json(raw)
+    except ValueError as err:
+        raise ApiError(422, "invalid_prompt", f"prompt is not valid: {_first_error(err)}") from err
+
+
+def _first_error(err: ValueError) -> str:
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{where + ': ' if where else ''}{first.get('msg')}"
+    return str(err)
+
+
+@dataclass
+class Source:
+    """The image an analysis runs on: already stored (`record`), or just uploaded and stored only on success."""
+
+    sha256: str
+    modality: str
+    rgb: np.ndarray
+    record: ImageRecord | None = None
+    decoded: DecodedImage | None = None
+
+
+async def decode_upload(services: Services, data: bytes, timer: Timer) -> DecodedImage:
+    return await run_in_threadpool(timer.stage, "decode_upload", lambda: decode(data, services.settings))
+
+
+async def store_image(services: Services, user: User, decoded: DecodedImage, modality: str, timer: Timer) -> ImageRecord:
+    record = await run_in_threadpool(timer.stage, "store", lambda: services.history.add_image(
+        user, decoded.sha256, modality, decoded.width, decoded.height, decoded.png))
+    services.images.put(record.id, decoded.rgb)
+    return record
+
+
+async def upload(services: Services, user: User, data: bytes, modality: str) -> ImageRecord:
+    """Decode, compute the box route's embedding (so the first prompt is fast), then store."""
+    timer = Timer()
+    decoded = await decode_upload(services, data, timer)
+    if services.settings.embed_on_upload:
+        engine = services.engine
+        await engine.run(engine.embedding, decoded.sha256, decoded.rgb, engine.route(modality, "box"), timer)
+    return await store_image(services, user, decoded, modality, timer)
+
+
+async def stored_source(services: Services, record: ImageRecord) -> Source:
+    rgb = await run_in_threadpool(services.images.get, record)
+    return Source(record.sha256, record.modality, rgb, record=record)
+
+
+def _segment(services: Services, source: Source, prompt: Prompt, timer: Timer) -> Segmentation:
+    try:
+        return services.engine.segment(source.sha256, source.rgb, source.modality, prompt, timer)
+    except PromptError as err:
+        raise ApiError(422, "invalid_prompt", str(err)) from err
+    except NoLesionFound as err:
+        raise ApiError(422, "no_lesion_found", str(err)) from err
+
+
+SAM_STAGES = ("encode", "decode", "auto_segment")
+
+
+def segmentation_out(seg: Segmentation, timings: dict[str, float]) -> dict:
+    return {"mask_png": render.b64(render.mask_png(seg.mask)), "mask_rle": mask_rle(seg.mask),
+            "box": list(seg.box), "score": round(seg.score, 4), "sam_model": seg.model, "prompt": seg.prompt,
+            "timings_ms": {k: v for k, v in timings.items() if k in SAM_STAGES}}
+
+
+async def segment(services: Services, record: ImageRecord, prompt: Prompt) -> dict:
+    timer = Timer()
+    seg = await services.engine.run(_segment, services, await stored_source(services, record), prompt, timer)
+    observe_stages(timer.ms)
+    return segmentation_out(seg, timer.ms)
+
+
+async def analyze(services: Services, user: User, source: Source, prompt: Prompt, timer: Timer) -> dict:
+    """Segment + classify; the result (and a new image) is stored only once all of it exists."""
+    start = time.perf_counter() - sum(timer.ms.values()) / 1000  # upload stages already ran
+    engine = services.engine
+
+    def job():
+        seg = _segment(services, source, prompt, timer)
+        return seg, engine.classify(source.rgb, source.modality, seg.box, timer)
+    seg, result = await engine.run(job)
+    sam, entry = engine.segmenters[seg.model].sam, result.entry
+
+    def pictures() -> dict:
+        return {"segmentation": segmentation_out(seg, timer.ms),
+                "roi_png": render.b64(render.png_bytes(result.roi)),
+                "heatmap_png": render.b64(render.heatmap_png(result.roi, result.cam))}
+    pngs = await run_in_threadpool(timer.stage, "render", pictures)
+    record = source.record or await store_image(services, user, source.decoded, source.modality, timer)
+    timer.ms["total"] = round((time.perf_counter() - start) * 1000, 2)
+    body = {
+        "id": uuid.uuid4().hex, "image_id": record.id, "created": now(), "modality": record.modality,
+        "label": result.label, "p_malignant": round(result.p_malignant, 4), "threshold": round(result.threshold, 4),
+        **pngs,
+        "models": {"classifier": {"name": entry.name, "sha256": entry.sha256, "version": entry.sha256[:12],
+                                  "regime": entry.regime, "temperature": entry.temperature},
+                   "sam": {"name": sam.name, "sha256": sam.sha256, "version": sam.sha256[:12]}},
+        "timings_ms": timer.ms, "notice": NOTICE,
+    }
+    summary = {k: body[k] for k in ("id", "image_id", "created", "modality", "label", "p_malignant")}
+    summary["classifier"] = entry.name
+    try:
+        await run_in_threadpool(services.history.add_analysis, user, record.id, summary, body)
+    except BaseException:
+        if source.record is None:
+            await run_in_threadpool(services.history.delete_image, user, record.id)
+        raise
+    observe_stages(timer.ms)
+    return body
+
+
+def overlay(services: Services, result: dict, record: ImageRecord) -> bytes:
+    segmentation = result["segmentation"]
+    return render.overlay_png(services.images.get(record), render.decode_mask(segmentation["mask_png"]),
+                              segmentation["box"])

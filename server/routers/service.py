@@ -1,0 +1,47 @@
+"""What is served and whether it is up: /v1/models, /healthz, /readyz, /metrics."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+
+from server.auth import current_user
+from server.deps import services
+from server.errors import COMMON_ERRORS
+from server.metrics import exposition
+from server.pipeline import Services
+from server.schemas import ModelsOut
+
+router = APIRouter()
+
+
+@router.get("/v1/models", response_model=ModelsOut, tags=["models"], responses=COMMON_ERRORS,
+            dependencies=[Depends(current_user)], summary="The classifiers and SAM models served, and the routes")
+def served_models(svc: Services = Depends(services)) -> dict:
+    engine = svc.engine
+    classifiers = [{"modality": m, "name": e.name, "sha256": e.sha256, "version": e.sha256[:12],
+                    "architecture": e.architecture, "regime": e.regime, "members": e.members,
+                    "temperature": e.temperature, "threshold": e.threshold, "metrics": e.metrics}
+                   for m, (_, e) in sorted(engine.classifiers.items())]
+    sam = [{"name": name, "sha256": s.sam.sha256, "checkpoint": s.sam.checkpoint.name}
+           for name, s in sorted(engine.segmenters.items())]
+    return {"classifiers": classifiers, "sam": sam, "routes": svc.settings.sam_routes}
+
+
+@router.get("/healthz", tags=["service"], summary="The process answers")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["service"], summary="Every served model is loaded",
+            responses={503: {"description": "models not loaded yet"}})
+def readyz(response: Response, svc: Services = Depends(services)) -> dict:
+    engine = svc.engine
+    if not engine.ready:
+        response.status_code = 503
+    return {"ready": engine.ready, "classifiers": sorted(engine.classifiers), "sam": sorted(engine.segmenters)}
+
+
+@router.get("/metrics", tags=["service"], response_class=Response, summary="Prometheus metrics",
+            responses={200: {"content": {"text/plain": {}}}})
+def metrics(svc: Services = Depends(services)) -> Response:
+    body, content_type = exposition(svc.engine)
+    return Response(body, media_type=content_type)

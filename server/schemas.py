@@ -1,0 +1,139 @@
+"""What the API returns (and accepts as JSON), with the examples the OpenAPI shows."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.segmentation import Prompt
+
+NOTICE = "Research use only. Not for clinical diagnosis."
+Modality = Literal["us", "dm"]
+Box = list[int]
+
+
+class ImageOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"image_id": "3f2a9c0d5e6b4b1f8a7c6d5e4f3a2b1c", "width": 449, "height": 598,
+         "sha256": "9b1d...e4", "modality": "us"}]})
+    image_id: str
+    width: int
+    height: int
+    sha256: str = Field(description="of the uploaded file")
+    modality: Modality
+
+
+class Rle(BaseModel):
+    size: list[int] = Field(description="[height, width]")
+    counts: list[int] = Field(description="COCO uncompressed RLE, column-major, starting with background")
+
+
+class SegmentationOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"mask_png": "iVBORw0KGgo...", "mask_rle": {"size": [598, 449], "counts": [1200, 35, 410]},
+         "box": [8, 133, 440, 404], "score": 0.93, "sam_model": "litemedsam", "prompt": "box",
+         "timings_ms": {"encode": 0.0, "decode": 41.2}}]})
+    mask_png: str = Field(description="PNG (base64) of the image's size, 255 = lesion")
+    mask_rle: Rle
+    box: Box = Field(description="x0, y0, x1, y1 (exclusive) of the mask")
+    score: float = Field(description="SAM's predicted IoU of the mask")
+    sam_model: str
+    prompt: Literal["box", "points", "mask", "auto"]
+    timings_ms: dict[str, float]
+
+
+class SegmentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"prompt": {"box": [8, 133, 440, 404]}}]})
+    prompt: Prompt = Field(default_factory=Prompt)
+
+
+class AnalysisRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"image_id": "3f2a9c0d5e6b4b1f8a7c6d5e4f3a2b1c", "prompt": {"box": [8, 133, 440, 404]}}]})
+    image_id: str = Field(min_length=1, max_length=64)
+    prompt: Prompt = Field(default_factory=Prompt)
+
+
+class ModelInfo(BaseModel):
+    name: str
+    sha256: str
+    version: str
+
+
+class ClassifierInfo(ModelInfo):
+    regime: str
+    temperature: float
+
+
+class AnalysisModels(BaseModel):
+    classifier: ClassifierInfo
+    sam: ModelInfo
+
+
+class AnalysisOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "a1b2c3d4e5f60718293a4b5c6d7e8f90", "image_id": "3f2a9c0d5e6b4b1f8a7c6d5e4f3a2b1c",
+        "created": "2026-11-25T18:00:00.000+00:00", "modality": "us", "label": "malignant", "p_malignant": 0.81,
+        "threshold": 0.246, "segmentation": SegmentationOut.model_config["json_schema_extra"]["examples"][0],
+        "roi_png": "iVBORw0KGgo...", "heatmap_png": "iVBORw0KGgo...",
+        "models": {"classifier": {"name": "classifier-us", "sha256": "592847ef...", "version": "592847ef12fe",
+                                  "regime": "real", "temperature": 1.66},
+                   "sam": {"name": "litemedsam", "sha256": "79d8c9dc...", "version": "79d8c9dca6db"}},
+        "timings_ms": {"encode": 950.1, "decode": 40.3, "crop": 1.2, "classify": 20.5, "gradcam": 35.0, "total": 1060.0},
+        "notice": NOTICE}]})
+    id: str
+    image_id: str
+    created: str
+    modality: Modality
+    label: Literal["benign", "malignant"]
+    p_malignant: float = Field(description="calibrated (temperature-scaled) probability of malignancy")
+    threshold: float = Field(description="p_malignant >= threshold is called malignant (chosen for 0.90 sensitivity)")
+    segmentation: SegmentationOut
+    roi_png: str = Field(description="PNG (base64): the 128x128 gray crop the classifier saw")
+    heatmap_png: str = Field(description="PNG (base64): Grad-CAM of the malignant class over that crop")
+    models: AnalysisModels
+    timings_ms: dict[str, float]
+    notice: str = NOTICE
+
+
+class AnalysisSummary(BaseModel):
+    id: str
+    image_id: str
+    created: str
+    modality: Modality
+    label: Literal["benign", "malignant"]
+    p_malignant: float
+    classifier: str
+    notice: str = NOTICE
+
+
+class AnalysisPage(BaseModel):
+    items: list[AnalysisSummary]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next (older) page; null at the end")
+    notice: str = NOTICE
+
+
+class ServedClassifier(BaseModel):
+    modality: Modality
+    name: str
+    sha256: str
+    version: str
+    architecture: str
+    regime: str
+    members: int
+    temperature: float
+    threshold: float
+    metrics: dict
+
+
+class ServedSam(BaseModel):
+    name: str
+    sha256: str
+    checkpoint: str
+
+
+class ModelsOut(BaseModel):
+    notice: str = NOTICE
+    classifiers: list[ServedClassifier]
+    sam: list[ServedSam]
+    routes: dict[str, dict[str, str]] = Field(description="SAM model per modality and prompt kind")

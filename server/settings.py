@@ -1,0 +1,53 @@
+"""Server settings, all from the environment (prefix BRANET_); the defaults run with no configuration."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.manifest import WEIGHTS_DIR
+
+Modality = Literal["us", "dm"]
+PromptKind = Literal["box", "points", "mask", "auto"]
+
+# Measured zero-shot on BUSI (training/results/segmentation): LiteMedSAM is best from a box but was
+# trained on boxes only (a single point gives almost nothing); MobileSAM answers points.
+DEFAULT_ROUTE: dict[str, str] = {"box": "litemedsam", "mask": "litemedsam", "points": "mobilesam", "auto": "mobilesam"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BRANET_", extra="ignore")
+
+    home: Path = Field(Path.home() / ".branet", description="SQLite history and uploaded images")
+    weights: Path = Field(WEIGHTS_DIR, description="folder with the classifier manifest and weights")
+    max_upload_mb: float = Field(10.0, gt=0, description="largest accepted image file")
+    max_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")
+    min_side: int = Field(16, ge=1, description="smallest accepted image side in pixels")
+    max_aspect: float = Field(8.0, ge=1, description="largest accepted long/short side ratio")
+    sam_routes: dict[Modality, dict[PromptKind, str]] = Field(
+        default_factory=lambda: {"us": dict(DEFAULT_ROUTE), "dm": dict(DEFAULT_ROUTE)},
+        description="SAM model per modality and prompt kind (JSON)")
+    sam_checkpoints: dict[str, Path] = Field(default_factory=dict,
+                                             description="checkpoint path per SAM name (needed for vit_b/l/h)")
+    amg_points_per_side: int = Field(32, ge=1, description="automatic mask generator grid (paper: 32)")
+    embed_on_upload: bool = Field(True, description="encode the box-route SAM embedding at upload")
+    cache_mb: float = Field(512.0, ge=0, description="SAM embedding cache bound")
+    queue_size: int = Field(16, ge=1, description="inference jobs waiting before 503")
+    torch_threads: int | None = Field(None, description="torch intra-op threads (default: torch's)")
+    device: str = Field("auto", description="cpu, cuda or auto")
+    create_dev_user: bool = Field(True, description="on first start, create user 'dev' and print its token")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def sam_names(self) -> set[str]:
+        return {name for route in self.sam_routes.values() for name in route.values()}
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

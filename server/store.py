@@ -1,0 +1,210 @@
+"""SQLite (WAL) users, tokens, images and analyses, and the image files under BRANET_HOME.
+
+`Store` is the embedded default behind two interfaces, `UserStore` (for auth) and `HistoryStore`;
+the Firebase issue provides other implementations of the same protocols. Writes are all-or-nothing:
+an image file is written under a temporary name and renamed only once its row is committed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, is_admin INTEGER NOT NULL,
+                                  created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id),
+                                   created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id),
+                                   sha256 TEXT NOT NULL, modality TEXT NOT NULL, width INTEGER NOT NULL,
+                                   height INTEGER NOT NULL, file TEXT NOT NULL, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS analyses (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
+                                     user_id TEXT NOT NULL REFERENCES users(id), image_id TEXT NOT NULL,
+                                     created TEXT NOT NULL, summary TEXT NOT NULL, result TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS analyses_by_user ON analyses (user_id, seq);
+"""
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    name: str
+    is_admin: bool = False
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str
+    user_id: str
+    sha256: str
+    modality: str
+    width: int
+    height: int
+    file: Path
+    created: str
+
+
+class UserStore(Protocol):
+    def user_for_token(self, token: str) -> User | None: ...
+
+
+class HistoryStore(Protocol):
+    def add_image(self, user: User, sha256: str, modality: str, width: int, height: int, png: bytes) -> ImageRecord: ...
+    def get_image(self, user: User, image_id: str) -> ImageRecord | None: ...
+    def delete_image(self, user: User, image_id: str) -> None: ...
+    def add_analysis(self, user: User, image_id: str, summary: dict, result: dict) -> str: ...
+    def list_analyses(self, user: User, limit: int, before: int | None) -> tuple[list[dict], int | None]: ...
+    def get_analysis(self, user: User, analysis_id: str) -> dict | None: ...
+    def delete_analysis(self, user: User, analysis_id: str) -> bool: ...
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def hash_token(token: str) -> str:
+    # Tokens are 256-bit random: a plain hash is enough to make a leaked database useless.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, home: Path):
+        self.home = Path(home)
+        self.images_dir = self.home / "images"
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.home / "branet.sqlite3", check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        self._remove_orphans()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _remove_orphans(self) -> None:
+        # A crash between writing a file and committing its row leaves a `.part` file: never shown, removed here.
+        for part in self.images_dir.glob("*/*.part"):
+            part.unlink(missing_ok=True)
+
+    def _tx(self):
+        store = self
+
+        class _Tx:
+            def __enter__(self):
+                store._lock.acquire()
+                store._db.execute("BEGIN IMMEDIATE")
+                return store._db
+
+            def __exit__(self, exc_type, *_):
+                try:
+                    store._db.execute("ROLLBACK" if exc_type else "COMMIT")
+                finally:
+                    store._lock.release()
+        return _Tx()
+
+    # users and tokens
+    def add_user(self, name: str, admin: bool = False) -> tuple[User, str]:
+        """Create a user and return it with its token; the token itself is never stored."""
+        user = User(uuid.uuid4().hex, name, admin)
+        token = "bn_" + secrets.token_urlsafe(32)
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+                raise ValueError(f"user {name!r} exists already")
+            db.execute("INSERT INTO users VALUES (?, ?, ?, ?)", (user.id, name, int(admin), now()))
+            db.execute("INSERT INTO tokens VALUES (?, ?, ?)", (hash_token(token), user.id, now()))
+        return user, token
+
+    def user_count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+
+    def user_for_token(self, token: str) -> User | None:
+        with self._lock:
+            row = self._db.execute("SELECT u.id, u.name, u.is_admin FROM tokens t JOIN users u ON u.id = t.user_id "
+                                   "WHERE t.hash = ?", (hash_token(token),)).fetchone()
+        return User(row["id"], row["name"], bool(row["is_admin"])) if row else None
+
+    # images
+    def add_image(self, user: User, sha256: str, modality: str, width: int, height: int, png: bytes) -> ImageRecord:
+        image_id = uuid.uuid4().hex
+        folder = self.images_dir / user.id
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"{image_id}.png"
+        part = final.with_suffix(".part")
+        part.write_bytes(png)
+        record = ImageRecord(image_id, user.id, sha256, modality, width, height, final, now())
+        try:
+            with self._tx() as db:
+                db.execute("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (image_id, user.id, sha256, modality, width, height,
+                            str(final.relative_to(self.home)), record.created))
+            os.replace(part, final)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        return record
+
+    def get_image(self, user: User, image_id: str) -> ImageRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM images WHERE id = ? AND user_id = ?", (image_id, user.id)).fetchone()
+        if row is None:
+            return None
+        return ImageRecord(row["id"], row["user_id"], row["sha256"], row["modality"], row["width"], row["height"],
+                           self.home / row["file"], row["created"])
+
+    def delete_image(self, user: User, image_id: str) -> None:
+        record = self.get_image(user, image_id)
+        if record is None:
+            return
+        with self._tx() as db:
+            db.execute("DELETE FROM images WHERE id = ? AND user_id = ?", (image_id, user.id))
+        record.file.unlink(missing_ok=True)
+
+    # analyses
+    def add_analysis(self, user: User, image_id: str, summary: dict, result: dict) -> str:
+        with self._tx() as db:
+            db.execute("INSERT INTO analyses (id, user_id, image_id, created, summary, result) VALUES (?, ?, ?, ?, ?, ?)",
+                       (result["id"], user.id, image_id, result["created"], json.dumps(summary), json.dumps(result)))
+        return result["id"]
+
+    def list_analyses(self, user: User, limit: int, before: int | None = None) -> tuple[list[dict], int | None]:
+        """Newest first; returns the page and the cursor of the next one (None at the end)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, summary FROM analyses WHERE user_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                (user.id, before if before is not None else 2**62, limit + 1)).fetchall()
+        page = [json.loads(r["summary"]) for r in rows[:limit]]
+        return page, (rows[limit - 1]["seq"] if len(rows) > limit else None)
+
+    def get_analysis(self, user: User, analysis_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT result FROM analyses WHERE id = ? AND user_id = ?",
+                                   (analysis_id, user.id)).fetchone()
+        return json.loads(row["result"]) if row else None
+
+    def delete_analysis(self, user: User, analysis_id: str) -> bool:
+        """Delete the analysis, and its image when nothing else of the user refers to it."""
+        with self._tx() as db:
+            row = db.execute("SELECT image_id FROM analyses WHERE id = ? AND user_id = ?",
+                             (analysis_id, user.id)).fetchone()
+            if row is None:
+                return False
+            db.execute("DELETE FROM analyses WHERE id = ?", (analysis_id,))
+            image_id = row["image_id"]
+            still_used = db.execute("SELECT 1 FROM analyses WHERE image_id = ? LIMIT 1", (image_id,)).fetchone()
+            image = None if still_used else db.execute("SELECT file FROM images WHERE id = ?", (image_id,)).fetchone()
+            if image is not None:
+                db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+        if image is not None:
+            (self.home / image["file"]).unlink(missing_ok=True)
+        return True
