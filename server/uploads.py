@@ -75,7 +75,8 @@ def decode(data: bytes, settings: Settings) -> DecodedImage:
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ApiError(422, "too_many_pixels", f"image refused as a decompression bomb: {err}") from err
+        raise ApiError(422, "too_many_pixels", f"image has too many pixels, the limit is {settings.max_pixels} "
+                                                "(decompression-bomb guard)") from err
     except (OSError, ValueError, SyntaxError, EOFError) as err:  # Pillow's ways of saying corrupt/truncated
         raise ApiError(422, "corrupt_image", f"the {fmt.upper()} data cannot be decoded (truncated or corrupt): {err}") from err
     height, width = rgb.shape[:2]
