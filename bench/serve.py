@@ -1,0 +1,198 @@
+"""Serving overhead: the running server against the bare models, on real BUSI images, in one run.
+
+    .venv/bin/python bench/serve.py [--data ../shared/data] [--levels 1 4 8] [--per-level 8]
+
+1. Bare: in this process, for each image, LiteMedSAM encoder + decoder (box from the expert mask)
+   + the US classifier: the least any server could do. Median = `bare`.
+2. Starts `branet serve` (fresh BRANET_HOME), then at each concurrency level sends POST /v1/analyses
+   (multipart, box prompt; every request a new image so nothing is cached) and reports p50 / p95
+   latency and throughput. Targets: p50 at concurrency 1 <= 1.15 x bare; throughput at 8 >= 0.9 / bare.
+3. Re-prompt: one uploaded image, then POST /v1/images/{id}/segment with boxes (cached embedding).
+4. Overload: queue_size + 8 requests at once: the excess is answered 503 with Retry-After.
+Bare and served run one after the other, never at once, so they do not share the cores.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.manifest import load_classifier  # noqa: E402
+from models.preprocessing import box_of_mask, normalize, roi_from_image, to_gray  # noqa: E402
+from models.sam import load_sam  # noqa: E402
+from models.segmentation import Prompt, SamSegmenter  # noqa: E402
+
+
+def busi_cases(data: Path, n: int) -> list[tuple[Path, list[int]]]:
+    folder = data / "busi" / "Dataset_BUSI_with_GT"
+    cases = []
+    for label in ("benign", "malignant"):
+        for mask_path in sorted((folder / label).glob("* (*)_mask.png"), key=lambda p: int(p.stem.split("(")[1].split(")")[0])):
+            mask = np.asarray(Image.open(mask_path).convert("L")) > 0
+            if mask.any():
+                cases.append((mask_path.with_name(mask_path.name.replace("_mask", "")), list(box_of_mask(mask))))
+    # Interleave classes, deterministic.
+    benign = [c for c in cases if "benign" in c[0].name]
+    malignant = [c for c in cases if "malignant" in c[0].name]
+    mixed = [c for pair in zip(benign, malignant) for c in pair]
+    return mixed[:n]
+
+
+def bare_times(cases) -> list[float]:
+    segmenter = SamSegmenter(load_sam("litemedsam"))
+    model, entry = load_classifier("classifier-us")
+    times = []
+    for i, (path, box) in enumerate(cases):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        start = time.perf_counter()
+        with torch.inference_mode():
+            seg = segmenter.predict(segmenter.encode(rgb), Prompt(box=box))
+            x = normalize(roi_from_image(to_gray(rgb), seg.box, entry.input.size, entry.input.roi_margin)[None])
+            torch.softmax(model(x) / entry.temperature, dim=1)
+        if i:  # the first call warms up
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(home: Path, port: int, env_extra: dict) -> subprocess.Popen:
+    env = {**os.environ, "BRANET_HOME": str(home), "BRANET_CREATE_DEV_USER": "false", **env_extra}
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--log-level", "warning"],
+                            env=env, cwd=ROOT)
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("server did not become ready")
+
+
+async def analyse(client: httpx.AsyncClient, path: Path, box: list[int]) -> tuple[float, int, dict]:
+    start = time.perf_counter()
+    res = await client.post("/v1/analyses", files={"file": (path.name, path.read_bytes())},
+                            data={"modality": "us", "prompt": json.dumps({"box": box})})
+    return time.perf_counter() - start, res.status_code, res.headers
+
+
+async def level(client: httpx.AsyncClient, cases, concurrency: int) -> dict:
+    queue = list(cases)
+    latencies = []
+
+    async def worker():
+        while queue:
+            path, box = queue.pop(0)
+            seconds, status, _ = await analyse(client, path, box)
+            assert status == 201, status
+            latencies.append(seconds)
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    return {"concurrency": concurrency, "n": len(latencies), "p50_s": statistics.median(latencies),
+            "p95_s": float(np.percentile(latencies, 95)), "throughput_per_s": len(latencies) / wall}
+
+
+async def reprompt(client: httpx.AsyncClient, path: Path, box: list[int], n: int = 10) -> list[float]:
+    res = await client.post("/v1/images", files={"file": (path.name, path.read_bytes())}, data={"modality": "us"})
+    image_id = res.json()["image_id"]
+    times = []
+    for i in range(n):
+        jitter = [box[0] + i % 3, box[1], box[2] - i % 2, box[3]]
+        start = time.perf_counter()
+        res = await client.post(f"/v1/images/{image_id}/segment", json={"prompt": {"box": jitter}})
+        assert res.status_code == 200, res.text
+        times.append(time.perf_counter() - start)
+    return times
+
+
+async def overload(client: httpx.AsyncClient, cases, queue_size: int) -> dict:
+    results = await asyncio.gather(*(analyse(client, p, b) for p, b in cases[:queue_size + 8]))
+    busy = [r for r in results if r[1] == 503]
+    return {"sent": len(results), "ok": sum(r[1] == 201 for r in results), "busy_503": len(busy),
+            "retry_after_present": all("retry-after" in r[2] for r in busy)}
+
+
+async def served(port: int, token: str, cases, levels, per_level: int, queue_size: int) -> dict:
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=600, limits=limits) as client:
+        await analyse(client, *cases[-1])  # warm-up
+        out, offset = {"levels": []}, 0
+        for c in levels:
+            n = per_level * max(1, c // 2)
+            out["levels"].append(await level(client, cases[offset:offset + n], c))
+            offset += n
+            print(f"  concurrency {c}: {out['levels'][-1]}", flush=True)
+        out["reprompt_s"] = await reprompt(client, *cases[0])
+        out["overload"] = await overload(client, cases[offset:], queue_size)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("BRANET_DATA", ROOT.parent / "shared" / "data")))
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--per-level", type=int, default=8, help="requests per level (x concurrency/2 above 2)")
+    parser.add_argument("--bare", type=int, default=9, help="images for the bare-model time")
+    parser.add_argument("--queue-size", type=int, default=16)
+    parser.add_argument("--out", type=Path, help="write the numbers as JSON here")
+    args = parser.parse_args()
+
+    need = args.per_level * sum(max(1, c // 2) for c in args.levels) + args.queue_size + 8 + 1
+    cases = busi_cases(args.data, need + args.bare)
+    bare_cases, cases = cases[:args.bare], cases[args.bare:]
+    print(f"bare model (LiteMedSAM encoder + decoder + ResNet18 classifier), {len(bare_cases) - 1} images ...", flush=True)
+    bare = statistics.median(bare_times(bare_cases))
+    print(f"  bare median {bare * 1000:.0f} ms", flush=True)
+
+    with tempfile.TemporaryDirectory() as home:
+        token = subprocess.run([sys.executable, "-m", "server.cli", "users", "add", "bench"], capture_output=True,
+                               text=True, check=True, cwd=ROOT, env={**os.environ, "BRANET_HOME": home}).stdout.strip()
+        port = free_port()
+        proc = start_server(Path(home), port, {"BRANET_QUEUE_SIZE": str(args.queue_size)})
+        try:
+            result = asyncio.run(served(port, token, cases, args.levels, args.per_level, args.queue_size))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+    result |= {"bare_s": bare, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    print(f"\nbare model time: {bare * 1000:.0f} ms (median; torch threads {torch.get_num_threads()})")
+    print(f"{'concurrency':>11} {'n':>3} {'p50 ms':>8} {'p95 ms':>8} {'p50/bare':>9} {'req/s':>7} {'x 1/bare':>9}")
+    for lv in result["levels"]:
+        print(f"{lv['concurrency']:>11} {lv['n']:>3} {lv['p50_s'] * 1000:>8.0f} {lv['p95_s'] * 1000:>8.0f} "
+              f"{lv['p50_s'] / bare:>9.2f} {lv['throughput_per_s']:>7.2f} {lv['throughput_per_s'] * bare:>9.2f}")
+    rp = result["reprompt_s"]
+    print(f"re-prompt on a cached image: p50 {statistics.median(rp) * 1000:.0f} ms, max {max(rp) * 1000:.0f} ms")
+    ov = result["overload"]
+    print(f"overload: {ov['sent']} at once with queue {args.queue_size}: {ov['ok']} answered 201, "
+          f"{ov['busy_503']} answered 503 (Retry-After on all: {ov['retry_after_present']})")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
