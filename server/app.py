@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     errors.install(app)
     app.include_router(images.router)
     app.include_router(analyses.router)
+    analyses.document_request_body(app)
     app.include_router(service.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + MULTIPART_ALLOWANCE,
                        message=f"the request is larger than the {settings.max_upload_mb:g} MB upload limit")

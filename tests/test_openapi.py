@@ -31,3 +31,22 @@ def test_operation_conforms_to_the_openapi(api_schema, alice, label):
         excluded = [positive_data_acceptance] if label in UPLOADS else []
         case.call_and_validate(headers=alice, excluded_checks=excluded)
     check()
+
+
+def test_every_reference_resolves_and_operations_have_examples(api):
+    spec = api.get("/openapi.json").json()
+    refs = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            refs.update([node["$ref"]] if "$ref" in node else [])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+    walk(spec)
+    missing = [r for r in refs if r.split("/")[-1] not in spec["components"]["schemas"]]
+    assert not missing
+    for name in ("Prompt", "AnalysisRequest", "AnalysisOut", "SegmentationOut", "ImageOut"):
+        assert spec["components"]["schemas"][name]["examples"], name
