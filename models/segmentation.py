@@ -197,8 +197,16 @@ class SamSegmenter:
             p.is_image_set = True
             masks, scores, _ = p.predict(point_coords=coords, point_labels=labels, box=box,
                                          multimask_output=multimask)
-        best = int(np.argmax(scores))
-        return self._segmentation(masks[best], float(scores[best]), prompt.kind)
+        return self._segmentation(*self._best(masks, scores), prompt.kind)
+
+    @staticmethod
+    def _best(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, float]:
+        """SAM's surest mask, but not one covering more than AUTO_MAX_AREA of the image: for one point
+        MobileSAM's surest guess is often the whole field of view (training/results/segmentation)."""
+        areas = masks.reshape(len(masks), -1).mean(axis=1)
+        allowed = np.flatnonzero(areas <= AUTO_MAX_AREA)
+        best = int(allowed[np.argmax(scores[allowed])]) if len(allowed) else int(np.argmax(scores))
+        return masks[best], float(scores[best])
 
     def automatic(self, rgb: np.ndarray) -> Segmentation:
         height, width = rgb.shape[:2]

@@ -124,3 +124,22 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str 
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_dice_histogram(by_class: dict[str, Sequence[float]], path: str | Path, title: str = "Dice",
+                        bins: int = 20) -> Path:
+    """Histogram of per-image Dice in [0, 1], one outline per class with its mean in the legend."""
+    fig = Figure(figsize=(5.5, 4.0))
+    ax = fig.add_subplot()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for i, (label, values) in enumerate(by_class.items()):
+        v = np.asarray(values, dtype=float)
+        if not v.size:
+            continue
+        ax.hist(v, bins=edges, histtype="stepfilled", alpha=0.35, color=f"C{i}")
+        ax.hist(v, bins=edges, histtype="step", lw=1.5, color=f"C{i}",
+                label=f"{label} (n={v.size}, mean {v.mean():.3f})")
+    ax.set(xlim=(0, 1), xlabel="Dice", ylabel="images", title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
