@@ -25,7 +25,8 @@ class WeightsError(RuntimeError):
 
 
 class InputSpec(BaseModel):
-    channels: int = 1
+    channels: int = 1  # 1: gray ROI; 2: gray ROI + lesion mask cropped the same way
+    roi_source: str = "expert"  # what placed the crop in training: expert mask, drawn box, or SAM
     size: int = 128
     mean: float = 0.5
     std: float = 0.5

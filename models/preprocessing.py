@@ -86,8 +86,30 @@ def roi_from_image(gray: np.ndarray, box: Box, size: int = INPUT_SIZE, margin: f
     return resize_square(crop_square(gray, box, margin), size)
 
 
+def jitter_box(box: Box, width: int, height: int, rng: np.random.Generator,
+               fraction: float = 0.05) -> tuple[float, float, float, float]:
+    """The box a user would draw: each side moved by up to +-fraction of the box's size, inside the image."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    dx, dy = (x1 - x0) * fraction, (y1 - y0) * fraction
+    jx0, jx1 = x0 + rng.uniform(-dx, dx), x1 + rng.uniform(-dx, dx)
+    jy0, jy1 = y0 + rng.uniform(-dy, dy), y1 + rng.uniform(-dy, dy)
+    jx0, jy0 = max(0.0, jx0), max(0.0, jy0)
+    jx1, jy1 = min(float(width), max(jx1, jx0 + 1)), min(float(height), max(jy1, jy0 + 1))
+    return jx0, jy0, jx1, jy1
+
+
+def classifier_input(gray: np.ndarray, box: Box, mask: np.ndarray | None = None, size: int = INPUT_SIZE,
+                     margin: float = ROI_MARGIN) -> np.ndarray:
+    """(C, size, size) uint8: the gray ROI, then (2-channel models) the lesion mask cropped the same way."""
+    roi = roi_from_image(gray, box, size, margin)
+    if mask is None:
+        return roi[None]
+    mask_roi = roi_from_image(mask.astype(np.uint8) * 255, box, size, margin)
+    return np.stack([roi, np.where(mask_roi >= 128, 255, 0).astype(np.uint8)])
+
+
 def normalize(rois: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N,H,W) or (H,W) -> float (N,1,H,W) in [-1, 1]."""
+    """uint8 (N,H,W) or (H,W) -> float (N,1,H,W) in [-1, 1]; (N,C,H,W) keeps its channels."""
     if isinstance(rois, np.ndarray) and not rois.flags.writeable:
         rois = rois.copy()  # torch cannot share read-only memory (e.g. a decoded PIL image)
     t = torch.as_tensor(rois)

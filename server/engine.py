@@ -18,7 +18,7 @@ import torch
 
 from models.gradcam import grad_cam
 from models.manifest import ModelEntry, load_classifier, read_manifest
-from models.preprocessing import normalize, roi_from_image, to_gray
+from models.preprocessing import classifier_input, normalize, to_gray
 from models.sam import load_sam
 from models.segmentation import Embedding, Prompt, SamSegmenter, Segmentation
 from server.embedding_cache import EmbeddingCache
@@ -119,10 +119,14 @@ class Engine:
         embedding = self.embedding(sha256, rgb, segmenter, timer)
         return timer.stage("decode", lambda: segmenter.predict(embedding, prompt))
 
-    def classify(self, rgb: np.ndarray, modality: str, box: tuple[int, int, int, int], timer: Timer) -> Classification:
+    def classify(self, rgb: np.ndarray, modality: str, seg: Segmentation, timer: Timer) -> Classification:
+        """The crop training used (models.preprocessing.classifier_input), around SAM's mask."""
         model, entry = self.classifiers[modality]
-        roi = timer.stage("crop", lambda: roi_from_image(to_gray(rgb), box, entry.input.size, entry.input.roi_margin))
-        x = normalize(roi[None]).to(self.device)
+        spec = entry.input
+        inputs = timer.stage("crop", lambda: classifier_input(
+            to_gray(rgb), seg.box, seg.mask if spec.channels == 2 else None, spec.size, spec.roi_margin))
+        roi = inputs[0]
+        x = normalize(inputs[None]).to(self.device)
 
         def logits() -> torch.Tensor:
             with torch.inference_mode():

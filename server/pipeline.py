@@ -154,7 +154,7 @@ async def analyze(services: Services, user: User, source: Source, prompt: Prompt
 
     def job():
         seg = _segment(services, source, prompt, timer)
-        return seg, engine.classify(source.rgb, source.modality, seg.box, timer)
+        return seg, engine.classify(source.rgb, source.modality, seg, timer)
     seg, result = await engine.run(job)
     sam, entry = engine.segmenters[seg.model].sam, result.entry
 

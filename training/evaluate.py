@@ -1,8 +1,10 @@
 """`evaluate`: served weights on a dataset folder -> report.json, report.md, predictions.csv, plots.
 
 DATA is a prepared folder (with rois.csv) or any folder of known datasets (e.g. BUSI, mini-MIAS), prepared
-on the fly into the cache. Lesions are cropped from the dataset's own annotation (expert ROIs), so
-this measures the classifier alone, not segmentation + classifier.
+on the fly into the cache. `--roi-source` says where each crop comes from (training/roi_sources.py):
+`sam` (default) is what the server does, SAM's mask from a box drawn around the lesion (the expert
+box, jittered); `box` is that drawn box alone; `expert` the dataset's own annotation, which measures
+the classifier alone and is optimistic.
 
 Exit status 2: missing or unknown data folder, no lesions of the modality, missing/corrupt weights.
 """
@@ -19,6 +21,9 @@ from typing import Any
 
 from training.roi_table import MODALITIES, RoiRecord
 
+ROI_SOURCE_TEXT = {"expert": "lesion box from the dataset's own annotation",
+                   "box": "the annotation's box with each side jittered by up to 5%, as a user draws it",
+                   "sam": "SAM's mask from that jittered box, cropped as the server crops"}
 PLOTS = {"roc": "roc.png", "confusion": "confusion.png", "reliability": "reliability.png"}
 
 
@@ -36,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", choices=MODALITIES,
                    help="us or dm (default: the only modality in DATA)")
     p.add_argument("--model", help="manifest entry to evaluate (default: classifier-<modality>)")
+    p.add_argument("--roi-source", choices=["expert", "box", "sam"], default="sam",
+                   help="where the crop comes from: the expert annotation, a jittered box as a user draws it, or "
+                        "SAM's mask from that box as the server does (default: sam)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the AUC 95%% CI")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
@@ -72,14 +80,14 @@ def select_lesions(data: Path, modality: str | None) -> tuple[str, list[RoiRecor
     return modality, chosen
 
 
-def predict(records: list[RoiRecord], weights: Path, name: str) -> tuple[list[float], Any]:
+def predict(records: list[RoiRecord], weights: Path, name: str, roi_source: str = "sam") -> tuple[list[float], Any]:
     """p(malignant) per record from the verified classifier `name`, and its manifest entry."""
     import torch
 
     from models.classifier import predict_proba
     from models.manifest import WeightsError, load_classifier
     from models.preprocessing import MEAN, STD, normalize
-    from training.rois import load_rois
+    from training.roi_sources import load_inputs
 
     try:
         model, entry = load_classifier(name, weights)
@@ -91,10 +99,22 @@ def predict(records: list[RoiRecord], weights: Path, name: str) -> tuple[list[fl
                             f"models.preprocessing uses {MEAN}, {STD}")
     if entry.modality not in ("", records[0].modality):
         _log(f"warning: {name} was trained on {entry.modality}, evaluating it on {records[0].modality}")
-    rois = load_rois(records, size=entry.input.size, margin=entry.input.roi_margin, progress=sys.stderr.isatty())
+    inputs = load_inputs(records, roi_source, entry.input.channels, size=entry.input.size,
+                         margin=entry.input.roi_margin, progress=sys.stderr.isatty())
     with torch.inference_mode():
-        p = predict_proba(model, normalize(rois), temperature=entry.temperature)
+        p = predict_proba(model, normalize(inputs), temperature=entry.temperature)
     return [float(v) for v in p.tolist()], entry
+
+
+def _sam_dice(records: list[RoiRecord]) -> dict[str, float]:
+    """How far SAM's masks (from the jittered boxes) are from the expert's: mean Dice per class."""
+    import numpy as np
+
+    from training.roi_sources import SamViews
+    dice = SamViews(records, progress=False).dice()
+    labels = np.array([r.label for r in records])
+    return {"all": round(float(dice.mean()), 4),
+            **{c: round(float(dice[labels == c].mean()), 4) for c in ("benign", "malignant") if (labels == c).any()}}
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -113,7 +133,8 @@ def report_markdown(rep: dict[str, Any]) -> str:
         "",
         f"- data: `{rep['data']['folder']}` ({', '.join(rep['data']['sources'])}): "
         f"{rep['n']} lesions, {counts.get('benign', 0)} benign, {counts.get('malignant', 0)} malignant",
-        f"- ROIs: {rep['roi_source']} (lesion box from the dataset's own annotation)",
+        f"- ROIs: {rep['roi_source']} ({ROI_SOURCE_TEXT[rep['roi_source']]})"
+        + (f"; SAM vs expert mask Dice {rep['sam_dice_vs_expert']['all']:.3f}" if "sam_dice_vs_expert" in rep else ""),
         f"- weights sha256: `{rep['model_sha256']}`",
         f"- temperature {rep['temperature']:g}, threshold {rep['threshold']:g} "
         f"(malignant when p(malignant) >= threshold)",
@@ -146,14 +167,14 @@ def report_markdown(rep: dict[str, Any]) -> str:
 
 
 def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, model: str | None = None,
-             n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+             n_boot: int = 1000, seed: int = 0, roi_source: str = "sam") -> dict[str, Any]:
     from training.metrics import binary_report
     from training.plots import plot_confusion, plot_reliability, plot_roc
 
     modality, records = select_lesions(Path(data), modality)
     name = model or f"classifier-{modality}"
     _log(f"evaluating {name} on {len(records)} {modality} lesions from {data}")
-    p, entry = predict(records, Path(weights), name)
+    p, entry = predict(records, Path(weights), name, roi_source)
     y = [r.target for r in records]
     metrics = binary_report(y, p, threshold=entry.threshold, n_boot=n_boot, seed=seed)
     by_source: dict[str, Counter] = {}
@@ -168,7 +189,8 @@ def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, 
         "data": {"folder": str(Path(data).resolve()), "sources": sorted(by_source),
                  "counts": dict(sorted(sum(by_source.values(), Counter()).items())),
                  "counts_by_source": {s: dict(sorted(c.items())) for s, c in sorted(by_source.items())}},
-        "roi_source": "expert",
+        "roi_source": roi_source,
+        **({"sam_dice_vs_expert": _sam_dice(records)} if roi_source == "sam" else {}),
         "weights": str(Path(weights).resolve()),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -192,7 +214,8 @@ def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        evaluate(args.data, args.weights, args.out, args.modality, args.model, args.n_boot, args.seed)
+        evaluate(args.data, args.weights, args.out, args.modality, args.model, args.n_boot, args.seed,
+                 args.roi_source)
     except EvaluateError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

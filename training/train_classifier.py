@@ -38,7 +38,7 @@ from models.preprocessing import normalize
 from training.augment import affine
 from training.prepare import prepared
 from training.roi_table import RoiRecord, lesions, summarize
-from training.rois import load_rois
+from training.roi_sources import load_inputs
 
 Regime = Literal["real", "sngan", "hybrid"]
 
@@ -61,6 +61,8 @@ class TrainConfig(BaseModel):
     gan_epochs: int = 40
     gan_iters_per_epoch: int | None = None  # None: one pass over the ROIs per SNGAN epoch
     target_sensitivity: float = 0.90
+    roi_source: Literal["expert", "box", "sam"] = "expert"  # training.roi_sources
+    channels: Literal[1, 2] = 1       # 2: the lesion mask (of the ROI source) as a second input channel
     amp: bool = True                  # bf16 autocast + channels_last: ~6x faster on AMX CPUs and on GPUs
     quick: bool = False
 
@@ -81,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       ("pretrain-epochs", int), ("synthetic-per-class", int), ("gan-epochs", int),
                       ("gan-iters-per-epoch", int)):
         p.add_argument(f"--{name}", type=typ, default=None)
+    p.add_argument("--roi-source", choices=["expert", "box", "sam"], default=None,
+                   help="crop from the expert mask, a jittered box, or SAM's mask from that box (training.roi_sources)")
+    p.add_argument("--mask-channel", action="store_true", help="give the ROI source's lesion mask as a 2nd channel")
     p.add_argument("--augment", choices=["affine", "none"], default=None)
     p.add_argument("--aug-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"))
     p.add_argument("--aug-translate", type=float, default=None)
@@ -100,7 +105,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, folds=args.folds, seed=args.seed,
         pretrain_epochs=args.pretrain_epochs, synthetic_per_class=args.synthetic_per_class,
         gan_epochs=args.gan_epochs, gan_iters_per_epoch=args.gan_iters_per_epoch, augment=args.augment, aug_scale=args.aug_scale,
-        aug_translate=args.aug_translate).items() if v is not None}
+        aug_translate=args.aug_translate, roi_source=args.roi_source,
+        channels=2 if args.mask_channel else None).items() if v is not None}
     kw = dict(modality=args.modality, regime=args.regime, **overrides)
     return TrainConfig.quick_config(**kw) if args.quick else TrainConfig(**kw)
 
@@ -198,7 +204,7 @@ def train_one(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, gan_dir
     `gan_dir` holds the SNGAN trained on exactly these ROIs; an sngan and a hybrid run can share it
     (train_gan resumes a finished run instead of training again)."""
     torch.manual_seed(cfg.seed)
-    model = build_classifier()
+    model = build_classifier(in_channels=cfg.channels)
     history: list[dict] = []
     if cfg.regime in ("sngan", "hybrid"):
         syn_x, syn_y = synthetic_set(images, targets, cfg, gan_dir)
@@ -243,7 +249,7 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
                     "test_fold_loss": float(F.cross_entropy(torch.as_tensor(lg), torch.as_tensor(y)))}
 
         done = fold_dir / "predictions.npz"  # a finished fold: an interrupted CV resumes after it
-        if done.is_file() and json.loads(str(np.load(done)["config"])) == cfg.model_dump(mode="json"):
+        if done.is_file() and same_config(json.loads(str(np.load(done)["config"])), cfg):
             saved = np.load(done)
             oof[test_idx], oof_tta[test_idx], fold_of[test_idx] = saved["logits"], saved["logits_tta"], k
             print(f"fold {k + 1}/{cfg.folds}: already done ({done})", flush=True)
@@ -255,7 +261,7 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
                                    f"fold {k + 1}/{cfg.folds}", monitor)
         oof[test_idx] = logits_of(model, images[test_idx])
         # Test-time augmentation, measured alongside: mean logits of the crop and its mirror image.
-        oof_tta[test_idx] = (oof[test_idx] + logits_of(model, images[test_idx][:, :, ::-1].copy())) / 2
+        oof_tta[test_idx] = (oof[test_idx] + logits_of(model, images[test_idx][..., ::-1].copy())) / 2
         fold_of[test_idx] = k
         (fold_dir / "history.json").write_text(json.dumps(history, indent=1))
         np.savez(fold_dir / "predictions.tmp.npz", logits=oof[test_idx], logits_tta=oof_tta[test_idx],
@@ -270,6 +276,11 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
     write_oof(out / "cv" / "oof.csv", records, fold_of, oof)
     write_oof(out / "cv" / "oof_tta.csv", records, fold_of, oof_tta)
     return report_cv(out / "cv", cfg)
+
+
+def same_config(saved: dict, cfg: TrainConfig) -> bool:
+    """A fold saved under an older TrainConfig counts as done if its settings equal cfg's, new fields at defaults."""
+    return TrainConfig.model_validate(saved).model_dump(mode="json") == cfg.model_dump(mode="json")
 
 
 def write_oof(path: Path, records: list[RoiRecord], fold_of: np.ndarray, logits: np.ndarray) -> None:
@@ -303,7 +314,7 @@ def report_cv(cv_dir: Path, cfg: TrainConfig) -> dict:
     summary = cv_summary(fold_reports, y, p, threshold)
     report = {
         "modality": cfg.modality, "regime": cfg.regime, "folds": len(folds), "n": int(len(y)),
-        "roi_source": "expert", "config": cfg.model_dump(),
+        "roi_source": cfg.roi_source, "channels": cfg.channels, "config": cfg.model_dump(),
         "temperature": temperature, "threshold": threshold,
         "threshold_rule": f"largest threshold with out-of-fold sensitivity >= {cfg.target_sensitivity}",
         "ece_uncalibrated": binary_report(y, p_raw, threshold=0.5, n_boot=0)["ece"],
@@ -412,7 +423,7 @@ def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, ou
     metrics = manifest_metrics(cv) if cv else {}
     entry = ModelEntry(
         name=name, file=f"{name}.safetensors", sha256=sha, architecture=ARCHITECTURE, modality=cfg.modality,
-        input=InputSpec(), classes=list(CLASSES), regime=cfg.regime,
+        input=InputSpec(channels=cfg.channels, roi_source=cfg.roi_source), classes=list(CLASSES), regime=cfg.regime,
         temperature=cv["temperature"] if cv else 1.0, threshold=cv["threshold"] if cv else 0.5,
         training=cfg.model_dump(),
         data={"sources": summary.counts, "lesions": len(records), "groups": len({r.group for r in records}),
@@ -444,7 +455,10 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "config.json").write_text(cfg.model_dump_json(indent=2))
     torch.manual_seed(cfg.seed)
-    images = load_rois(records)
+    if cfg.channels == 2 and cfg.regime != "real":
+        print("error: the SNGAN makes gray ROIs only: --mask-channel needs --regime real", file=sys.stderr)
+        return 2
+    images = load_inputs(records, cfg.roi_source, cfg.channels)  # fixed jitter seed: one set of SAM masks
     print(f"{len(records)} {cfg.modality} lesions ({sum(r.target for r in records)} malignant), regime {cfg.regime}")
     cv = None if args.no_cv else cross_validate(records, images, cfg, args.out, args.gan_dir,
                                                  set(args.only_folds) if args.only_folds else None)

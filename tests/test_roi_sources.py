@@ -1,0 +1,55 @@
+"""ROI sources: the expert's, a drawn (jittered) box, SAM's mask; training crops what the server crops."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.preprocessing import classifier_input, jitter_box, to_gray
+from models.segmentation import Prompt
+from server.engine import Timer
+from training.prepare import prepared
+from training.roi_sources import SamViews, drawn_box, load_inputs
+
+
+@pytest.fixture(scope="module")
+def records(busi_dir):
+    from training.roi_table import lesions
+    chosen = lesions(prepared(busi_dir.parent), "us")
+    return [r for r in chosen if r.label == "benign"][:3] + [r for r in chosen if r.label == "malignant"][:3]
+
+
+def test_jittered_box_moves_each_side_by_at_most_five_percent():
+    rng = np.random.default_rng(0)
+    boxes = [jitter_box((100, 50, 300, 150), 640, 480, rng) for _ in range(200)]
+    arr = np.array(boxes)
+    assert (np.abs(arr - [100, 50, 300, 150]) <= [10, 5, 10, 5]).all()
+    assert arr.std(axis=0).min() > 1  # it does move
+    assert jitter_box((0, 0, 640, 480), 640, 480, rng)[2] <= 640  # stays inside the image
+
+
+def test_sources_give_the_same_crop_frame_with_their_own_masks(records):
+    expert = load_inputs(records, "expert", channels=2, progress=False)
+    box = load_inputs(records, "box", channels=2, progress=False)
+    assert expert.shape == box.shape == (6, 2, 128, 128) and expert.dtype == np.uint8
+    assert set(np.unique(expert[:, 1])) <= {0, 255} and (expert[:, 1] > 0).mean() > 0.1
+    # A drawn box's mask is a filled rectangle: every row of it is one run.
+    rows = box[0, 1] > 0
+    assert all(np.diff(r.astype(int)).clip(0).sum() <= 1 for r in rows)
+    assert (load_inputs(records, "expert", channels=1, progress=False) == expert[:, 0]).all()
+    assert (load_inputs(records, "box", channels=2, progress=False) == box).all()  # fixed seed
+
+
+def test_sam_source_outlines_the_lesion_and_matches_the_server(records, api):
+    sam = load_inputs(records, "sam", channels=2, progress=False)
+    assert sam.shape == (6, 2, 128, 128)
+    dice = SamViews(records, progress=False).dice()
+    assert dice.mean() > 0.8  # LiteMedSAM from a jittered box
+    # The server, given the same drawn box, segments and crops exactly as training did.
+    engine = api.services.engine
+    r = records[3]
+    rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
+    box = drawn_box(r, rgb.shape[:2], seed=0)
+    seg = engine.segment("test-" + r.lesion_id, rgb, "us", Prompt(box=list(box)), Timer())
+    served = classifier_input(to_gray(rgb), seg.box, seg.mask)
+    assert np.array_equal(served, sam[3])

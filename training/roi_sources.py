@@ -1,0 +1,148 @@
+"""Where the classifier's crop (and lesion mask) comes from: the expert, a user's box, or SAM.
+
+- `expert`: the dataset's own annotation (mask bounding box; the mask itself, or the ellipse inside
+  the box where a set only gives circles, e.g. mini-MIAS).
+- `box`: that box with each side jittered by up to +-5% of its size (fixed seed per lesion), as a
+  user would draw it; the mask channel is the drawn box, filled.
+- `sam`: that jittered box sent through the server's SAM route for the modality (LiteMedSAM for box
+  prompts) and cropped as the server crops: around the SAM mask's box, with the SAM mask.
+Crops are `models.preprocessing.classifier_input`, the function the server calls.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from models.preprocessing import INPUT_SIZE, ROI_MARGIN, classifier_input, jitter_box
+from training.prepare import cache_root
+from training.roi_table import RoiRecord
+from training.rois import load_gray
+
+ROI_SOURCES = ("expert", "box", "sam")
+SAM_FOR_BOXES = "litemedsam"  # the server's default box route (server/settings.py DEFAULT_ROUTE)
+
+
+def lesion_rng(record: RoiRecord, seed: int) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}|{record.lesion_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def expert_mask(record: RoiRecord, shape: tuple[int, int]) -> np.ndarray:
+    if record.mask_paths:
+        union = np.zeros(shape, bool)
+        for path in record.mask_paths.split(";"):
+            with Image.open(path) as m:
+                union |= np.asarray(m.convert("L")) > 0
+        return union
+    x0, y0, x1, y1 = record.box
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, max((x1 - x0) / 2, 0.5), max((y1 - y0) / 2, 0.5)
+    return ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1
+
+
+def drawn_box(record: RoiRecord, shape: tuple[int, int], seed: int) -> tuple[float, float, float, float]:
+    return jitter_box(record.box, shape[1], shape[0], lesion_rng(record, seed))
+
+
+def box_mask(box, shape: tuple[int, int]) -> np.ndarray:
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    mask = np.zeros(shape, bool)
+    mask[max(0, y0):max(y0 + 1, y1), max(0, x0):max(x0 + 1, x1)] = True
+    return mask
+
+
+class SamViews:
+    """SAM masks from jittered boxes for every record, computed once and cached (packed bits)."""
+
+    def __init__(self, records: list[RoiRecord], seed: int = 0, sam_name: str = SAM_FOR_BOXES, progress: bool = True):
+        from models.sam import SAM_MODELS
+        key = hashlib.sha256(json.dumps([seed, sam_name, SAM_MODELS[sam_name].sha256]).encode())
+        for r in records:
+            key.update(f"{r.image_path}|{r.box}\n".encode())
+        self.path = cache_root() / "sam" / f"{key.hexdigest()[:20]}.npz"
+        self.records, self.seed, self.sam_name, self.progress = records, seed, sam_name, progress
+        self._data: dict[str, np.ndarray] | None = None
+
+    def _compute(self) -> dict[str, np.ndarray]:
+        from models.sam import load_sam
+        from models.segmentation import NoLesionFound, Prompt, SamSegmenter
+        segmenter = SamSegmenter(load_sam(self.sam_name))
+        out: dict[str, np.ndarray] = {}
+        boxes, scores, dice = [], [], []
+        for i, r in enumerate(tqdm(self.records, desc=f"{self.sam_name} masks", disable=not self.progress)):
+            rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
+            shape = rgb.shape[:2]
+            box = drawn_box(r, shape, self.seed)
+            try:
+                seg = segmenter.predict(segmenter.encode(rgb), Prompt(box=list(box)))
+                mask, score, seg_box = seg.mask, seg.score, seg.box
+            except NoLesionFound:  # the server would answer 422; training falls back to the drawn box
+                mask, score, seg_box = box_mask(box, shape), 0.0, box
+            truth = expert_mask(r, shape)
+            dice.append(2 * (mask & truth).sum() / max(1, mask.sum() + truth.sum()))
+            boxes.append(seg_box)
+            scores.append(score)
+            out[f"m{i}"] = np.packbits(mask)
+        out |= {"boxes": np.asarray(boxes, np.float32), "scores": np.asarray(scores, np.float32),
+                "dice": np.asarray(dice, np.float32)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, **out)
+        tmp.replace(self.path)
+        return out
+
+    @property
+    def data(self) -> dict[str, np.ndarray]:
+        if self._data is None:
+            self._data = dict(np.load(self.path)) if self.path.is_file() else self._compute()
+        return self._data
+
+    def view(self, i: int, shape: tuple[int, int]) -> tuple[tuple[float, ...], np.ndarray]:
+        bits = self.data[f"m{i}"]
+        mask = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+        return tuple(float(v) for v in self.data["boxes"][i]), mask
+
+    def dice(self) -> np.ndarray:
+        return self.data["dice"]
+
+
+def load_inputs(records: list[RoiRecord], source: str = "expert", channels: int = 1, size: int = INPUT_SIZE,
+                margin: float = ROI_MARGIN, seed: int = 0, progress: bool = True) -> np.ndarray:
+    """Classifier inputs of every record: (N, size, size) uint8 for 1 channel, (N, 2, size, size) with the mask."""
+    if source not in ROI_SOURCES:
+        raise ValueError(f"unknown ROI source {source!r}; known: {', '.join(ROI_SOURCES)}")
+    if source == "expert" and channels == 1:
+        from training.rois import load_rois
+        return load_rois(records, size, margin, progress)
+    key = hashlib.sha256(json.dumps([source, channels, size, margin, seed]).encode())
+    for r in records:
+        key.update(f"{r.image_path}|{r.box}|{r.mask_paths}\n".encode())
+    path = cache_root() / "inputs" / f"{key.hexdigest()[:20]}.npy"
+    out = np.load(path) if path.is_file() else _crop_all(records, source, channels, size, margin, seed, progress, path)
+    return out[:, 0] if channels == 1 else out
+
+
+def _crop_all(records: list[RoiRecord], source: str, channels: int, size: int, margin: float, seed: int,
+              progress: bool, path: Path) -> np.ndarray:
+    sam = SamViews(records, seed, progress=progress) if source == "sam" else None
+    out = np.zeros((len(records), channels, size, size), np.uint8)
+    for i, r in enumerate(tqdm(records, desc=f"{source} crops", disable=not progress, leave=False)):
+        gray = load_gray(r.image_path)
+        if source == "expert":
+            box, mask = r.box, expert_mask(r, gray.shape)
+        elif source == "box":
+            box = drawn_box(r, gray.shape, seed)
+            mask = box_mask(box, gray.shape)
+        else:
+            box, mask = sam.view(i, gray.shape)
+        out[i] = classifier_input(gray, box, mask if channels == 2 else None, size, margin)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, out)
+    tmp.replace(path)
+    return out
