@@ -50,7 +50,8 @@ def test_final_weights_export_and_evaluate(real_run, data_dir, tmp_path):
     # The exported model is what evaluate loads and scores (on a prepared table of 20 real lesions).
     table = tmp_path / "table"
     write_table(select(prepared(data_dir / "busi"), "us", 10), table / "rois.csv")
-    run_training("evaluate", "--weights", str(served), "--data", str(table), "--out", str(tmp_path / "ev"))
+    run_training("evaluate", "--weights", str(served), "--data", str(table), "--out", str(tmp_path / "ev"),
+                 "--roi-source", "expert")
     ev = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert ev["model_sha256"] == entry.sha256 and ev["n"] == 20
 
@@ -161,3 +162,41 @@ def test_sngan_and_hybrid_share_per_fold_gans_and_fid(data_dir, tmp_path):
     res = run_training("fold-fid", str(sngan), "--rois", rois, "--fold", "0", "--n", "8")
     fid = json.loads((fold0 / "fid.json").read_text())
     assert fid["sngan_vs_real"]["fid"] > 0 and "real vs real FID" in res.stdout
+
+
+def test_sam_mask_channel_model_trains_and_is_served(data_dir, tmp_path):
+    """Train on the server's ROI source with the SAM mask as 2nd channel; the server then feeds it the same."""
+    import base64
+    import shutil
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from models.manifest import WEIGHTS_DIR
+    from server.app import create_app
+    from server.settings import Settings
+
+    out = tmp_path / "us-sam"
+    run_training("train-classifier", "--rois", str(data_dir / "busi"), "--modality", "us", "--quick", "--limit", "3",
+                 "--roi-source", "sam", "--mask-channel", "--out", str(out))
+    report = json.loads((out / "cv" / "report.json").read_text())
+    assert report["roi_source"] == "sam" and report["channels"] == 2
+    served = tmp_path / "served"
+    shutil.copytree(WEIGHTS_DIR, served)
+    run_training("export", "--from", str(out / "weights"), "--to", str(served))
+    model, entry = load_classifier("classifier-us", served)
+    assert entry.input.channels == 2 and entry.input.roi_source == "sam" and model.conv1.in_channels == 2
+
+    app = create_app(Settings(home=tmp_path / "home", weights=served, create_dev_user=False))
+    with TestClient(app) as client:
+        token = app.state.users.add_user("t")[1]
+        image = data_dir / "busi" / "Dataset_BUSI_with_GT" / "malignant" / "malignant (7).png"
+        res = client.post("/v1/analyses", files={"file": ("m.png", image.read_bytes())},
+                          data={"modality": "us", "prompt": '{"box": [100, 60, 300, 220]}'},
+                          headers={"Authorization": f"Bearer {token}"})
+    assert res.status_code == 201, res.text
+    assert res.json()["models"]["classifier"]["sha256"] == entry.sha256
+    assert base64.b64decode(res.json()["heatmap_png"])[:4] == b"\x89PNG"
+    from training.__main__ import main  # the SNGAN makes gray ROIs only: refused, not silently 1-channel
+    assert main(["train-classifier", "--rois", str(data_dir / "busi"), "--modality", "us", "--regime", "sngan",
+                 "--mask-channel", "--quick", "--out", str(tmp_path / "x")]) == 2
