@@ -200,3 +200,17 @@ def test_sam_mask_channel_model_trains_and_is_served(data_dir, tmp_path):
     from training.__main__ import main  # the SNGAN makes gray ROIs only: refused, not silently 1-channel
     assert main(["train-classifier", "--rois", str(data_dir / "busi"), "--modality", "us", "--regime", "sngan",
                  "--mask-channel", "--quick", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_scanner_augmentation_changes_the_image_not_the_mask():
+    from training.augment import scanner
+    gen = torch.Generator().manual_seed(0)
+    image = torch.linspace(-1, 1, 64).repeat(64, 1)
+    mask = (torch.rand(64, 64, generator=gen) > 0.5).float() * 2 - 1
+    x = torch.stack([torch.stack([image, mask])] * 16)
+    out = scanner(x, gen, p=1.0)
+    assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
+    assert torch.equal(out[:, 1], x[:, 1])
+    assert (out[:, 0] - x[:, 0]).abs().mean(dim=(1, 2)).min() > 0.01  # every image altered at p=1
+    untouched = scanner(x[:, :1], torch.Generator().manual_seed(1), p=0.0)
+    assert torch.allclose(untouched, x[:, :1], atol=1e-6)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from models.classifier import ARCHITECTURE, CLASSES, build_classifier
 from models.manifest import InputSpec, Manifest, ModelEntry, save_classifier, write_manifest
 from models.preprocessing import normalize
-from training.augment import affine
+from training.augment import affine, scanner
 from training.prepare import prepared
 from training.roi_table import RoiRecord, lesions, summarize
 from training.roi_sources import load_inputs
@@ -50,7 +50,7 @@ class TrainConfig(BaseModel):
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    augment: Literal["affine", "none"] = "affine"
+    augment: Literal["affine", "scanner", "none"] = "affine"  # scanner: affine + gain/speckle/blur/resolution
     aug_degrees: float = 15.0
     aug_translate: float = 0.08       # fraction of the crop
     aug_scale: tuple[float, float] = (0.9, 1.1)
@@ -63,6 +63,7 @@ class TrainConfig(BaseModel):
     target_sensitivity: float = 0.90
     roi_source: Literal["expert", "box", "sam"] = "expert"  # training.roi_sources
     channels: Literal[1, 2] = 1       # 2: the lesion mask (of the ROI source) as a second input channel
+    size: int = 128                   # classifier input, pixels
     amp: bool = True                  # bf16 autocast + channels_last: ~6x faster on AMX CPUs and on GPUs
     quick: bool = False
 
@@ -86,7 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi-source", choices=["expert", "box", "sam"], default=None,
                    help="crop from the expert mask, a jittered box, or SAM's mask from that box (training.roi_sources)")
     p.add_argument("--mask-channel", action="store_true", help="give the ROI source's lesion mask as a 2nd channel")
-    p.add_argument("--augment", choices=["affine", "none"], default=None)
+    p.add_argument("--augment", choices=["affine", "scanner", "none"], default=None,
+                   help="affine (flips, rotation, shift, scale); scanner: affine + gain, speckle, blur, resolution")
+    p.add_argument("--size", type=int, default=None, help="classifier input size (BraNet: 128)")
     p.add_argument("--aug-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"))
     p.add_argument("--aug-translate", type=float, default=None)
     p.add_argument("--no-final", action="store_true", help="cross-validate only, skip the final fit")
@@ -105,7 +108,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, folds=args.folds, seed=args.seed,
         pretrain_epochs=args.pretrain_epochs, synthetic_per_class=args.synthetic_per_class,
         gan_epochs=args.gan_epochs, gan_iters_per_epoch=args.gan_iters_per_epoch, augment=args.augment, aug_scale=args.aug_scale,
-        aug_translate=args.aug_translate, roi_source=args.roi_source,
+        aug_translate=args.aug_translate, roi_source=args.roi_source, size=args.size,
         channels=2 if args.mask_channel else None).items() if v is not None}
     kw = dict(modality=args.modality, regime=args.regime, **overrides)
     return TrainConfig.quick_config(**kw) if args.quick else TrainConfig(**kw)
@@ -145,8 +148,10 @@ def fit(model: torch.nn.Module, images: np.ndarray, targets: np.ndarray, cfg: Tr
             if len(idx) < 2:  # batch norm needs two samples
                 continue
             x, y = x_all[idx], y_all[idx]
-            if cfg.augment == "affine":
+            if cfg.augment in ("affine", "scanner"):
                 x = affine(x, cfg.modality, gen, cfg.aug_degrees, cfg.aug_translate, cfg.aug_scale)
+            if cfg.augment == "scanner":
+                x = scanner(x, gen)
             x = x.to(dev, memory_format=memory_format)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 logits = model(x)
@@ -423,7 +428,7 @@ def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, ou
     metrics = manifest_metrics(cv) if cv else {}
     entry = ModelEntry(
         name=name, file=f"{name}.safetensors", sha256=sha, architecture=ARCHITECTURE, modality=cfg.modality,
-        input=InputSpec(channels=cfg.channels, roi_source=cfg.roi_source), classes=list(CLASSES), regime=cfg.regime,
+        input=InputSpec(channels=cfg.channels, roi_source=cfg.roi_source, size=cfg.size), classes=list(CLASSES), regime=cfg.regime,
         temperature=cv["temperature"] if cv else 1.0, threshold=cv["threshold"] if cv else 0.5,
         training=cfg.model_dump(),
         data={"sources": summary.counts, "lesions": len(records), "groups": len({r.group for r in records}),
@@ -455,10 +460,11 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "config.json").write_text(cfg.model_dump_json(indent=2))
     torch.manual_seed(cfg.seed)
-    if cfg.channels == 2 and cfg.regime != "real":
-        print("error: the SNGAN makes gray ROIs only: --mask-channel needs --regime real", file=sys.stderr)
+    if cfg.regime != "real" and (cfg.channels, cfg.size) != (1, 128):
+        print("error: the SNGAN makes 128x128 gray ROIs only: --mask-channel and --size need --regime real",
+              file=sys.stderr)
         return 2
-    images = load_inputs(records, cfg.roi_source, cfg.channels)  # fixed jitter seed: one set of SAM masks
+    images = load_inputs(records, cfg.roi_source, cfg.channels, size=cfg.size)  # fixed jitter seed: one set of SAM masks
     print(f"{len(records)} {cfg.modality} lesions ({sum(r.target for r in records)} malignant), regime {cfg.regime}")
     cv = None if args.no_cv else cross_validate(records, images, cfg, args.out, args.gan_dir,
                                                  set(args.only_folds) if args.only_folds else None)
