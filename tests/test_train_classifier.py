@@ -34,6 +34,11 @@ def test_cv_report_and_plots(real_run):
     oof = (real_run / "cv" / "oof.csv").read_text().splitlines()
     assert len(oof) == 13  # every lesion predicted exactly once, out of fold
     assert 0 < report["temperature"] and 0 <= report["threshold"] <= 1
+    # The fold models were also scored on the same test lesions as a drawn box and SAM crop them.
+    assert set(report["served_as"]) == {"expert", "box", "sam"}
+    assert report["served_as"]["expert"]["roc_auc"] == report["summary"]["pooled"]["roc_auc"]
+    assert len((real_run / "cv" / "oof_served_sam.csv").read_text().splitlines()) == 13
+    assert "| sam |" in (real_run / "cv" / "report.md").read_text()
     for name in ("roc.png", "confusion.png", "reliability.png", "fold0/curves.png"):
         assert (real_run / "cv" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -93,14 +98,14 @@ def test_affine_keeps_ultrasound_upright_and_fills_corners():
 
 
 def test_no_lesions_is_a_clear_error(mias_dir, tmp_path):
-    res = subprocess.run([sys.executable, "-m", "training", "train-classifier", "--rois", str(mias_dir),
+    res = subprocess.run([sys.executable, "-m", "training", "train-classifier", "--served-as", "--rois", str(mias_dir),
                           "--modality", "us", "--quick", "--out", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 2 and "no benign and malignant us lesions" in res.stdout + res.stderr
 
 
 def test_seed_ensemble_reports_and_serves_the_mean(real_run, data_dir, tmp_path):
     second = tmp_path / "seed1"
-    run_training("train-classifier", "--rois", str(data_dir / "busi"), "--modality", "us", "--regime", "real",
+    run_training("train-classifier", "--served-as", "--rois", str(data_dir / "busi"), "--modality", "us", "--regime", "real",
                  "--quick", "--limit", "6", "--seed", "1", "--out", str(second))
     ens = tmp_path / "ens"
     run_training("ensemble", str(real_run), str(second), "--out", str(ens))
@@ -120,7 +125,7 @@ def test_seed_ensemble_reports_and_serves_the_mean(real_run, data_dir, tmp_path)
 
 def test_ensemble_of_runs_on_other_lesions_is_refused(real_run, mias_dir, tmp_path):
     other = tmp_path / "dm"
-    run_training("train-classifier", "--rois", str(mias_dir), "--modality", "dm", "--quick", "--limit", "4",
+    run_training("train-classifier", "--served-as", "--rois", str(mias_dir), "--modality", "dm", "--quick", "--limit", "4",
                  "--no-final", "--out", str(other))
     res = subprocess.run([sys.executable, "-m", "training", "ensemble", str(real_run), str(other), "--out",
                           str(tmp_path / "ens")], capture_output=True, text=True)
@@ -133,7 +138,7 @@ def test_interrupted_cv_resumes_after_finished_folds(real_run, data_dir, tmp_pat
     shutil.copytree(real_run, out)
     (out / "cv" / "oof.csv").unlink()
     shutil.rmtree(out / "cv" / "fold1")  # as if stopped during the second fold
-    res = run_training("train-classifier", "--rois", str(data_dir / "busi"), "--modality", "us", "--quick",
+    res = run_training("train-classifier", "--served-as", "--rois", str(data_dir / "busi"), "--modality", "us", "--quick",
                        "--limit", "6", "--no-final", "--out", str(out))
     assert "fold 1/2: already done" in res.stdout and "fold 2/2: test-fold AUC" in res.stdout
     assert (out / "cv" / "oof.csv").read_text().splitlines()[1:] != []
@@ -146,7 +151,7 @@ def test_interrupted_cv_resumes_after_finished_folds(real_run, data_dir, tmp_pat
 def test_sngan_and_hybrid_share_per_fold_gans_and_fid(data_dir, tmp_path):
     rois = str(data_dir / "busi")
     sngan = tmp_path / "sngan"
-    run_training("train-classifier", "--rois", rois, "--modality", "us", "--regime", "sngan", "--quick",
+    run_training("train-classifier", "--served-as", "--rois", rois, "--modality", "us", "--regime", "sngan", "--quick",
                  "--limit", "6", "--no-final", "--out", str(sngan))
     fold0 = sngan / "cv" / "fold0" / "gan"
     history = json.loads((sngan / "cv" / "fold0" / "history.json").read_text())
@@ -154,7 +159,7 @@ def test_sngan_and_hybrid_share_per_fold_gans_and_fid(data_dir, tmp_path):
     assert (fold0 / "generator.safetensors").is_file() and list(fold0.glob("grid_epoch*.png"))
     stamp = (fold0 / "checkpoint.pt").stat().st_mtime_ns
     hybrid = tmp_path / "hybrid"
-    run_training("train-classifier", "--rois", rois, "--modality", "us", "--regime", "hybrid", "--quick",
+    run_training("train-classifier", "--served-as", "--rois", rois, "--modality", "us", "--regime", "hybrid", "--quick",
                  "--limit", "6", "--no-final", "--gan-dir", str(sngan), "--out", str(hybrid))
     assert (fold0 / "checkpoint.pt").stat().st_mtime_ns == stamp  # reused, not retrained
     assert not (hybrid / "cv" / "fold0" / "gan").exists()
@@ -177,7 +182,7 @@ def test_sam_mask_channel_model_trains_and_is_served(data_dir, tmp_path):
     from server.settings import Settings
 
     out = tmp_path / "us-sam"
-    run_training("train-classifier", "--rois", str(data_dir / "busi"), "--modality", "us", "--quick", "--limit", "3",
+    run_training("train-classifier", "--served-as", "--rois", str(data_dir / "busi"), "--modality", "us", "--quick", "--limit", "3",
                  "--roi-source", "sam", "--mask-channel", "--out", str(out))
     report = json.loads((out / "cv" / "report.json").read_text())
     assert report["roi_source"] == "sam" and report["channels"] == 2
@@ -198,7 +203,7 @@ def test_sam_mask_channel_model_trains_and_is_served(data_dir, tmp_path):
     assert res.json()["models"]["classifier"]["sha256"] == entry.sha256
     assert base64.b64decode(res.json()["heatmap_png"])[:4] == b"\x89PNG"
     from training.__main__ import main  # the SNGAN makes gray ROIs only: refused, not silently 1-channel
-    assert main(["train-classifier", "--rois", str(data_dir / "busi"), "--modality", "us", "--regime", "sngan",
+    assert main(["train-classifier", "--served-as", "--rois", str(data_dir / "busi"), "--modality", "us", "--regime", "sngan",
                  "--mask-channel", "--quick", "--out", str(tmp_path / "x")]) == 2
 
 

@@ -87,6 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi-source", choices=["expert", "box", "sam"], default=None,
                    help="crop from the expert mask, a jittered box, or SAM's mask from that box (training.roi_sources)")
     p.add_argument("--mask-channel", action="store_true", help="give the ROI source's lesion mask as a 2nd channel")
+    p.add_argument("--served-as", nargs="*", default=["expert", "box", "sam"], choices=["expert", "box", "sam"],
+                   help="also score every fold model on its test lesions cropped by these ROI sources "
+                        "(default: all three; none: --served-as)")
     p.add_argument("--augment", choices=["affine", "scanner", "none"], default=None,
                    help="affine (flips, rotation, shift, scale); scanner: affine + gain, speckle, blur, resolution")
     p.add_argument("--size", type=int, default=None, help="classifier input size (BraNet: 128)")
@@ -232,12 +235,16 @@ def folds_of(records: list[RoiRecord], cfg: TrainConfig) -> list[tuple[np.ndarra
 
 
 def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path,
-                   gan_root: Path | None = None, only_folds: set[int] | None = None) -> dict | None:
+                   gan_root: Path | None = None, only_folds: set[int] | None = None,
+                   served_as: dict[str, np.ndarray] | None = None) -> dict | None:
     """Every fold (or `only_folds`, so that folds can run in parallel processes); the report once all
-    folds have predictions."""
+    folds have predictions. `served_as`: the same lesions cropped by other ROI sources; each fold model
+    is also scored on its test fold as those sources crop it (training/serving skew)."""
     targets = np.array([r.target for r in records])
+    served_as = served_as or {}
     oof = np.zeros((len(records), 2), np.float32)
     oof_tta = np.zeros((len(records), 2), np.float32)
+    oof_by = {src: np.zeros((len(records), 2), np.float32) for src in served_as}
     fold_of = np.full(len(records), -1)
     for k, (train_idx, test_idx) in enumerate(folds_of(records, cfg)):
         fold_dir = out / "cv" / f"fold{k}"
@@ -257,6 +264,11 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
         if done.is_file() and same_config(json.loads(str(np.load(done)["config"])), cfg):
             saved = np.load(done)
             oof[test_idx], oof_tta[test_idx], fold_of[test_idx] = saved["logits"], saved["logits_tta"], k
+            for src in list(oof_by):
+                if f"logits_{src}" in saved:
+                    oof_by[src][test_idx] = saved[f"logits_{src}"]
+                else:  # saved before this source was scored
+                    del oof_by[src]
             print(f"fold {k + 1}/{cfg.folds}: already done ({done})", flush=True)
             continue
         if only_folds is not None and k not in only_folds:
@@ -267,10 +279,14 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
         oof[test_idx] = logits_of(model, images[test_idx])
         # Test-time augmentation, measured alongside: mean logits of the crop and its mirror image.
         oof_tta[test_idx] = (oof[test_idx] + logits_of(model, images[test_idx][..., ::-1].copy())) / 2
+        for src, arr in served_as.items():
+            if src in oof_by:
+                oof_by[src][test_idx] = logits_of(model, arr[test_idx])
         fold_of[test_idx] = k
         (fold_dir / "history.json").write_text(json.dumps(history, indent=1))
         np.savez(fold_dir / "predictions.tmp.npz", logits=oof[test_idx], logits_tta=oof_tta[test_idx],
-                 test_idx=test_idx, config=json.dumps(cfg.model_dump(mode="json")))
+                 test_idx=test_idx, config=json.dumps(cfg.model_dump(mode="json")),
+                 **{f"logits_{src}": lg[test_idx] for src, lg in oof_by.items()})
         (fold_dir / "predictions.tmp.npz").replace(done)
         last = history[-1]
         print(f"fold {k + 1}/{cfg.folds}: test-fold AUC {last.get('test_fold_auc')} "
@@ -280,7 +296,12 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
         return None
     write_oof(out / "cv" / "oof.csv", records, fold_of, oof)
     write_oof(out / "cv" / "oof_tta.csv", records, fold_of, oof_tta)
+    for src, logits in oof_by.items():
+        write_oof(out / "cv" / f"oof_served_{src}.csv", records, fold_of, logits)
     return report_cv(out / "cv", cfg)
+
+
+SKEW_KEYS = ("roc_auc", "roc_auc_ci", "sensitivity", "specificity", "accuracy", "ece")
 
 
 def same_config(saved: dict, cfg: TrainConfig) -> bool:
@@ -327,6 +348,13 @@ def report_cv(cv_dir: Path, cfg: TrainConfig) -> dict:
         "at_0.5": binary_report(y, p, threshold=0.5, n_boot=0),
         "cross_fitted": cross_fitted_operating_point(y, fold, logits, cfg.target_sensitivity),
     }
+    # The same fold models, the test lesions cropped by each ROI source, the temperature and threshold
+    # of the training source: what the model does when serving crops differ from training crops.
+    report["served_as"] = {cfg.roi_source: {k: summary["pooled"][k] for k in SKEW_KEYS}}
+    for path in sorted(cv_dir.glob("oof_served_*.csv")):
+        y_s, _, logits_s = read_oof(path)
+        rep_s = binary_report(y_s, _softmax_p(logits_s, temperature), threshold=threshold)
+        report["served_as"][path.stem.removeprefix("oof_served_")] = {k: rep_s[k] for k in SKEW_KEYS}
     if (cv_dir / "oof_tta.csv").is_file():
         y_t, _, logits_t = read_oof(cv_dir / "oof_tta.csv")
         report["tta_flip"] = binary_report(y_t, _softmax_p(logits_t, fit_temperature(y_t, logits_t)), threshold=0.5)
@@ -388,7 +416,22 @@ def cv_markdown(report: dict) -> str:
         f"{report['cross_fitted']['accuracy']:.3f} |",
         f"| ECE before / after temperature {report['temperature']:.2f} | "
         f"{report['ece_uncalibrated']:.3f} / {pooled['ece']:.3f} |",
-        "", "![ROC](roc.png) ![confusion](confusion.png) ![reliability](reliability.png)", ""])
+        "", *served_as_markdown(report),
+        "![ROC](roc.png) ![confusion](confusion.png) ![reliability](reliability.png)", ""])
+
+
+def served_as_markdown(report: dict) -> list[str]:
+    rows = report.get("served_as", {})
+    if len(rows) < 2:
+        return []
+    lines = [f"Trained on `{report['roi_source']}` ROIs; the same fold models on test lesions cropped by each "
+             f"source (temperature and threshold {report['threshold']:.3f} from the training source):", "",
+             "| served ROI source | AUC [95% CI] | sensitivity / specificity at threshold | ECE |", "|---|---|---|---|"]
+    for src, m in rows.items():
+        ci = m["roc_auc_ci"] or [float("nan")] * 2
+        lines.append(f"| {src} | {m['roc_auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
+                     f"{m['sensitivity']:.3f} / {m['specificity']:.3f} | {m['ece']:.3f} |")
+    return lines + [""]
 
 
 # ------------------------------------------------------------------------------------------- final fit
@@ -465,9 +508,11 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     images = load_inputs(records, cfg.roi_source, cfg.channels, size=cfg.size)  # fixed jitter seed: one set of SAM masks
+    served_as = {src: load_inputs(records, src, cfg.channels, size=cfg.size)
+                 for src in args.served_as if src != cfg.roi_source}
     print(f"{len(records)} {cfg.modality} lesions ({sum(r.target for r in records)} malignant), regime {cfg.regime}")
     cv = None if args.no_cv else cross_validate(records, images, cfg, args.out, args.gan_dir,
-                                                 set(args.only_folds) if args.only_folds else None)
+                                                 set(args.only_folds) if args.only_folds else None, served_as)
     if args.only_folds:
         return 0
     if cv:
