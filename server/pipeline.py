@@ -5,6 +5,7 @@ analysis is stored only once every part of it exists.
 """
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -41,19 +42,23 @@ class ImageMemory:
     def __init__(self, size: int = 32):
         self.size = size
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # used from the threadpool
 
     def get(self, record: ImageRecord) -> np.ndarray:
-        rgb = self._items.get(record.id)
-        if rgb is None:
-            rgb = load_png(record.file.read_bytes())
-            self.put(record.id, rgb)
-        self._items.move_to_end(record.id)
+        with self._lock:
+            rgb = self._items.get(record.id)
+            if rgb is not None:
+                self._items.move_to_end(record.id)
+                return rgb
+        rgb = load_png(record.file.read_bytes())
+        self.put(record.id, rgb)
         return rgb
 
     def put(self, image_id: str, rgb: np.ndarray) -> None:
-        self._items[image_id] = rgb
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        with self._lock:
+            self._items[image_id] = rgb
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
@@ -73,10 +78,10 @@ def parse_prompt(raw: str | None) -> Prompt:
     try:
         return Prompt.model_validate_json(raw)
     except ValueError as err:
-        raise ApiError(422, "invalid_prompt", f"prompt is not valid: {_first_error(err)}") from err
+        raise ApiError(422, "invalid_prompt", f"prompt is not valid: {first_error(err)}") from err
 
 
-def _first_error(err: ValueError) -> str:
+def first_error(err: ValueError) -> str:
     errors = getattr(err, "errors", None)
     if callable(errors):
         first = errors()[0]

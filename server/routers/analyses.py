@@ -66,7 +66,7 @@ async def _from_json(request: Request, svc: Services, user: User):
     try:
         body = AnalysisRequest.model_validate_json(await request.body())
     except ValueError as err:
-        raise ApiError(422, "invalid_request", f"body: {pipeline._first_error(err)}") from err
+        raise ApiError(422, "invalid_request", f"body: {pipeline.first_error(err)}") from err
     record = svc.history.get_image(user, body.image_id)
     if record is None:
         raise ApiError(404, "not_found", f"no image {body.image_id}")
