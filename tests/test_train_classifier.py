@@ -219,3 +219,18 @@ def test_scanner_augmentation_changes_the_image_not_the_mask():
     assert (out[:, 0] - x[:, 0]).abs().mean(dim=(1, 2)).min() > 0.01  # every image altered at p=1
     untouched = scanner(x[:, :1], torch.Generator().manual_seed(1), p=0.0)
     assert torch.allclose(untouched, x[:, :1], atol=1e-6)
+
+
+def test_compare_scores_runs_on_the_served_roi_source(real_run, tmp_path):
+    from training.compare import compare
+    report = json.loads((real_run / "cv" / "report.json").read_text())
+    trained = compare([real_run], n_boot=50)[0]
+    assert trained["served_as"] == "expert" and trained["pooled_auc"] == report["summary"]["pooled"]["roc_auc"]
+    as_sam = compare([real_run, real_run], n_boot=50, served_as="sam")
+    assert as_sam[0]["served_as"] == "sam"
+    assert as_sam[0]["pooled_auc"] == pytest.approx(report["served_as"]["sam"]["roc_auc"])
+    assert as_sam[0]["sensitivity"] == pytest.approx(report["served_as"]["sam"]["sensitivity"])
+    assert as_sam[1]["delta_auc_vs_baseline"] == 0.0  # a run against itself
+    res = subprocess.run([sys.executable, "-m", "training", "compare", str(real_run), "--served-as", "box",
+                          "--out", str(tmp_path / "c")], capture_output=True, text=True)
+    assert res.returncode == 0 and "cropped by `box`" in (tmp_path / "c" / "compare.md").read_text()

@@ -3,6 +3,9 @@
 For each run: fold AUC, pooled out-of-fold AUC with its CI, accuracy/sensitivity/specificity, ECE.
 Against the first run (the baseline, e.g. `real`): the AUC difference with a 95% paired bootstrap CI
 over lesions, which says whether a technique helps. Writes compare.json, compare.md, compare.png.
+
+`--served-as SRC` compares what each run's fold models do on test lesions cropped by SRC (expert,
+box or sam: the server's), with each run's own temperature and threshold, whatever the run trained on.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", type=Path, nargs="+", help="train-classifier output folders; the first is the baseline")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--served-as", choices=["expert", "box", "sam"], default=None,
+                   help="score every run on this ROI source (its cv/oof_served_SRC.csv unless it trained on SRC)")
 
 
 def paired_auc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, n_boot: int, seed: int = 0
@@ -38,27 +43,59 @@ def paired_auc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, n_boo
     return roc_auc(y, p_b) - roc_auc(y, p_a), [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
 
 
-def load_run(run: Path) -> dict:
+def load_run(run: Path, served_as: str | None = None) -> dict:
     report = json.loads((run / "cv" / "report.json").read_text())
-    y, _, logits = read_oof(run / "cv" / "oof.csv")
-    return {"run": str(run), "report": report, "y": y, "p": _softmax_p(logits, report["temperature"])}
+    trained_on = report.get("roi_source", "expert")
+    oof = "oof.csv" if served_as in (None, trained_on) else f"oof_served_{served_as}.csv"
+    if not (run / "cv" / oof).is_file():
+        raise SystemExit(f"error: {run} has no {oof}: it was not scored on {served_as} crops (train-classifier --served-as)")
+    y, fold, logits = read_oof(run / "cv" / oof)
+    return {"run": str(run), "report": report, "y": y, "fold": fold, "logits": logits,
+            "p": _softmax_p(logits, report["temperature"]), "served_as": served_as or trained_on}
 
 
-def compare(runs: list[Path], n_boot: int = 2000) -> list[dict]:
-    loaded = [load_run(r) for r in runs]
+def run_label(rep: dict) -> str:
+    regime = rep["regime"] if "ensemble_of" in rep else f"{rep['regime']} (seed {rep['config']['seed']})"
+    source = rep.get("roi_source", "expert")
+    extra = " + mask" if rep.get("channels", 1) == 2 else ""
+    aug = rep["config"].get("augment", "affine")
+    return f"{regime}, {source}{extra}" + ("" if aug == "affine" else f", aug {aug}")
+
+
+def _metrics(item: dict) -> dict:
+    """The run's own report where it is scored on what it trained on; recomputed from the OOF otherwise."""
+    rep = item["report"]
+    if item["served_as"] == rep.get("roi_source", "expert"):
+        pooled = rep["summary"]["pooled"]
+        return {"fold_auc_mean": rep["summary"]["roc_auc"]["mean"], "fold_auc_std": rep["summary"]["roc_auc"]["std"],
+                "pooled": pooled, "at_0.5": rep["at_0.5"]["accuracy"], "ece_before": rep["ece_uncalibrated"],
+                "tta_flip_auc": rep.get("tta_flip", {}).get("roc_auc")}
+    from training.metrics import binary_report
+    y, fold, p = item["y"], item["fold"], item["p"]
+    folds = [roc_auc(y[fold == k], p[fold == k]) for k in sorted(set(fold.tolist()))]
+    return {"fold_auc_mean": float(np.mean(folds)), "fold_auc_std": float(np.std(folds, ddof=1)),
+            "pooled": binary_report(y, p, threshold=rep["threshold"]),
+            "at_0.5": binary_report(y, p, threshold=0.5, n_boot=0)["accuracy"],
+            "ece_before": binary_report(y, _softmax_p(item["logits"]), threshold=0.5, n_boot=0)["ece"],
+            "tta_flip_auc": None}
+
+
+def compare(runs: list[Path], n_boot: int = 2000, served_as: str | None = None) -> list[dict]:
+    loaded = [load_run(r, served_as) for r in runs]
     base = loaded[0]
     rows = []
     for item in loaded:
-        rep, pooled = item["report"], item["report"]["summary"]["pooled"]
-        regime = rep["regime"] if "ensemble_of" in rep else f"{rep['regime']} (seed {rep['config']['seed']})"
-        row = {"run": item["run"], "modality": rep["modality"], "regime": regime, "n": rep["n"],
-               "fold_auc_mean": rep["summary"]["roc_auc"]["mean"], "fold_auc_std": rep["summary"]["roc_auc"]["std"],
+        rep, m = item["report"], _metrics(item)
+        pooled = m["pooled"]
+        row = {"run": item["run"], "modality": rep["modality"], "regime": run_label(rep), "n": rep["n"],
+               "served_as": item["served_as"],
+               "fold_auc_mean": m["fold_auc_mean"], "fold_auc_std": m["fold_auc_std"],
                "pooled_auc": pooled["roc_auc"], "pooled_auc_ci": pooled["roc_auc_ci"],
-               "accuracy_at_0.5": rep["at_0.5"]["accuracy"], "threshold": rep["threshold"],
+               "accuracy_at_0.5": m["at_0.5"], "threshold": rep["threshold"],
                "sensitivity": pooled["sensitivity"], "specificity": pooled["specificity"],
                "accuracy_at_threshold": pooled["accuracy"],
-               "ece_before": rep["ece_uncalibrated"], "ece_after": pooled["ece"],
-               "tta_flip_auc": rep.get("tta_flip", {}).get("roc_auc"), "seconds": rep.get("seconds")}
+               "ece_before": m["ece_before"], "ece_after": pooled["ece"],
+               "tta_flip_auc": m["tta_flip_auc"], "seconds": rep.get("seconds")}
         if item is not base and np.array_equal(item["y"], base["y"]):
             d, ci = paired_auc_difference(base["y"], base["p"], item["p"], n_boot)
             row.update(delta_auc_vs_baseline=d, delta_auc_ci=ci, baseline=base["report"]["regime"])
@@ -83,12 +120,12 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[Path], rows: list[dict], path: Path) -> None:
+def plot(runs: list[Path], rows: list[dict], path: Path, served_as: str | None = None) -> None:
     fig = Figure(figsize=(11, 4.8))
     roc_ax, auc_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     roc_ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     for run, row in zip(runs, rows):
-        item = load_run(run)
+        item = load_run(run, served_as)
         fpr, tpr = _roc_points(item["y"], item["p"])
         roc_ax.plot(fpr, tpr, lw=1.5, label=f"{row['modality']} {row['regime']} (AUC {row['pooled_auc']:.3f})")
     roc_ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="pooled out-of-fold ROC", xlim=(0, 1), ylim=(0, 1.01))
@@ -108,11 +145,12 @@ def plot(runs: list[Path], rows: list[dict], path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = compare(args.runs, args.n_boot)
+    rows = compare(args.runs, args.n_boot, args.served_as)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
-    md = markdown(rows)
+    md = ((f"Every run scored on test lesions cropped by `{args.served_as}`.\n\n" if args.served_as else "")
+          + markdown(rows))
     (args.out / "compare.md").write_text(md + "\n![comparison](compare.png)\n")
-    plot(args.runs, rows, args.out / "compare.png")
+    plot(args.runs, rows, args.out / "compare.png", args.served_as)
     print(md)
     return 0

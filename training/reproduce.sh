@@ -35,6 +35,12 @@ for m in us dm; do
   $PY -m training compare "${runs[@]}" $(for r in $REGIMES; do [ "$r" = real ] || echo "$RUNS/$m-$r"; done) \
     --out "training/results/$m"
 done
+# The ROI source the server uses (training/roi_sources.py): every fold model is also scored on expert,
+# drawn-box and SAM crops of its test lesions (--served-as, default all three).
+$PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source expert --out "$RUNS/us-expert-skew" --no-final
+$PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source sam --out "$RUNS/us-sam" --no-final
+$PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source sam --mask-channel --out "$RUNS/us-sam-mask"
+$PY -m training compare "$RUNS/us-expert-skew" "$RUNS/us-sam" "$RUNS/us-sam-mask" --out training/results/us-roi-source
 SERVED_US=${SERVED_US:-real-ens}
 SERVED_DM=${SERVED_DM:-real}
 $PY -m training export --from "$RUNS/us-$SERVED_US/weights" --from "$RUNS/dm-$SERVED_DM/weights"
