@@ -8,7 +8,7 @@ from segment_anything.utils.amg import rle_to_mask
 
 from models.gradcam import grad_cam
 from models.manifest import load_classifier
-from models.preprocessing import box_of_mask, normalize, roi_from_image, to_gray
+from models.preprocessing import box_of_mask, classifier_input, normalize, to_gray
 from models.segmentation import Embedding, _pick_lesion, mask_rle
 from server.embedding_cache import EmbeddingCache
 
@@ -53,15 +53,16 @@ def test_embedding_cache_is_bounded_in_bytes_and_least_recently_used():
     assert cache.get("huge", "litemedsam") is None and cache.nbytes <= cache.max_bytes
 
 
-def test_grad_cam_of_the_served_ensemble_follows_the_input(busi_dir):
+def test_grad_cam_of_the_served_classifier_follows_the_input(busi_dir):
     model, entry = load_classifier("classifier-us")
-    rois = []
+    inputs = []
     for name in ("malignant (1)", "benign (1)"):
         folder = busi_dir / name.split(" ")[0]
         gray = to_gray(Image.open(folder / f"{name}.png"))
-        box = box_of_mask(np.asarray(Image.open(folder / f"{name}_mask.png").convert("L")) > 0)
-        rois.append(roi_from_image(gray, box, entry.input.size))
-    x = normalize(np.stack(rois))
+        mask = np.asarray(Image.open(folder / f"{name}_mask.png").convert("L")) > 0
+        inputs.append(classifier_input(gray, box_of_mask(mask), mask if entry.input.channels == 2 else None,
+                                       entry.input.size))
+    x = normalize(np.stack(inputs))
     cams = grad_cam(model, x)
     assert cams.shape == (2, 128, 128) and torch.isfinite(cams).all()
     assert float(cams.min()) >= 0 and torch.allclose(cams.flatten(1).amax(1), torch.ones(2))

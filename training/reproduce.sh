@@ -41,7 +41,7 @@ $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source 
 $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source sam --out "$RUNS/us-sam" --no-final
 $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source sam --mask-channel --out "$RUNS/us-sam-mask"
 $PY -m training compare "$RUNS/us-expert-skew" "$RUNS/us-sam" "$RUNS/us-sam-mask" --out training/results/us-roi-source
-SERVED_US=${SERVED_US:-real-ens}
+SERVED_US=${SERVED_US:-sam-mask}  # RESULTS.md, "The ROI the server sees"
 SERVED_DM=${SERVED_DM:-real}
 $PY -m training export --from "$RUNS/us-$SERVED_US/weights" --from "$RUNS/dm-$SERVED_DM/weights"
 $PY -m training evaluate --weights models/weights --data "$DATA/busi" --out "$RUNS/eval-us"
