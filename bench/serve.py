@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.manifest import load_classifier  # noqa: E402
-from models.preprocessing import box_of_mask, normalize, roi_from_image, to_gray  # noqa: E402
+from models.preprocessing import box_of_mask, classifier_input, normalize, to_gray  # noqa: E402
 from models.sam import load_sam  # noqa: E402
 from models.segmentation import Prompt, SamSegmenter  # noqa: E402
 
@@ -63,7 +63,9 @@ def bare_times(cases) -> list[float]:
         start = time.perf_counter()
         with torch.inference_mode():
             seg = segmenter.predict(segmenter.encode(rgb), Prompt(box=box))
-            x = normalize(roi_from_image(to_gray(rgb), seg.box, entry.input.size, entry.input.roi_margin)[None])
+            spec = entry.input
+            x = normalize(classifier_input(to_gray(rgb), seg.box, seg.mask if spec.channels == 2 else None,
+                                           spec.size, spec.roi_margin)[None])
             torch.softmax(model(x) / entry.temperature, dim=1)
         if i:  # the first call warms up
             times.append(time.perf_counter() - start)

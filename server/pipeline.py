@@ -102,7 +102,9 @@ class Source:
 
 
 async def decode_upload(services: Services, data: bytes, timer: Timer) -> DecodedImage:
-    return await run_in_threadpool(timer.stage, "decode_upload", lambda: decode(data, services.settings))
+    # Decoding and rendering queue with the models: on a CPU, running them beside an inference would
+    # only take cores from it (bench/README.md).
+    return await services.engine.run(timer.stage, "decode_upload", lambda: decode(data, services.settings))
 
 
 async def store_image(services: Services, user: User, decoded: DecodedImage, modality: str, timer: Timer) -> ImageRecord:
@@ -123,7 +125,7 @@ async def upload(services: Services, user: User, data: bytes, modality: str) -> 
 
 
 async def stored_source(services: Services, record: ImageRecord) -> Source:
-    rgb = await run_in_threadpool(services.images.get, record)
+    rgb = await services.engine.run(services.images.get, record)
     return Source(record.sha256, record.modality, rgb, record=record)
 
 
@@ -167,7 +169,7 @@ async def analyze(services: Services, user: User, source: Source, prompt: Prompt
         return {"segmentation": segmentation_out(seg, timer.ms),
                 "roi_png": render.b64(render.png_bytes(result.roi)),
                 "heatmap_png": render.b64(render.heatmap_png(result.roi, result.cam))}
-    pngs = await run_in_threadpool(timer.stage, "render", pictures)
+    pngs = await engine.run(timer.stage, "render", pictures)
     record = source.record or await store_image(services, user, source.decoded, source.modality, timer)
     timer.ms["total"] = round((time.perf_counter() - start) * 1000, 2)
     body = {
