@@ -35,6 +35,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         nonlocal engine
+        if getattr(app.state, "services", None) is not None:
+            yield  # a second in-process client of a running app (tests): share, do not reload or close
+            return
         if engine is None:
             engine = Engine(settings)
             engine.load()  # WeightsError stops the start-up with the missing file's name
@@ -45,7 +48,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         try:
             yield
         finally:
+            app.state.services = None
             engine.close()
+            engine = None
             store.close()
 
     app = FastAPI(title="BraNet", version="0.2.0", lifespan=lifespan,
