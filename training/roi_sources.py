@@ -21,7 +21,7 @@ from tqdm import tqdm
 from models.preprocessing import INPUT_SIZE, ROI_MARGIN, classifier_input, jitter_box
 from training.prepare import cache_root
 from training.roi_table import RoiRecord
-from training.rois import load_gray
+from training.rois import load_gray, save_atomic
 
 ROI_SOURCES = ("expert", "box", "sam")
 SAM_FOR_BOXES = "litemedsam"  # the server's default box route (server/settings.py DEFAULT_ROUTE)
@@ -141,8 +141,5 @@ def _crop_all(records: list[RoiRecord], source: str, channels: int, size: int, m
         else:
             box, mask = sam.view(i, gray.shape)
         out[i] = classifier_input(gray, box, mask if channels == 2 else None, size, margin)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, out)
-    tmp.replace(path)
+    save_atomic(path, out)
     return out

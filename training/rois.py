@@ -43,8 +43,13 @@ def load_rois(records: list[RoiRecord], size: int = INPUT_SIZE, margin: float = 
         if r.image_path != last_path:
             gray, last_path = load_gray(r.image_path), r.image_path
         out[i] = roi_from_image(gray, r.box, size, margin)
+    save_atomic(path, out)
+    return out
+
+
+def save_atomic(path: Path, array: np.ndarray) -> None:
+    """Cache files appear whole or not at all (an interrupted run never leaves a half-written one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, out)
+    np.save(tmp, array)
     tmp.replace(path)
-    return out

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import pipeline
 from server.auth import current_user
@@ -47,10 +46,7 @@ def document_request_body(app) -> None:
 
 
 async def _from_multipart(request: Request, svc: Services, user: User, timer: Timer):
-    try:
-        form = await request.form(max_files=1, max_fields=8)
-    except StarletteHTTPException as err:  # malformed multipart, too many parts
-        raise ApiError(422, "invalid_request", f"multipart body: {err.detail}") from err
+    form = await request.form(max_files=1, max_fields=8)  # malformed: 422 by errors.install
     file, modality = form.get("file"), form.get("modality")
     if not isinstance(file, UploadFile):
         raise ApiError(422, "invalid_request", "file: a PNG or JPEG file part is required")
