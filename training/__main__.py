@@ -18,6 +18,8 @@ COMMANDS = {
     "train-gan": ("training.train_gan", "train the class-conditional SNGAN on one modality's ROIs, report FID/KID"),
     "synthesize": ("training.synthesize", "synthetic ROIs from a trained SNGAN generator into an .npz"),
     "fid": ("training.fid_command", "FID/KID of a synthetic .npz against real ROIs"),
+    "finetune-sam": ("training.sam_finetune",
+                     "LiteMedSAM's mask decoder fine-tuned on expert masks, cross-fitted; outline fidelity report"),
     "evaluate-segmentation": ("training.evaluate_segmentation",
                               "zero-shot Dice/IoU of a SAM model (box/point/auto prompt) on BUSI lesion masks"),
 }

@@ -87,7 +87,7 @@ def predict(records: list[RoiRecord], weights: Path, name: str, roi_source: str 
     from models.classifier import predict_proba
     from models.manifest import WeightsError, load_classifier
     from models.preprocessing import MEAN, STD, normalize
-    from training.roi_sources import load_inputs
+    from training.roi_sources import SAM_FOR_BOXES, load_inputs
 
     try:
         model, entry = load_classifier(name, weights)
@@ -100,18 +100,19 @@ def predict(records: list[RoiRecord], weights: Path, name: str, roi_source: str 
     if entry.modality not in ("", records[0].modality):
         _log(f"warning: {name} was trained on {entry.modality}, evaluating it on {records[0].modality}")
     inputs = load_inputs(records, roi_source, entry.input.channels, size=entry.input.size,
-                         margin=entry.input.roi_margin, progress=sys.stderr.isatty())
+                         margin=entry.input.roi_margin, progress=sys.stderr.isatty(),
+                         sam_name=entry.input.sam or SAM_FOR_BOXES, weights_dir=weights)
     with torch.inference_mode():
         p = predict_proba(model, normalize(inputs), temperature=entry.temperature)
     return [float(v) for v in p.tolist()], entry
 
 
-def _sam_dice(records: list[RoiRecord]) -> dict[str, float]:
+def _sam_dice(records: list[RoiRecord], sam_name: str, weights: Path) -> dict[str, float]:
     """How far SAM's masks (from the jittered boxes) are from the expert's: mean Dice per class."""
     import numpy as np
 
     from training.roi_sources import SamViews
-    dice = SamViews(records, progress=False).dice()
+    dice = SamViews(records, sam_name=sam_name, progress=False, weights_dir=weights).dice()
     labels = np.array([r.label for r in records])
     return {"all": round(float(dice.mean()), 4),
             **{c: round(float(dice[labels == c].mean()), 4) for c in ("benign", "malignant") if (labels == c).any()}}
@@ -175,6 +176,7 @@ def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, 
     name = model or f"classifier-{modality}"
     _log(f"evaluating {name} on {len(records)} {modality} lesions from {data}")
     p, entry = predict(records, Path(weights), name, roi_source)
+    sam_name = entry.input.sam or "litemedsam"
     y = [r.target for r in records]
     metrics = binary_report(y, p, threshold=entry.threshold, n_boot=n_boot, seed=seed)
     by_source: dict[str, Counter] = {}
@@ -190,7 +192,8 @@ def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, 
                  "counts": dict(sorted(sum(by_source.values(), Counter()).items())),
                  "counts_by_source": {s: dict(sorted(c.items())) for s, c in sorted(by_source.items())}},
         "roi_source": roi_source,
-        **({"sam_dice_vs_expert": _sam_dice(records)} if roi_source == "sam" else {}),
+        **({"sam": sam_name, "sam_dice_vs_expert": _sam_dice(records, sam_name, Path(weights))}
+           if roi_source == "sam" else {}),
         "weights": str(Path(weights).resolve()),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

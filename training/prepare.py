@@ -56,8 +56,8 @@ def prepared(data: Path, log=print) -> list[RoiRecord]:
     out = cache_root() / "prepared" / key
     if (out / "rois.csv").is_file() and (out / "rois.csv").stat().st_mtime >= _newest_mtime(data):
         return read_table(out / "rois.csv")
-    records, _ = prepare(data, out, log)
-    return records
+    prepare(data, out, log)
+    return read_table(out / "rois.csv")  # the same record values (float boxes) as every later cached read
 
 
 def _newest_mtime(data: Path) -> float:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from models.manifest import WEIGHTS_DIR, sha256_file
 from models.preprocessing import INPUT_SIZE, ROI_MARGIN, classifier_input, jitter_box
 from training.prepare import cache_root
 from training.roi_table import RoiRecord
@@ -59,19 +60,30 @@ def box_mask(box, shape: tuple[int, int]) -> np.ndarray:
 class SamViews:
     """SAM masks from jittered boxes for every record, computed once and cached (packed bits)."""
 
-    def __init__(self, records: list[RoiRecord], seed: int = 0, sam_name: str = SAM_FOR_BOXES, progress: bool = True):
-        from models.sam import SAM_MODELS
-        key = hashlib.sha256(json.dumps([seed, sam_name, SAM_MODELS[sam_name].sha256]).encode())
+    def __init__(self, records: list[RoiRecord], seed: int = 0, sam_name: str = SAM_FOR_BOXES, progress: bool = True,
+                 masks_file: Path | None = None, weights_dir: Path | None = None):
+        """`masks_file`: masks computed elsewhere in this class's file format, for exactly these records
+        (`finetune-sam`'s out-of-fold masks, where each lesion's mask comes from a decoder that never saw it)."""
+        self.records, self.seed, self.sam_name, self.progress = records, seed, sam_name, progress
+        self.weights_dir = weights_dir or WEIGHTS_DIR
+        self._data: dict[str, np.ndarray] | None = None
+        if masks_file is not None:
+            self.path = Path(masks_file)
+            ids = np.load(self.path)["lesion_ids"] if self.path.is_file() else None
+            if ids is None or list(ids) != [r.lesion_id for r in records]:
+                raise ValueError(f"{self.path} holds no masks for these {len(records)} lesions "
+                                 "(made by finetune-sam on another ROI table?)")
+            return
+        from models.sam import sam_identity
+        key = hashlib.sha256(json.dumps([seed, sam_name, sam_identity(sam_name, self.weights_dir)]).encode())
         for r in records:
             key.update(f"{r.image_path}|{r.box}\n".encode())
         self.path = cache_root() / "sam" / f"{key.hexdigest()[:20]}.npz"
-        self.records, self.seed, self.sam_name, self.progress = records, seed, sam_name, progress
-        self._data: dict[str, np.ndarray] | None = None
 
     def _compute(self) -> dict[str, np.ndarray]:
         from models.sam import load_sam
         from models.segmentation import NoLesionFound, Prompt, SamSegmenter
-        segmenter = SamSegmenter(load_sam(self.sam_name))
+        segmenter = SamSegmenter(load_sam(self.sam_name, weights_dir=self.weights_dir))
         out: dict[str, np.ndarray] = {}
         boxes, scores, dice = [], [], []
         for i, r in enumerate(tqdm(self.records, desc=f"{self.sam_name} masks", disable=not self.progress)):
@@ -112,24 +124,29 @@ class SamViews:
 
 
 def load_inputs(records: list[RoiRecord], source: str = "expert", channels: int = 1, size: int = INPUT_SIZE,
-                margin: float = ROI_MARGIN, seed: int = 0, progress: bool = True) -> np.ndarray:
-    """Classifier inputs of every record: (N, size, size) uint8 for 1 channel, (N, 2, size, size) with the mask."""
+                margin: float = ROI_MARGIN, seed: int = 0, progress: bool = True, sam_name: str = SAM_FOR_BOXES,
+                sam_masks: Path | None = None, weights_dir: Path | None = None) -> np.ndarray:
+    """Classifier inputs of every record: (N, size, size) uint8 for 1 channel, (N, 2, size, size) with the mask.
+
+    For the `sam` source the masks come from `sam_name` or, given, from the `sam_masks` file (SamViews)."""
     if source not in ROI_SOURCES:
         raise ValueError(f"unknown ROI source {source!r}; known: {', '.join(ROI_SOURCES)}")
     if source == "expert" and channels == 1:
         from training.rois import load_rois
         return load_rois(records, size, margin, progress)
+    sam = SamViews(records, seed, sam_name, progress, sam_masks, weights_dir) if source == "sam" else None
     key = hashlib.sha256(json.dumps([source, channels, size, margin, seed]).encode())
+    if sam is not None:
+        key.update(str(sam.path).encode() + (sha256_file(sam.path).encode() if sam_masks else b""))
     for r in records:
         key.update(f"{r.image_path}|{r.box}|{r.mask_paths}\n".encode())
     path = cache_root() / "inputs" / f"{key.hexdigest()[:20]}.npy"
-    out = np.load(path) if path.is_file() else _crop_all(records, source, channels, size, margin, seed, progress, path)
+    out = np.load(path) if path.is_file() else _crop_all(records, source, channels, size, margin, seed, progress, path, sam)
     return out[:, 0] if channels == 1 else out
 
 
 def _crop_all(records: list[RoiRecord], source: str, channels: int, size: int, margin: float, seed: int,
-              progress: bool, path: Path) -> np.ndarray:
-    sam = SamViews(records, seed, progress=progress) if source == "sam" else None
+              progress: bool, path: Path, sam: SamViews | None) -> np.ndarray:
     out = np.zeros((len(records), channels, size, size), np.uint8)
     for i, r in enumerate(tqdm(records, desc=f"{source} crops", disable=not progress, leave=False)):
         gray = load_gray(r.image_path)

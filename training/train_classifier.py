@@ -63,6 +63,8 @@ class TrainConfig(BaseModel):
     target_sensitivity: float = 0.90
     roi_source: Literal["expert", "box", "sam"] = "expert"  # training.roi_sources
     channels: Literal[1, 2] = 1       # 2: the lesion mask (of the ROI source) as a second input channel
+    sam: str = "litemedsam"           # roi_source sam: the SAM that outlines the lesion (the server's box route)
+    sam_masks: str | None = None      # roi_source sam: its masks from this file instead (finetune-sam's out-of-fold masks)
     size: int = 128                   # classifier input, pixels
     amp: bool = True                  # bf16 autocast + channels_last: ~6x faster on AMX CPUs and on GPUs
     quick: bool = False
@@ -86,6 +88,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name}", type=typ, default=None)
     p.add_argument("--roi-source", choices=["expert", "box", "sam"], default=None,
                    help="crop from the expert mask, a jittered box, or SAM's mask from that box (training.roi_sources)")
+    p.add_argument("--sam", default=None, help="SAM for the sam ROI source (default litemedsam; a fine-tuned name "
+                   "from models/weights, e.g. litemedsam-us); the manifest tells the server to route boxes to it")
+    p.add_argument("--sam-masks", type=Path, default=None,
+                   help="the sam ROI source's masks from this file: finetune-sam's OUT/oof_masks.npz (cross-fitted)")
     p.add_argument("--mask-channel", action="store_true", help="give the ROI source's lesion mask as a 2nd channel")
     p.add_argument("--served-as", nargs="*", default=["expert", "box", "sam"], choices=["expert", "box", "sam"],
                    help="also score every fold model on its test lesions cropped by these ROI sources "
@@ -111,7 +117,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, folds=args.folds, seed=args.seed,
         pretrain_epochs=args.pretrain_epochs, synthetic_per_class=args.synthetic_per_class,
         gan_epochs=args.gan_epochs, gan_iters_per_epoch=args.gan_iters_per_epoch, augment=args.augment, aug_scale=args.aug_scale,
-        aug_translate=args.aug_translate, roi_source=args.roi_source, size=args.size,
+        aug_translate=args.aug_translate, roi_source=args.roi_source, size=args.size, sam=args.sam,
+        sam_masks=str(args.sam_masks) if args.sam_masks else None,
         channels=2 if args.mask_channel else None).items() if v is not None}
     kw = dict(modality=args.modality, regime=args.regime, **overrides)
     return TrainConfig.quick_config(**kw) if args.quick else TrainConfig(**kw)
@@ -471,7 +478,8 @@ def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, ou
     metrics = manifest_metrics(cv) if cv else {}
     entry = ModelEntry(
         name=name, file=f"{name}.safetensors", sha256=sha, architecture=ARCHITECTURE, modality=cfg.modality,
-        input=InputSpec(channels=cfg.channels, roi_source=cfg.roi_source, size=cfg.size), classes=list(CLASSES), regime=cfg.regime,
+        input=InputSpec(channels=cfg.channels, roi_source=cfg.roi_source, size=cfg.size,
+                        sam=cfg.sam if cfg.roi_source == "sam" else None), classes=list(CLASSES), regime=cfg.regime,
         temperature=cv["temperature"] if cv else 1.0, threshold=cv["threshold"] if cv else 0.5,
         training=cfg.model_dump(),
         data={"sources": summary.counts, "lesions": len(records), "groups": len({r.group for r in records}),
@@ -507,8 +515,9 @@ def run(args: argparse.Namespace) -> int:
         print("error: the SNGAN makes 128x128 gray ROIs only: --mask-channel and --size need --regime real",
               file=sys.stderr)
         return 2
-    images = load_inputs(records, cfg.roi_source, cfg.channels, size=cfg.size)  # fixed jitter seed: one set of SAM masks
-    served_as = {src: load_inputs(records, src, cfg.channels, size=cfg.size)
+    sam_kw = dict(sam_name=cfg.sam, sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None)
+    images = load_inputs(records, cfg.roi_source, cfg.channels, size=cfg.size, **sam_kw)  # fixed jitter seed: one set of SAM masks
+    served_as = {src: load_inputs(records, src, cfg.channels, size=cfg.size, **sam_kw)
                  for src in args.served_as if src != cfg.roi_source}
     print(f"{len(records)} {cfg.modality} lesions ({sum(r.target for r in records)} malignant), regime {cfg.regime}")
     cv = None if args.no_cv else cross_validate(records, images, cfg, args.out, args.gan_dir,

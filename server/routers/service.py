@@ -23,7 +23,7 @@ def served_models(svc: Services = Depends(services)) -> dict:
                    for m, (_, e) in sorted(engine.classifiers.items())]
     sam = [{"name": name, "sha256": s.sam.sha256, "checkpoint": s.sam.checkpoint.name}
            for name, s in sorted(engine.segmenters.items())]
-    return {"classifiers": classifiers, "sam": sam, "routes": svc.settings.sam_routes}
+    return {"classifiers": classifiers, "sam": sam, "routes": engine.routes}
 
 
 @router.get("/healthz", tags=["service"], summary="The process answers")
