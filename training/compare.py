@@ -57,9 +57,13 @@ def load_run(run: Path, served_as: str | None = None) -> dict:
 def run_label(rep: dict) -> str:
     regime = rep["regime"] if "ensemble_of" in rep else f"{rep['regime']} (seed {rep['config']['seed']})"
     source = rep.get("roi_source", "expert")
+    if source == "sam" and rep["config"].get("sam", "litemedsam") != "litemedsam":
+        source = f"sam {rep['config']['sam']}"
     extra = " + mask" if rep.get("channels", 1) == 2 else ""
     aug = rep["config"].get("augment", "affine")
-    return f"{regime}, {source}{extra}" + ("" if aug == "affine" else f", aug {aug}")
+    size = rep["config"].get("size", 128)
+    return (f"{regime}, {source}{extra}" + ("" if aug == "affine" else f", aug {aug}")
+            + ("" if size == 128 else f", {size} px"))
 
 
 def _metrics(item: dict) -> dict:

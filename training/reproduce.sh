@@ -41,6 +41,18 @@ $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source 
 $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source sam --out "$RUNS/us-sam" --no-final
 $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source sam --mask-channel --out "$RUNS/us-sam-mask"
 $PY -m training compare "$RUNS/us-expert-skew" "$RUNS/us-sam" "$RUNS/us-sam-mask" --out training/results/us-roi-source
+# Levers on top of sam + mask (RESULTS.md, "Levers"): another seed, scanner augmentation, 224 px, and
+# LiteMedSAM's decoder fine-tuned on the expert masks (cross-fitted on the same folds; not served).
+SM=(--rois "$RUNS/rois" --modality us --roi-source sam --mask-channel --no-final)
+$PY -m training train-classifier "${SM[@]}" --seed 1 --out "$RUNS/us-sam-mask-seed1"
+$PY -m training ensemble "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" --out "$RUNS/us-sam-mask-ens"
+$PY -m training train-classifier "${SM[@]}" --augment scanner --out "$RUNS/us-sam-mask-scanner"
+$PY -m training train-classifier "${SM[@]}" --size 224 --out "$RUNS/us-sam-mask-224"
+$PY -m training finetune-sam --rois "$RUNS/rois" --modality us --out "$RUNS/sam-ft-us"
+$PY -m training train-classifier "${SM[@]}" --sam litemedsam-us --sam-masks "$RUNS/sam-ft-us/oof_masks.npz" \
+  --out "$RUNS/us-ft-mask"
+$PY -m training compare "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" "$RUNS/us-sam-mask-ens" "$RUNS/us-ft-mask" \
+  "$RUNS/us-sam-mask-scanner" "$RUNS/us-sam-mask-224" --served-as sam --out training/results/us-levers
 SERVED_US=${SERVED_US:-sam-mask}  # RESULTS.md, "The ROI the server sees"
 SERVED_DM=${SERVED_DM:-real}
 $PY -m training export --from "$RUNS/us-$SERVED_US/weights" --from "$RUNS/dm-$SERVED_DM/weights"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
@@ -52,7 +53,7 @@ COLUMNS = [f.name for f in fields(RoiRecord)]
 def write_table(records: Iterable[RoiRecord], path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel processes may prepare the same folder at once
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
