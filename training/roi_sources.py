@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ class SamViews:
         out |= {"boxes": np.asarray(boxes, np.float32), "scores": np.asarray(scores, np.float32),
                 "dice": np.asarray(dice, np.float32)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp.npz")
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp.npz")  # another process may be computing the same masks
         np.savez_compressed(tmp, **out)
         tmp.replace(self.path)
         return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,6 @@ def load_rois(records: list[RoiRecord], size: int = INPUT_SIZE, margin: float = 
 def save_atomic(path: Path, array: np.ndarray) -> None:
     """Cache files appear whole or not at all (an interrupted run never leaves a half-written one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # parallel processes may fill the same cache entry
     np.save(tmp, array)
     tmp.replace(path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -82,7 +83,7 @@ class Embeddings:
         from PIL import Image
         segmenter = SamSegmenter(load_sam(self.sam_name))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp.npy")
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp.npy")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(self.records), 256, 64, 64))
         original, inputs = [], []
         for i, r in enumerate(tqdm(self.records, desc=f"{self.sam_name} embeddings", disable=not self.progress)):
