@@ -125,7 +125,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(runs: list[Path], rows: list[dict], path: Path, served_as: str | None = None) -> None:
-    fig = Figure(figsize=(11, 4.8))
+    fig = Figure(figsize=(12, 4.8))
     roc_ax, auc_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     roc_ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     for run, row in zip(runs, rows):
@@ -134,13 +134,15 @@ def plot(runs: list[Path], rows: list[dict], path: Path, served_as: str | None =
         roc_ax.plot(fpr, tpr, lw=1.5, label=f"{row['modality']} {row['regime']} (AUC {row['pooled_auc']:.3f})")
     roc_ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="pooled out-of-fold ROC", xlim=(0, 1), ylim=(0, 1.01))
     roc_ax.legend(loc="lower right", fontsize=8)
-    labels = [f"{r['modality']}\n{r['regime']}" for r in rows]
+    # horizontal: run labels are long ("real (seed 0), sam + mask, aug scanner")
+    labels = [f"{r['modality']} {r['regime']}" for r in rows]
     aucs = np.array([r["pooled_auc"] for r in rows])
     err = np.array([[a - r["pooled_auc_ci"][0], r["pooled_auc_ci"][1] - a] for a, r in zip(aucs, rows)]).T
-    auc_ax.errorbar(range(len(rows)), aucs, yerr=err, fmt="o", capsize=4)
-    auc_ax.scatter(range(len(rows)), [r["fold_auc_mean"] for r in rows], marker="x", color="C1", label="fold mean")
-    auc_ax.set_xticks(range(len(rows)), labels)
-    auc_ax.set(ylabel="ROC-AUC", title="AUC with 95% bootstrap CI", ylim=(max(0.0, float(aucs.min()) - 0.2), 1.0))
+    auc_ax.errorbar(aucs, range(len(rows)), xerr=err, fmt="o", capsize=4)
+    auc_ax.scatter([r["fold_auc_mean"] for r in rows], range(len(rows)), marker="x", color="C1", label="fold mean")
+    auc_ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    auc_ax.invert_yaxis()
+    auc_ax.set(xlabel="ROC-AUC", title="AUC with 95% bootstrap CI", xlim=(max(0.0, float(aucs.min()) - 0.2), 1.0))
     auc_ax.legend(fontsize=8)
     fig.tight_layout()
     FigureCanvasAgg(fig)

@@ -41,6 +41,10 @@ $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source 
 $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source sam --out "$RUNS/us-sam" --no-final
 $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source sam --mask-channel --out "$RUNS/us-sam-mask"
 $PY -m training compare "$RUNS/us-expert-skew" "$RUNS/us-sam" "$RUNS/us-sam-mask" --out training/results/us-roi-source
+# DM, same protocol (RESULTS.md: none helps; the expert-trained DM model stays served)
+$PY -m training train-classifier --rois "$RUNS/rois" --modality dm --roi-source expert --no-final --out "$RUNS/dm-expert-skew"
+$PY -m training train-classifier --rois "$RUNS/rois" --modality dm --roi-source sam --no-final --out "$RUNS/dm-sam"
+$PY -m training train-classifier --rois "$RUNS/rois" --modality dm --roi-source sam --mask-channel --no-final --out "$RUNS/dm-sam-mask"
 # Levers on top of sam + mask (RESULTS.md, "Levers"): another seed, scanner augmentation, 224 px, and
 # LiteMedSAM's decoder fine-tuned on the expert masks (cross-fitted on the same folds; not served).
 SM=(--rois "$RUNS/rois" --modality us --roi-source sam --mask-channel --no-final)
