@@ -171,12 +171,13 @@ def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, 
              n_boot: int = 1000, seed: int = 0, roi_source: str = "sam") -> dict[str, Any]:
     from training.metrics import binary_report
     from training.plots import plot_confusion, plot_reliability, plot_roc
+    from training.roi_sources import SAM_FOR_BOXES
 
     modality, records = select_lesions(Path(data), modality)
     name = model or f"classifier-{modality}"
     _log(f"evaluating {name} on {len(records)} {modality} lesions from {data}")
     p, entry = predict(records, Path(weights), name, roi_source)
-    sam_name = entry.input.sam or "litemedsam"
+    sam_name = entry.input.sam or SAM_FOR_BOXES
     y = [r.target for r in records]
     metrics = binary_report(y, p, threshold=entry.threshold, n_boot=n_boot, seed=seed)
     by_source: dict[str, Counter] = {}

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from training.evaluate_segmentation import dice_iou
 from training.prepare import cache_root, prepared
 from training.roi_sources import box_mask, drawn_box, expert_mask
 from training.roi_table import RoiRecord
-from training.rois import load_gray
 
 JITTER = 0.08  # training boxes: a bit looser than the ±5% the evaluation box uses, so serving boxes are inside the range
 BASE_SAM = "litemedsam"
@@ -192,14 +192,10 @@ def solidity(mask: np.ndarray) -> float:
         return 1.0
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
-
-
 def fidelity(name: str, masks: list[np.ndarray], truths: list[np.ndarray], targets: np.ndarray,
              expert_solidity: np.ndarray) -> dict:
     from training.metrics import bootstrap_auc_ci, roc_auc
-    d = np.array([dice(m, t) for m, t in zip(masks, truths)])
+    d = np.array([dice_iou(m, t)[0] for m, t in zip(masks, truths)])
     s = np.array([solidity(m) for m in masks])
     ok = ~np.isnan(s)
     return {"masks": name, "dice_mean": float(d.mean()), "dice_median": float(np.median(d)),
@@ -242,7 +238,8 @@ def cross_fit_fold(k: int, train_idx: np.ndarray, test_idx: np.ndarray, records:
     return path
 
 
-def assemble(records: list[RoiRecord], emb: Embeddings, fold_files: list[Path], out: Path) -> list[np.ndarray]:
+def assemble(records: list[RoiRecord], emb: Embeddings, fold_files: list[Path], truths: list[np.ndarray],
+             out: Path) -> list[np.ndarray]:
     """Every lesion's out-of-fold mask in `training.roi_sources.SamViews`'s file format."""
     from models.preprocessing import box_of_mask
     masks: list[np.ndarray | None] = [None] * len(records)
@@ -258,8 +255,7 @@ def assemble(records: list[RoiRecord], emb: Embeddings, fold_files: list[Path], 
                 mask = box_mask(drawn, (h, w))
             masks[i], data[f"m{i}"] = mask, np.packbits(mask)
             boxes[i], scores[i] = box_of_mask(mask), z[f"s{i}"]
-    truths = [expert_mask(r, m.shape) for r, m in zip(records, masks)]
-    data |= {"boxes": boxes, "scores": scores, "dice": np.array([dice(m, t) for m, t in zip(masks, truths)], np.float32),
+    data |= {"boxes": boxes, "scores": scores, "dice": np.array([dice_iou(m, t)[0] for m, t in zip(masks, truths)], np.float32),
              "lesion_ids": np.array([r.lesion_id for r in records])}
     tmp = out.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, **data)
@@ -294,9 +290,9 @@ def run(args: argparse.Namespace) -> int:
             "git_commit": git_commit(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=2))
     if args.only_folds:
         return 0
-    masks = assemble(records, emb, files, args.out / "oof_masks.npz")
+    truths = [expert_mask(r, size) for r, size in zip(records, emb.original_size)]
+    masks = assemble(records, emb, files, truths, args.out / "oof_masks.npz")
     y = np.array([r.target for r in records])
-    truths = [expert_mask(r, m.shape) for r, m in zip(records, masks)]
     expert_sol = np.array([solidity(t) for t in truths])
     zero = SamViews(records)
     zero_masks = [zero.view(i, m.shape)[1] for i, m in enumerate(masks)]
