@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from models.manifest import WEIGHTS_DIR, WeightsError, read_manifest
 from models.sam import load_sam
 from tests.test_train_classifier import run_training
-from training.sam_finetune import frame_box, frame_mask, solidity
+from training.outline import solidity
+from training.sam_finetune import frame_box, frame_mask
 
 
 def test_solidity_tells_a_star_from_a_disc():

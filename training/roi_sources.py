@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -126,28 +127,32 @@ class SamViews:
 
 def load_inputs(records: list[RoiRecord], source: str = "expert", channels: int = 1, size: int = INPUT_SIZE,
                 margin: float = ROI_MARGIN, seed: int = 0, progress: bool = True, sam_name: str = SAM_FOR_BOXES,
-                sam_masks: Path | None = None, weights_dir: Path | None = None) -> np.ndarray:
+                sam_masks: Path | None = None, weights_dir: Path | None = None,
+                mask_of: Literal["source", "expert"] = "source") -> np.ndarray:
     """Classifier inputs of every record: (N, size, size) uint8 for 1 channel, (N, 2, size, size) with the mask.
 
-    For the `sam` source the masks come from `sam_name` or, given, from the `sam_masks` file (SamViews)."""
+    For the `sam` source the masks come from `sam_name` or, given, from the `sam_masks` file (SamViews).
+    `mask_of="expert"`: the second channel is the expert mask, cropped in the source's frame (training targets)."""
     if source not in ROI_SOURCES:
         raise ValueError(f"unknown ROI source {source!r}; known: {', '.join(ROI_SOURCES)}")
     if source == "expert" and channels == 1:
         from training.rois import load_rois
         return load_rois(records, size, margin, progress)
     sam = SamViews(records, seed, sam_name, progress, sam_masks, weights_dir) if source == "sam" else None
-    key = hashlib.sha256(json.dumps([source, channels, size, margin, seed]).encode())
+    key = hashlib.sha256(json.dumps([source, channels, size, margin, seed] + ([mask_of] if mask_of != "source" else [])
+                                    ).encode())
     if sam is not None:
         key.update(str(sam.path).encode() + (sha256_file(sam.path).encode() if sam_masks else b""))
     for r in records:
         key.update(f"{r.image_path}|{r.box}|{r.mask_paths}\n".encode())
     path = cache_root() / "inputs" / f"{key.hexdigest()[:20]}.npy"
-    out = np.load(path) if path.is_file() else _crop_all(records, source, channels, size, margin, seed, progress, path, sam)
+    out = np.load(path) if path.is_file() else _crop_all(records, source, channels, size, margin, seed, progress, path,
+                                                         sam, mask_of)
     return out[:, 0] if channels == 1 else out
 
 
 def _crop_all(records: list[RoiRecord], source: str, channels: int, size: int, margin: float, seed: int,
-              progress: bool, path: Path, sam: SamViews | None) -> np.ndarray:
+              progress: bool, path: Path, sam: SamViews | None, mask_of: str = "source") -> np.ndarray:
     out = np.zeros((len(records), channels, size, size), np.uint8)
     for i, r in enumerate(tqdm(records, desc=f"{source} crops", disable=not progress, leave=False)):
         gray = load_gray(r.image_path)
@@ -158,6 +163,8 @@ def _crop_all(records: list[RoiRecord], source: str, channels: int, size: int, m
             mask = box_mask(box, gray.shape)
         else:
             box, mask = sam.view(i, gray.shape)
+        if mask_of == "expert":
+            mask = expert_mask(r, gray.shape)
         out[i] = classifier_input(gray, box, mask if channels == 2 else None, size, margin)
     save_atomic(path, out)
     return out

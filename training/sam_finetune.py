@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training.evaluate_segmentation import dice_iou
+from training.outline import solidity
 from training.prepare import cache_root, prepared
 from training.roi_sources import box_mask, drawn_box, expert_mask
 from training.roi_table import RoiRecord
@@ -175,22 +176,6 @@ def outline(sam, emb: Embeddings, i: int, box) -> tuple[np.ndarray, float]:
 
 
 # ------------------------------------------------------------------------------------ outline fidelity
-
-def solidity(mask: np.ndarray) -> float:
-    """Area of the largest component over the area of its convex hull (1 = convex; malignant are lower)."""
-    from scipy import ndimage
-    from scipy.spatial import ConvexHull, QhullError
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return float("nan")
-    largest = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
-    ys, xs = np.nonzero(largest & ~ndimage.binary_erosion(largest))
-    corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)])
-    try:
-        return float(min(1.0, largest.sum() / ConvexHull(corners).volume))
-    except QhullError:
-        return 1.0
-
 
 def fidelity(name: str, masks: list[np.ndarray], truths: list[np.ndarray], targets: np.ndarray,
              expert_solidity: np.ndarray) -> dict:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from models.classifier import ARCHITECTURE, CLASSES, build_classifier
 from models.manifest import InputSpec, Manifest, ModelEntry, save_classifier, write_manifest
-from models.preprocessing import normalize
+from models.preprocessing import ROI_MARGIN, normalize
 from training.augment import affine, scanner
 from training.prepare import prepared
 from training.roi_table import RoiRecord, lesions, summarize
@@ -66,6 +66,9 @@ class TrainConfig(BaseModel):
     sam: str = "litemedsam"           # roi_source sam: the SAM that outlines the lesion (the server's box route)
     sam_masks: str | None = None      # roi_source sam: its masks from this file instead (finetune-sam's out-of-fold masks)
     size: int = 128                   # classifier input, pixels
+    margin: float = ROI_MARGIN        # context around the lesion box, fraction of its longer side (served too)
+    aux_outline: float = 0.0          # training-only head drawing the expert mask (training.outline_aux)
+    aux_irregularity: float = 0.0     # training-only head predicting the expert outline's 1 - solidity
     amp: bool = True                  # bf16 autocast + channels_last: ~6x faster on AMX CPUs and on GPUs
     quick: bool = False
 
@@ -99,6 +102,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", choices=["affine", "scanner", "none"], default=None,
                    help="affine (flips, rotation, shift, scale); scanner: affine + gain, speckle, blur, resolution")
     p.add_argument("--size", type=int, default=None, help="classifier input size (BraNet: 128)")
+    p.add_argument("--margin", type=float, default=None,
+                   help=f"context around the lesion box, fraction of its longer side (default {ROI_MARGIN})")
+    p.add_argument("--aux-outline", type=float, default=None, metavar="W",
+                   help="weight of a training-only head that draws the expert mask (privileged information)")
+    p.add_argument("--aux-irregularity", type=float, default=None, metavar="W",
+                   help="weight of a training-only head that predicts the expert outline's 1 - solidity")
     p.add_argument("--aug-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"))
     p.add_argument("--aug-translate", type=float, default=None)
     p.add_argument("--no-final", action="store_true", help="cross-validate only, skip the final fit")
@@ -117,7 +126,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, folds=args.folds, seed=args.seed,
         pretrain_epochs=args.pretrain_epochs, synthetic_per_class=args.synthetic_per_class,
         gan_epochs=args.gan_epochs, gan_iters_per_epoch=args.gan_iters_per_epoch, augment=args.augment, aug_scale=args.aug_scale,
-        aug_translate=args.aug_translate, roi_source=args.roi_source, size=args.size, sam=args.sam,
+        aug_translate=args.aug_translate, roi_source=args.roi_source, size=args.size, margin=args.margin,
+        aux_outline=args.aux_outline, aux_irregularity=args.aux_irregularity, sam=args.sam,
         sam_masks=str(args.sam_masks) if args.sam_masks else None,
         channels=2 if args.mask_channel else None).items() if v is not None}
     kw = dict(modality=args.modality, regime=args.regime, **overrides)
@@ -136,23 +146,37 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def uses_outline(cfg: TrainConfig) -> bool:
+    return cfg.aux_outline > 0 or cfg.aux_irregularity > 0
+
+
 def fit(model: torch.nn.Module, images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, epochs: int,
-        desc: str, evaluate: Callable[[torch.nn.Module], dict] | None = None) -> list[dict]:
-    """Adam + one-cycle cosine schedule, class-weighted cross-entropy; returns per-epoch history."""
+        desc: str, evaluate: Callable[[torch.nn.Module], dict] | None = None,
+        outlines: np.ndarray | None = None) -> list[dict]:
+    """Adam + one-cycle cosine schedule, class-weighted cross-entropy; returns per-epoch history.
+
+    `outlines`: the expert masks cropped like `images`, for the training-only heads of OutlineAux;
+    `model` itself is trained and stays a plain ResNet18."""
+    from training.outline_aux import OutlineAux, aux_loss, irregularity
     gen = torch.Generator().manual_seed(cfg.seed)
     dev = device()
     memory_format = torch.channels_last if cfg.amp else torch.contiguous_format
-    model.to(dev, memory_format=memory_format)
+    aux = outlines is not None
+    net = OutlineAux(model) if aux else model
+    net.to(dev, memory_format=memory_format)
     x_all = normalize(images)
+    if aux:  # one more channel, so that every augmentation moves the target with the image
+        x_all = torch.cat([x_all, normalize(outlines)], dim=1)
+        irregular_all = torch.as_tensor(irregularity(outlines))
     y_all = torch.as_tensor(targets, dtype=torch.long)
     counts = torch.bincount(y_all, minlength=2).clamp(min=1).float()
     class_weight = counts.sum() / (2 * counts)  # malignant is the minority in every set here
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, epochs * -(-len(y_all) // cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     history = []
     for epoch in tqdm(range(1, epochs + 1), desc=desc, leave=False):
-        model.train()
+        net.train()
         total, seen, t0 = 0.0, 0, time.time()
         for idx in _batches(len(y_all), cfg.batch_size, gen):
             if len(idx) < 2:  # batch norm needs two samples
@@ -163,9 +187,15 @@ def fit(model: torch.nn.Module, images: np.ndarray, targets: np.ndarray, cfg: Tr
             if cfg.augment == "scanner":
                 x = scanner(x, gen)
             x = x.to(dev, memory_format=memory_format)
+            if aux:
+                x, outline = x[:, :-1], x[:, -1:]
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                logits = model(x)
+                out = net(x)
+            logits = out[0] if aux else out
             loss = F.cross_entropy(logits.float(), y.to(dev), weight=class_weight.to(dev))
+            if aux:
+                loss = loss + aux_loss(out[1], out[2], outline, irregular_all[idx].to(dev),
+                                       cfg.aux_outline, cfg.aux_irregularity)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -213,7 +243,8 @@ def synthetic_set(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, gan
 
 
 def train_one(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, gan_dir: Path, desc: str,
-              evaluate: Callable[[torch.nn.Module], dict] | None = None) -> tuple[torch.nn.Module, list[dict]]:
+              evaluate: Callable[[torch.nn.Module], dict] | None = None,
+              outlines: np.ndarray | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """One model under the configured regime (used by every fold and by the final fit).
 
     `gan_dir` holds the SNGAN trained on exactly these ROIs; an sngan and a hybrid run can share it
@@ -228,7 +259,7 @@ def train_one(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, gan_dir
                         fit(model, syn_x, syn_y, cfg, cfg.pretrain_epochs, f"{desc} pretrain")]
         else:
             images, targets = np.concatenate([images, syn_x]), np.concatenate([targets, syn_y])
-    history += fit(model, images, targets, cfg, cfg.epochs, desc, evaluate)
+    history += fit(model, images, targets, cfg, cfg.epochs, desc, evaluate, outlines)
     return model, history
 
 
@@ -243,7 +274,8 @@ def folds_of(records: list[RoiRecord], cfg: TrainConfig) -> list[tuple[np.ndarra
 
 def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path,
                    gan_root: Path | None = None, only_folds: set[int] | None = None,
-                   served_as: dict[str, np.ndarray] | None = None) -> dict | None:
+                   served_as: dict[str, np.ndarray] | None = None, outlines: np.ndarray | None = None
+                   ) -> dict | None:
     """Every fold (or `only_folds`, so that folds can run in parallel processes); the report once all
     folds have predictions. `served_as`: the same lesions cropped by other ROI sources; each fold model
     is also scored on its test fold as those sources crop it (training/serving skew)."""
@@ -282,7 +314,8 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
             continue
         model, history = train_one(images[train_idx], targets[train_idx], cfg,
                                    (gan_root or out) / "cv" / f"fold{k}" / "gan",
-                                   f"fold {k + 1}/{cfg.folds}", monitor)
+                                   f"fold {k + 1}/{cfg.folds}", monitor,
+                                   None if outlines is None else outlines[train_idx])
         oof[test_idx] = logits_of(model, images[test_idx])
         # Test-time augmentation, measured alongside: mean logits of the crop and its mirror image.
         oof_tta[test_idx] = (oof[test_idx] + logits_of(model, images[test_idx][..., ::-1].copy())) / 2
@@ -463,9 +496,10 @@ def manifest_metrics(report: dict) -> dict:
 
 
 def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path, cv: dict | None,
-              gan_root: Path | None = None) -> Path:
+              gan_root: Path | None = None, outlines: np.ndarray | None = None) -> Path:
     targets = np.array([r.target for r in records])
-    model, history = train_one(images, targets, cfg, (gan_root or out) / "final" / "gan", "final fit")
+    model, history = train_one(images, targets, cfg, (gan_root or out) / "final" / "gan", "final fit",
+                               outlines=outlines)
     from training.plots import plot_curves
     (out / "final").mkdir(parents=True, exist_ok=True)
     (out / "final" / "history.json").write_text(json.dumps(history, indent=1))
@@ -478,7 +512,7 @@ def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, ou
     metrics = manifest_metrics(cv) if cv else {}
     entry = ModelEntry(
         name=name, file=f"{name}.safetensors", sha256=sha, architecture=ARCHITECTURE, modality=cfg.modality,
-        input=InputSpec(channels=cfg.channels, roi_source=cfg.roi_source, size=cfg.size,
+        input=InputSpec(channels=cfg.channels, roi_source=cfg.roi_source, size=cfg.size, roi_margin=cfg.margin,
                         sam=cfg.sam if cfg.roi_source == "sam" else None), classes=list(CLASSES), regime=cfg.regime,
         temperature=cv["temperature"] if cv else 1.0, threshold=cv["threshold"] if cv else 0.5,
         training=cfg.model_dump(),
@@ -515,17 +549,21 @@ def run(args: argparse.Namespace) -> int:
         print("error: the SNGAN makes 128x128 gray ROIs only: --mask-channel and --size need --regime real",
               file=sys.stderr)
         return 2
-    sam_kw = dict(sam_name=cfg.sam, sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None)
-    images = load_inputs(records, cfg.roi_source, cfg.channels, size=cfg.size, **sam_kw)  # fixed jitter seed: one set of SAM masks
-    served_as = {src: load_inputs(records, src, cfg.channels, size=cfg.size, **sam_kw)
+    crop_kw = dict(size=cfg.size, margin=cfg.margin, sam_name=cfg.sam,
+                   sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None)
+    images = load_inputs(records, cfg.roi_source, cfg.channels, **crop_kw)  # fixed jitter seed: one set of SAM masks
+    served_as = {src: load_inputs(records, src, cfg.channels, **crop_kw)
                  for src in args.served_as if src != cfg.roi_source}
+    # The expert masks in the training crops' frame: targets of the training-only heads.
+    outlines = load_inputs(records, cfg.roi_source, 2, mask_of="expert", **crop_kw)[:, 1] if uses_outline(cfg) else None
     print(f"{len(records)} {cfg.modality} lesions ({sum(r.target for r in records)} malignant), regime {cfg.regime}")
     cv = None if args.no_cv else cross_validate(records, images, cfg, args.out, args.gan_dir,
-                                                 set(args.only_folds) if args.only_folds else None, served_as)
+                                                 set(args.only_folds) if args.only_folds else None, served_as,
+                                                 outlines)
     if args.only_folds:
         return 0
     if cv:
         print((args.out / "cv" / "report.md").read_text())
     if not args.no_final:
-        print(f"final weights: {final_fit(records, images, cfg, args.out, cv, args.gan_dir)}")
+        print(f"final weights: {final_fit(records, images, cfg, args.out, cv, args.gan_dir, outlines)}")
     return 0
