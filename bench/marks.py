@@ -50,7 +50,7 @@ def gray_lesions(data: Path, n: int):
 
 def predict(engine: Engine, key: str, rgb: np.ndarray, box) -> float:
     seg = engine.segment(key, rgb, "us", Prompt(box=list(box)), Timer())
-    return engine.classify(rgb, "us", seg, Timer()).p_malignant
+    return engine.classify(rgb, "us", seg, Timer(), key).p_malignant
 
 
 def main() -> int:

@@ -33,9 +33,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.manifest import load_classifier  # noqa: E402
+from models.manifest import load_classifier, load_sam_probe  # noqa: E402
 from models.preprocessing import box_of_mask, classifier_input, normalize, to_gray  # noqa: E402
 from models.sam import load_sam  # noqa: E402
+from models.sam_probe import fuse, lesion_features  # noqa: E402
 from models.segmentation import Prompt, SamSegmenter  # noqa: E402
 
 
@@ -57,16 +58,23 @@ def busi_cases(data: Path, n: int) -> list[tuple[Path, list[int]]]:
 def bare_times(cases) -> list[float]:
     segmenter = SamSegmenter(load_sam("litemedsam"))
     model, entry = load_classifier("classifier-us")
+    probe = load_sam_probe(entry)  # its features come from the same LiteMedSAM embedding
     times = []
     for i, (path, box) in enumerate(cases):
         rgb = np.asarray(Image.open(path).convert("RGB"))
         start = time.perf_counter()
         with torch.inference_mode():
-            seg = segmenter.predict(segmenter.encode(rgb), Prompt(box=box))
+            embedding = segmenter.encode(rgb)
+            seg = segmenter.predict(embedding, Prompt(box=box))
             spec = entry.input
             x = normalize(classifier_input(to_gray(rgb), seg.box, seg.mask if spec.channels == 2 else None,
                                            spec.size, spec.roi_margin)[None])
-            torch.softmax(model(x) / entry.temperature, dim=1)
+            logits = model(x)
+            if probe is not None:
+                f = lesion_features(embedding.features, embedding.original_size, embedding.input_size, seg.mask,
+                                    seg.box, spec.roi_margin)
+                logits = fuse(logits, probe(f[None]), entry.sam_probe.alpha)
+            torch.softmax(logits / entry.temperature, dim=1)
         if i:  # the first call warms up
             times.append(time.perf_counter() - start)
     return times
@@ -92,28 +100,33 @@ def start_server(home: Path, port: int, env_extra: dict) -> subprocess.Popen:
     raise SystemExit("server did not become ready")
 
 
-async def analyse(client: httpx.AsyncClient, path: Path, box: list[int]) -> tuple[float, int, dict]:
+async def analyse(client: httpx.AsyncClient, path: Path, box: list[int]) -> tuple[float, int, dict, dict]:
+    """Latency, status, headers and the server's own per-stage times (ms)."""
     start = time.perf_counter()
     res = await client.post("/v1/analyses", files={"file": (path.name, path.read_bytes())},
                             data={"modality": "us", "prompt": json.dumps({"box": box})})
-    return time.perf_counter() - start, res.status_code, res.headers
+    stages = res.json().get("timings_ms", {}) if res.status_code == 201 else {}
+    return time.perf_counter() - start, res.status_code, res.headers, stages
 
 
 async def level(client: httpx.AsyncClient, cases, concurrency: int) -> dict:
     queue = list(cases)
-    latencies = []
+    latencies, stages = [], []
 
     async def worker():
         while queue:
             path, box = queue.pop(0)
-            seconds, status, _ = await analyse(client, path, box)
+            seconds, status, _, ms = await analyse(client, path, box)
             assert status == 201, status
             latencies.append(seconds)
+            stages.append(ms)
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - start
     return {"concurrency": concurrency, "n": len(latencies), "p50_s": statistics.median(latencies),
-            "p95_s": float(np.percentile(latencies, 95)), "throughput_per_s": len(latencies) / wall}
+            "p95_s": float(np.percentile(latencies, 95)), "throughput_per_s": len(latencies) / wall,
+            "stage_p50_ms": {k: statistics.median(ms[k] for ms in stages if k in ms)
+                             for k in sorted({k for ms in stages for k in ms})}}
 
 
 async def reprompt(client: httpx.AsyncClient, path: Path, box: list[int], n: int = 10) -> list[float]:
@@ -186,6 +199,8 @@ def main() -> None:
     for lv in result["levels"]:
         print(f"{lv['concurrency']:>11} {lv['n']:>3} {lv['p50_s'] * 1000:>8.0f} {lv['p95_s'] * 1000:>8.0f} "
               f"{lv['p50_s'] / bare:>9.2f} {lv['throughput_per_s']:>7.2f} {lv['throughput_per_s'] * bare:>9.2f}")
+    print("server stages at concurrency 1, p50 ms: " + ", ".join(
+        f"{k} {v:.1f}" for k, v in result["levels"][0]["stage_p50_ms"].items()))
     rp = result["reprompt_s"]
     print(f"re-prompt on a cached image: p50 {statistics.median(rp) * 1000:.0f} ms, max {max(rp) * 1000:.0f} ms")
     ov = result["overload"]

@@ -31,16 +31,3 @@ def build_classifier(in_channels: int = 1, num_classes: int = 2, members: int = 
     if members == 1:
         return resnet18_gray(in_channels, num_classes)
     return LogitMean([resnet18_gray(in_channels, num_classes) for _ in range(members)])
-
-
-@torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 128, temperature: float = 1.0) -> torch.Tensor:
-    """Normalised inputs (N,1,H,W) -> p(malignant) (N,)."""
-    model.eval()
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    out = []
-    for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size].to(device=device, dtype=dtype)).float()
-        out.append(torch.softmax(logits / temperature, dim=1)[:, 1].cpu())
-    return torch.cat(out) if out else torch.zeros(0)

@@ -35,6 +35,16 @@ class InputSpec(BaseModel):
     crop: str = "square around lesion box + margin, slid inside the image, reflection-padded if smaller"
 
 
+class SamProbeSpec(BaseModel):
+    """A logistic regression on SAM's embedding of the lesion (models.sam_probe), added to the classifier."""
+
+    file: str  # SamProbe's state, float32 safetensors
+    sha256: str
+    sam: str  # the SAM whose image encoder makes the features (the box route's, models.sam.SAM_MODELS)
+    alpha: float  # served logit difference = classifier's + alpha x probe's
+    C: float = 0.05  # the regression's inverse L2 strength, fixed beforehand
+
+
 class ModelEntry(BaseModel):
     name: str
     file: str
@@ -47,6 +57,7 @@ class ModelEntry(BaseModel):
     threshold: float = 0.5
     regime: str = "real"
     members: int = 1  # >1: mean logits of that many ResNet18s (models.classifier.LogitMean)
+    sam_probe: SamProbeSpec | None = None
     training: dict[str, Any] = {}
     data: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
@@ -117,6 +128,30 @@ def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> st
     bad = [k for k in expected if k not in state or tuple(state[k].shape) != tuple(expected[k].shape)]
     extra = [k for k in state if k not in expected]
     return f"missing or misshapen {bad[:5]}, unexpected {extra[:5]}" if bad or extra else None
+
+
+def load_sam_probe(entry: ModelEntry, weights_dir: Path = WEIGHTS_DIR, device: str | torch.device = "cpu"):
+    """The entry's verified SAM probe (models.sam_probe.SamProbe, eval mode), or None if it has none."""
+    from models.sam_probe import SamProbe
+    spec = entry.sam_probe
+    if spec is None:
+        return None
+    path = Path(weights_dir) / spec.file
+    if not path.is_file():
+        raise WeightsError(f"SAM probe file missing: {path} (listed for {entry.name!r} in the manifest)")
+    digest = sha256_file(path)
+    if digest != spec.sha256:
+        raise WeightsError(f"sha256 mismatch for {path}: manifest says {spec.sha256}, file is {digest}")
+    probe = SamProbe()
+    try:
+        state = load_file(str(path))
+    except Exception as e:
+        raise WeightsError(f"cannot read SAM probe file {path}: {e}") from e
+    mismatch = state_mismatch(probe, state)
+    if mismatch:
+        raise WeightsError(f"SAM probe file {path} does not fit: {mismatch}")
+    probe.load_state_dict(state)
+    return probe.to(device).eval()
 
 
 def load_classifier(name: str, weights_dir: Path = WEIGHTS_DIR, device: str | torch.device = "cpu"

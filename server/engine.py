@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from models.gradcam import grad_cam
-from models.manifest import ModelEntry, load_classifier, read_manifest
+from models.manifest import ModelEntry, load_classifier, load_sam_probe, read_manifest
 from models.preprocessing import classifier_input, normalize, to_gray
 from models.sam import load_sam
+from models.sam_probe import SamProbe, fuse, lesion_features
 from models.segmentation import Embedding, Prompt, SamSegmenter, Segmentation
 from server.embedding_cache import EmbeddingCache
 from server.errors import ApiError
@@ -61,6 +62,7 @@ class Engine:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         self.classifiers: dict[str, tuple[torch.nn.Module, ModelEntry]] = {}
+        self.probes: dict[str, SamProbe] = {}
         self.segmenters: dict[str, SamSegmenter] = {}
         self.routes: dict[str, dict[str, str]] = {}
         self.cache = EmbeddingCache(int(settings.cache_mb * 1024 * 1024))
@@ -74,6 +76,9 @@ class Engine:
         read_manifest(self.settings.weights)
         for modality, name in SERVED.items():
             self.classifiers[modality] = load_classifier(name, self.settings.weights, self.device)
+            probe = load_sam_probe(self.classifiers[modality][1], self.settings.weights, self.device)
+            if probe is not None:
+                self.probes[modality] = probe
         self.routes = self.settings.routes({m: e.input.sam for m, (_, e) in self.classifiers.items()})
         amg = {"points_per_side": self.settings.amg_points_per_side}
         for name in sorted(self.sam_names()):
@@ -82,7 +87,8 @@ class Engine:
             self.segmenters[name] = SamSegmenter(sam, amg)
 
     def sam_names(self) -> set[str]:
-        return {name for route in self.routes.values() for name in route.values()}
+        probes = {e.sam_probe.sam for _, e in self.classifiers.values() if e.sam_probe}
+        return {name for route in self.routes.values() for name in route.values()} | probes
 
     @property
     def ready(self) -> bool:
@@ -125,8 +131,10 @@ class Engine:
         embedding = self.embedding(sha256, rgb, segmenter, timer)
         return timer.stage("decode", lambda: segmenter.predict(embedding, prompt))
 
-    def classify(self, rgb: np.ndarray, modality: str, seg: Segmentation, timer: Timer) -> Classification:
-        """The crop training used (models.preprocessing.classifier_input), around SAM's mask."""
+    def classify(self, rgb: np.ndarray, modality: str, seg: Segmentation, timer: Timer,
+                 sha256: str | None = None) -> Classification:
+        """The crop training used (models.preprocessing.classifier_input), around SAM's mask; with a SAM
+        probe, its logit from the image's embedding (cached under `sha256`, shared with the route's SAM)."""
         model, entry = self.classifiers[modality]
         spec = entry.input
         inputs = timer.stage("crop", lambda: classifier_input(
@@ -138,7 +146,24 @@ class Engine:
             with torch.inference_mode():
                 return model(x)
         out = timer.stage("classify", logits)
+        if modality in self.probes:
+            out = self.with_probe(out, rgb, modality, seg, timer, sha256)
         p = float(torch.softmax(out / entry.temperature, dim=1)[0, 1])
         cam = timer.stage("gradcam", lambda: grad_cam(model, x.clone())[0].cpu().numpy())
         label = entry.classes[1] if p >= entry.threshold else entry.classes[0]
         return Classification(label, p, entry.threshold, roi, cam, entry)
+
+    def with_probe(self, logits: torch.Tensor, rgb: np.ndarray, modality: str, seg: Segmentation, timer: Timer,
+                   sha256: str | None) -> torch.Tensor:
+        entry = self.classifiers[modality][1]
+        spec = entry.sam_probe
+        segmenter = self.segmenters[spec.sam]
+        embedding = (self.embedding(sha256, rgb, segmenter, timer) if sha256
+                     else timer.stage("encode", lambda: segmenter.encode(rgb)))
+
+        def probe_logit() -> torch.Tensor:
+            f = lesion_features(embedding.features, embedding.original_size, embedding.input_size, seg.mask, seg.box,
+                                entry.input.roi_margin)
+            with torch.inference_mode():
+                return self.probes[modality](f[None].to(self.device))
+        return fuse(logits, timer.stage("sam_probe", probe_logit), spec.alpha)

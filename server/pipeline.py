@@ -161,7 +161,7 @@ async def analyze(services: Services, user: User, source: Source, prompt: Prompt
 
     def job():
         seg = _segment(services, source, prompt, timer)
-        return seg, engine.classify(source.rgb, source.modality, seg, timer)
+        return seg, engine.classify(source.rgb, source.modality, seg, timer, source.sha256)
     seg, result = await engine.run(job)
     sam, entry = engine.segmenters[seg.model].sam, result.entry
 

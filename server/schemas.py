@@ -113,6 +113,12 @@ class AnalysisPage(BaseModel):
     notice: str = NOTICE
 
 
+class ServedSamProbe(BaseModel):
+    sam: str = Field(description="the SAM whose image embedding of the lesion the probe reads")
+    alpha: float = Field(description="served logit difference = classifier's + alpha x the probe's")
+    sha256: str
+
+
 class ServedClassifier(BaseModel):
     modality: Modality
     name: str
@@ -121,6 +127,7 @@ class ServedClassifier(BaseModel):
     architecture: str
     regime: str
     members: int
+    sam_probe: ServedSamProbe | None = None
     temperature: float
     threshold: float
     metrics: dict

@@ -14,6 +14,8 @@ COMMANDS = {
     "fold-fid": ("training.fold_fid", "FID/KID of one cross-validation fold's SNGAN against its training ROIs"),
     "compare": ("training.compare", "regimes side by side: AUC with CIs and paired AUC differences, plot"),
     "ensemble": ("training.ensemble", "mean of several runs (seeds): out-of-fold report and one weights file"),
+    "sam-probe": ("training.sam_probe", "SAM's embedding of the lesion as a probe fused with runs on SAM crops: "
+                  "cross-fitted report and weights"),
     "export": ("training.export", "write chosen weights (fp16 safetensors) + manifest into models/weights"),
     "train-gan": ("training.train_gan", "train the class-conditional SNGAN on one modality's ROIs, report FID/KID"),
     "synthesize": ("training.synthesize", "synthetic ROIs from a trained SNGAN generator into an .npz"),

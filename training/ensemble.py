@@ -55,7 +55,9 @@ def ensemble(runs: list[Path], out: Path) -> dict:
     return report
 
 
-def combine_weights(runs: list[Path], out: Path, report: dict) -> Path:
+def combine_weights(runs: list[Path], out: Path, report: dict, update: dict | None = None) -> Path:
+    """The runs' final fits as one weights file (their mean logits if several) and its manifest entry;
+    `update` adds to the entry (e.g. a SAM probe whose file is already in OUT/weights)."""
     name = f"classifier-{report['modality']}"
     members, entries = [], []
     for run in runs:
@@ -63,12 +65,13 @@ def combine_weights(runs: list[Path], out: Path, report: dict) -> Path:
         members.append(model)
         entries.append(entry)
     weights = out / "weights"
-    sha = save_classifier(LogitMean(members), weights / f"{name}.safetensors")
+    one = len(members) == 1
+    sha = save_classifier(members[0] if one else LogitMean(members), weights / f"{name}.safetensors")
     entry = entries[0].model_copy(update=dict(
-        sha256=sha, members=len(members), architecture=f"mean logits of {len(members)} x {ARCHITECTURE}",
+        sha256=sha, members=len(members), architecture=ARCHITECTURE if one else f"mean logits of {len(members)} x {ARCHITECTURE}",
         regime=report["regime"], temperature=report["temperature"], threshold=report["threshold"],
         training={**entries[0].training, "member_seeds": report["member_seeds"]},
-        metrics=manifest_metrics(report)))
+        metrics=manifest_metrics(report)) | (update or {}))
     write_manifest(Manifest(models={name: entry}), weights)
     load_classifier(name, weights)
     return weights

@@ -84,13 +84,13 @@ def predict(records: list[RoiRecord], weights: Path, name: str, roi_source: str 
     """p(malignant) per record from the verified classifier `name`, and its manifest entry."""
     import torch
 
-    from models.classifier import predict_proba
-    from models.manifest import WeightsError, load_classifier
+    from models.manifest import WeightsError, load_classifier, load_sam_probe
     from models.preprocessing import MEAN, STD, normalize
     from training.roi_sources import SAM_FOR_BOXES, load_inputs
 
     try:
         model, entry = load_classifier(name, weights)
+        probe = load_sam_probe(entry, weights)
     except WeightsError as e:
         raise EvaluateError(str(e)) from e
     if (entry.input.mean, entry.input.std) != (MEAN, STD):
@@ -102,8 +102,17 @@ def predict(records: list[RoiRecord], weights: Path, name: str, roi_source: str 
     inputs = load_inputs(records, roi_source, entry.input.channels, size=entry.input.size,
                          margin=entry.input.roi_margin, progress=sys.stderr.isatty(),
                          sam_name=entry.input.sam or SAM_FOR_BOXES, weights_dir=weights)
+    x = normalize(inputs)
     with torch.inference_mode():
-        p = predict_proba(model, normalize(inputs), temperature=entry.temperature)
+        logits = torch.cat([model(x[i:i + 128]) for i in range(0, len(x), 128)])
+    if probe is not None:  # as the server does: the probe's logit from SAM's embedding of the same lesion
+        from models.sam_probe import fuse
+        from training.sam_probe import probe_features
+        features = probe_features(records, roi_source, entry.sam_probe.sam, entry.input.roi_margin,
+                                  progress=sys.stderr.isatty())
+        with torch.inference_mode():
+            logits = fuse(logits, probe(torch.from_numpy(features)), entry.sam_probe.alpha)
+    p = torch.softmax(logits / entry.temperature, dim=1)[:, 1]
     return [float(v) for v in p.tolist()], entry
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from models.manifest import (WEIGHTS_DIR, Manifest, ModelEntry, SamDecoderEntry, WeightsError, load_classifier,
-                             read_manifest, sha256_file, write_manifest)
+                             load_sam_probe, read_manifest, SamProbeSpec, sha256_file, write_manifest)
 from models.sam import load_sam
 
 
@@ -49,20 +49,25 @@ def export(sources: list[Path], target: Path, decoders: list[Path] = ()) -> Mani
     for src in sources:
         for name, entry in read_manifest(src).models.items():
             load_classifier(name, src)  # verifies sha256 and shape before anything is copied
+            load_sam_probe(entry, src)
             staged.append((src / entry.file, entry))
     decoder_entries = [(folder / "decoder.safetensors", decoder_entry(folder)) for folder in decoders]
     for path, entry in decoder_entries:
         if sha256_file(path) != entry.sha256:
             raise WeightsError(f"{path} does not match the sha256 in its decoder.json")
     target.mkdir(parents=True, exist_ok=True)
-    for path, entry in [*staged, *decoder_entries]:
+    probes = [(path.parent / entry.sam_probe.file, entry.sam_probe) for path, entry in staged if entry.sam_probe]
+    for path, entry in [*staged, *decoder_entries, *probes]:
         tmp = target / f".{entry.file}.tmp"
         shutil.copyfile(path, tmp)
         tmp.replace(target / entry.file)
+        if isinstance(entry, SamProbeSpec):
+            continue
         (merged.models if isinstance(entry, ModelEntry) else merged.sam_decoders)[entry.name] = entry
     write_manifest(merged, target)
     for _, entry in staged:
         load_classifier(entry.name, target)
+        load_sam_probe(entry, target)
     for _, entry in decoder_entries:
         load_sam(entry.name, weights_dir=target)
     return merged

@@ -1,0 +1,108 @@
+"""The SAM probe end to end: cross-fitted report, weights, export, and the server fusing it exactly as
+training and evaluation do. Also the training-only outline heads and a wider crop margin, served."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from models.manifest import WEIGHTS_DIR, WeightsError, load_classifier, load_sam_probe, read_manifest
+from tests.test_train_classifier import run_training
+
+LIMIT = "4"  # 8 lesions: a quick run
+
+
+@pytest.fixture(scope="module")
+def probe_run(data_dir, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("probe")
+    for seed in ("0", "1"):
+        run_training("train-classifier", "--served-as", "--rois", str(data_dir / "busi"), "--modality", "us",
+                     "--quick", "--limit", LIMIT, "--roi-source", "sam", "--mask-channel", "--seed", seed,
+                     "--margin", "0.2", "--aux-outline", "1", "--aux-irregularity", "0.5", "--out", str(runs / f"s{seed}"))
+    run_training("sam-probe", str(runs / "s0"), str(runs / "s1"), "--rois", str(data_dir / "busi"), "--limit", LIMIT,
+                 "--out", str(runs / "fused"))
+    return runs
+
+
+def test_outline_heads_train_and_are_dropped(probe_run):
+    model, entry = load_classifier("classifier-us", probe_run / "s0" / "weights")  # a plain ResNet18 state
+    assert entry.input.roi_margin == 0.2 and entry.training["aux_outline"] == 1.0
+    assert not any("head" in k for k in load_file(str(probe_run / "s0" / "weights" / entry.file)))
+
+
+def test_fused_report_is_resnet_plus_alpha_probe(probe_run):
+    from training.train_classifier import read_oof
+    report = json.loads((probe_run / "fused" / "cv" / "report.json").read_text())
+    sp = report["sam_probe"]
+    assert report["n"] == 8 and report["regime"] == "real ensemble x2 + SAM probe" and sp["sam"] == "litemedsam"
+    assert len(sp["alphas"]) == 2 and sp["alpha"] == pytest.approx(np.mean(sp["alphas"]))
+    y, _, fused = read_oof(probe_run / "fused" / "cv" / "oof.csv")
+    _, _, resnet = read_oof(probe_run / "fused" / "cv" / "oof_resnet.csv")
+    _, _, probe = read_oof(probe_run / "fused" / "cv" / "oof_probe.csv")
+    # The ResNet18 part is the mean of the two runs' out-of-fold logits.
+    runs = [read_oof(probe_run / f"s{s}" / "cv" / "oof.csv")[2] for s in (0, 1)]
+    assert np.allclose(resnet[:, 1] - resnet[:, 0], np.mean([r[:, 1] - r[:, 0] for r in runs], 0), atol=1e-5)
+    assert not np.allclose(fused, resnet) and np.isfinite(probe).all()
+    assert "SAM probe" in (probe_run / "fused" / "cv" / "report.md").read_text()
+
+
+def test_probe_on_other_roi_sources_is_refused(data_dir, tmp_path):
+    out = tmp_path / "expert"
+    run_training("train-classifier", "--served-as", "--no-final", "--rois", str(data_dir / "busi"), "--modality", "us",
+                 "--quick", "--limit", "2", "--out", str(out))
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "training", "sam-probe", str(out), "--rois", str(data_dir / "busi"),
+                          "--limit", "2", "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert res.returncode == 2 and "train on --roi-source sam" in res.stderr
+
+
+def test_served_probe_matches_evaluation_and_is_verified(probe_run, data_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+    from training.evaluate import predict
+    from training.prepare import prepared
+    from training.roi_sources import drawn_box
+    from training.train_classifier import select
+
+    served = tmp_path / "served"
+    shutil.copytree(WEIGHTS_DIR, served)
+    run_training("export", "--from", str(probe_run / "fused" / "weights"), "--to", str(served))
+    entry = read_manifest(served).models["classifier-us"]
+    assert entry.members == 2 and entry.sam_probe.file == "sam-probe-us.safetensors"
+    assert load_sam_probe(entry, served) is not None
+    records = select(prepared(data_dir / "busi"), "us", int(LIMIT))
+    expected, _ = predict(records, served, "classifier-us", "sam")  # training's crops and features
+    r = records[5]
+    rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
+    box = [round(v, 3) for v in drawn_box(r, rgb.shape[:2], seed=0)]
+    app = create_app(Settings(home=tmp_path / "home", weights=served, create_dev_user=False))
+    with TestClient(app) as client:
+        auth = {"Authorization": f"Bearer {app.state.users.add_user('t')[1]}"}
+        models = client.get("/v1/models", headers=auth).json()
+        res = client.post("/v1/analyses", files={"file": ("l.png", open(r.image_path, "rb").read())},
+                          data={"modality": "us", "prompt": json.dumps({"box": box})}, headers=auth)
+    us = next(c for c in models["classifiers"] if c["modality"] == "us")
+    assert us["sam_probe"] == {"sam": "litemedsam", "alpha": entry.sam_probe.alpha, "sha256": entry.sam_probe.sha256}
+    assert res.status_code == 201, res.text
+    body = res.json()
+    assert "sam_probe" in body["timings_ms"]
+    assert body["p_malignant"] == pytest.approx(expected[5], abs=2e-3)
+    # A changed byte in the probe is caught before anything is served.
+    blob = bytearray((served / entry.sam_probe.file).read_bytes())
+    blob[-1] ^= 0xFF
+    (served / entry.sam_probe.file).write_bytes(bytes(blob))
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        load_sam_probe(entry, served)
+
+
+def test_probe_logit_adds_to_the_difference():
+    from models.sam_probe import fuse
+    logits = torch.tensor([[0.2, 1.0], [1.5, -0.5]])
+    fused = fuse(logits, torch.tensor([2.0, -1.0]), alpha=0.5)
+    assert torch.allclose(fused[:, 1] - fused[:, 0], torch.tensor([0.8 + 1.0, -2.0 - 0.5]))

@@ -1,0 +1,203 @@
+"""`sam-probe`: SAM's own view of the lesion next to the ResNet18 (models.sam_probe), cross-validated.
+
+RUN... are train-classifier runs on the `sam` ROI source: one, or several seeds (then their mean, as
+`ensemble` does). For each run the probe, a logistic regression on SAM's embedding of the lesion
+(`models.sam_probe.lesion_features`), is fitted on that run's training folds and scored on its test
+fold, so every lesion's fused prediction comes from models that never saw it. The fused logit
+difference is the ResNet18's + alpha x the probe's, alpha = the ratio of their out-of-fold spreads (no
+labels used; the two get equal say); temperature and threshold are then fitted on the fused
+out-of-fold logits as for any run. The regression's C is fixed beforehand, not tuned on any fold.
+
+Writes OUT/cv (oof.csv fused, oof_resnet.csv, oof_probe.csv; report with each part's AUC and the
+paired AUC difference fused - ResNet18) and OUT/weights (the runs' final fits, the probe fitted on
+all lesions, one manifest entry), ready for `export`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from models.manifest import SamProbeSpec, WeightsError, sha256_file
+from models.sam_probe import FEATURES, SamProbe, lesion_features
+from training.roi_sources import SamViews, box_mask, drawn_box, expert_mask
+from training.roi_table import RoiRecord
+from training.train_classifier import TrainConfig, cv_markdown, manifest_metrics, read_oof, report_cv, write_oof
+
+C = 0.05  # L2 strength of RESEARCH.md's probe on LiteMedSAM features, fixed before any of these runs
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", type=Path, nargs="+", help="train-classifier output folders on the sam ROI source")
+    p.add_argument("--rois", type=Path, required=True, help="the runs' --rois (prepared folder or dataset folder)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--limit", type=int, default=None, help="the runs' --limit, if they had one")
+
+
+def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin: float, seed: int = 0,
+                   sam_masks: Path | None = None, progress: bool = True) -> np.ndarray:
+    """(N, 512): SAM `sam_name`'s embedding of each image (cached), averaged inside the ROI source's
+    lesion mask and over the classifier's crop."""
+    from models.sam import SAM_MODELS
+    from training.sam_finetune import Embeddings
+    if sam_name not in SAM_MODELS:
+        raise ValueError(f"the SAM probe needs a packaged SAM encoder ({', '.join(SAM_MODELS)}), not {sam_name!r}")
+    emb = Embeddings(records, sam_name, progress)
+    sam = SamViews(records, seed, sam_name, progress, sam_masks) if source == "sam" else None
+    out = np.zeros((len(records), FEATURES), np.float32)
+    for i, r in enumerate(records):
+        shape = emb.original_size[i]
+        if source == "expert":
+            box, mask = r.box, expert_mask(r, shape)
+        elif source == "box":
+            box = drawn_box(r, shape, seed)
+            mask = box_mask(box, shape)
+        else:
+            box, mask = sam.view(i, shape)
+        out[i] = lesion_features(emb[i], shape, emb.input_size[i], mask, box, margin).numpy()
+    return out
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray) -> SamProbe:
+    from sklearn.linear_model import LogisticRegression
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale < 1e-8] = 1.0
+    lr = LogisticRegression(C=C, max_iter=5000).fit((x - mean) / scale, y)
+    probe = SamProbe(x.shape[1])
+    with torch.no_grad():
+        probe.mean.copy_(torch.from_numpy(mean))
+        probe.scale.copy_(torch.from_numpy(scale))
+        probe.linear.weight.copy_(torch.from_numpy(lr.coef_.astype(np.float32)))
+        probe.linear.bias.copy_(torch.from_numpy(lr.intercept_.astype(np.float32)))
+    return probe.eval()
+
+
+def probe_logits(probe: SamProbe, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return probe(torch.from_numpy(x)).numpy()
+
+
+def two_columns(diff: np.ndarray) -> np.ndarray:
+    return np.stack([-diff / 2, diff / 2], axis=1).astype(np.float32)
+
+
+def run_configs(runs: list[Path]) -> TrainConfig:
+    cfgs = [TrainConfig.model_validate_json((run / "config.json").read_text()) for run in runs]
+    first = cfgs[0]
+    for run, cfg in zip(runs, cfgs):
+        if cfg.roi_source != "sam":
+            raise ValueError(f"{run} was trained on {cfg.roi_source} ROIs: the probe reads SAM's view, train on --roi-source sam")
+        if (cfg.modality, cfg.sam, cfg.sam_masks, cfg.margin, cfg.channels, cfg.size) != \
+                (first.modality, first.sam, first.sam_masks, first.margin, first.channels, first.size):
+            raise ValueError(f"{run} differs from {runs[0]} in modality, SAM, margin or input: one served input only")
+    return first
+
+
+def lesion_ids(oof_csv: Path) -> list[str]:
+    with open(oof_csv, newline="") as f:
+        return [r["lesion_id"] for r in csv.DictReader(f)]
+
+
+def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out: Path, cfg: TrainConfig) -> dict:
+    """Fused out-of-fold predictions of the runs (each with its own folds' probes) and their report."""
+    from training.compare import paired_auc_difference
+    from training.metrics import binary_report, fit_temperature
+    y = np.array([r.target for r in records])
+    resnet, probe, fused, alphas = [], [], [], []
+    for run in runs:
+        if lesion_ids(run / "cv" / "oof.csv") != [r.lesion_id for r in records]:
+            raise ValueError(f"{run} was not trained on these lesions (another --rois or --limit?)")
+        _, fold, logits = read_oof(run / "cv" / "oof.csv")
+        d_r, d_p = logits[:, 1] - logits[:, 0], np.zeros(len(y), np.float32)
+        for k in sorted(set(fold.tolist())):
+            d_p[fold == k] = probe_logits(fit_probe(x[fold != k], y[fold != k]), x[fold == k])
+        alphas.append(float(d_r.std() / max(d_p.std(), 1e-6)))
+        resnet.append(d_r)
+        probe.append(d_p)
+        fused.append(d_r + alphas[-1] * d_p)
+    _, fold0, _ = read_oof(runs[0] / "cv" / "oof.csv")
+    cv_dir = out / "cv"
+    cv_dir.mkdir(parents=True, exist_ok=True)
+    for k in sorted(set(fold0.tolist())):  # the first run's fold curves, for the report's plots
+        (cv_dir / f"fold{k}").mkdir(exist_ok=True)
+        (cv_dir / f"fold{k}" / "history.json").write_text((runs[0] / "cv" / f"fold{k}" / "history.json").read_text())
+    parts = {"resnet": np.mean(resnet, 0), "probe": np.mean(probe, 0), "fused": np.mean(fused, 0)}
+    write_oof(cv_dir / "oof_resnet.csv", records, fold0, two_columns(parts["resnet"]))
+    write_oof(cv_dir / "oof_probe.csv", records, fold0, two_columns(parts["probe"]))
+    write_oof(cv_dir / "oof.csv", records, fold0, two_columns(parts["fused"]))
+    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    report = report_cv(cv_dir, cfg)
+
+    def alone(diff: np.ndarray) -> dict:
+        lg = two_columns(diff)
+        p = torch.softmax(torch.as_tensor(lg) / fit_temperature(y, lg), 1)[:, 1].numpy()
+        return {k: v for k, v in binary_report(y, p, threshold=0.5).items() if k in ("roc_auc", "roc_auc_ci", "ece")}
+
+    sigmoid = lambda d: 1 / (1 + np.exp(-d.astype(np.float64)))  # noqa: E731
+    delta, ci = paired_auc_difference(y, sigmoid(parts["resnet"]), sigmoid(parts["fused"]), 2000)
+    member = f" ensemble x{len(runs)}" if len(runs) > 1 else ""
+    report.update(
+        regime=f"{cfg.regime}{member} + SAM probe",
+        sam_probe={"sam": cfg.sam, "C": C, "alpha": float(np.mean(alphas)), "alphas": alphas,
+                   "resnet": alone(parts["resnet"]), "probe": alone(parts["probe"]),
+                   "fused_minus_resnet": {"delta": delta, "ci": ci}},
+        member_runs=[str(r) for r in runs],
+        member_seeds=[TrainConfig.model_validate_json((r / "config.json").read_text()).seed for r in runs],
+        seconds=sum(json.loads((r / "cv" / "report.json").read_text()).get("seconds", 0) for r in runs))
+    (cv_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (cv_dir / "report.md").write_text(cv_markdown(report) + probe_markdown(report))
+    return report
+
+
+def probe_markdown(report: dict) -> str:
+    sp = report["sam_probe"]
+    d = sp["fused_minus_resnet"]
+    rows = [("ResNet18" + (f" (mean of {len(report['member_seeds'])} seeds)" if len(report["member_seeds"]) > 1 else ""),
+             sp["resnet"]), (f"SAM probe ({sp['sam']} embedding, logistic regression C={sp['C']})", sp["probe"])]
+    lines = ["", f"Parts of the fused prediction (alpha {sp['alpha']:.3f}; each part's own temperature):", "",
+             "| part | pooled AUC [95% CI] | ECE |", "|---|---|---|"]
+    lines += [f"| {name} | {m['roc_auc']:.3f} [{m['roc_auc_ci'][0]:.3f}, {m['roc_auc_ci'][1]:.3f}] | {m['ece']:.3f} |"
+              for name, m in rows]
+    return "\n".join(lines + ["", f"Fused - ResNet18: ΔAUC {d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] "
+                                  "(paired bootstrap over lesions)", ""])
+
+
+def write_weights(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out: Path, report: dict) -> Path:
+    """The runs' final fits (their mean if several) with the probe fitted on every lesion."""
+    from training.ensemble import combine_weights
+    y = np.array([r.target for r in records])
+    modality = report["modality"]
+    probe_file = f"sam-probe-{modality}.safetensors"
+    weights = out / "weights"
+    weights.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in fit_probe(x, y).state_dict().items()}
+    save_file(state, str(weights / f".{probe_file}.tmp"))
+    (weights / f".{probe_file}.tmp").replace(weights / probe_file)
+    sp = report["sam_probe"]
+    spec = SamProbeSpec(file=probe_file, sha256=sha256_file(weights / probe_file), sam=sp["sam"], alpha=sp["alpha"], C=C)
+    return combine_weights(runs, out, report, {"sam_probe": spec, "metrics": {**manifest_metrics(report),
+                                                                             "sam_probe": sp}})
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.prepare import prepared
+    from training.train_classifier import select
+    try:
+        cfg = run_configs(args.runs)
+        records = select(prepared(args.rois), cfg.modality, args.limit)
+        x = probe_features(records, "sam", cfg.sam, cfg.margin, sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None,
+                           progress=sys.stderr.isatty())
+        report = cross_fitted(args.runs, records, x, args.out, cfg)
+        if all((r / "weights" / "manifest.json").is_file() for r in args.runs):
+            print(f"weights with the SAM probe: {write_weights(args.runs, records, x, args.out, report)}")
+    except (ValueError, FileNotFoundError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print((args.out / "cv" / "report.md").read_text())
+    return 0
