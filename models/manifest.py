@@ -43,6 +43,7 @@ class SamProbeSpec(BaseModel):
     sam: str  # the SAM whose image encoder makes the features (the box route's, models.sam.SAM_MODELS)
     alpha: float  # served logit difference = classifier's + alpha x probe's
     C: float = 0.05  # the regression's inverse L2 strength, fixed beforehand
+    mark_augment: bool = False  # also fitted on the lesions with measurement marks burned in
 
 
 class ModelEntry(BaseModel):
@@ -130,18 +131,23 @@ def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> st
     return f"missing or misshapen {bad[:5]}, unexpected {extra[:5]}" if bad or extra else None
 
 
+def verified_file(path: Path, sha256: str, what: str) -> Path:
+    """`path` once it exists and has the manifest's sha256; WeightsError naming `what` otherwise."""
+    if not path.is_file():
+        raise WeightsError(f"{what} missing: {path} (listed in the manifest)")
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise WeightsError(f"sha256 mismatch for {path}: manifest says {sha256}, file is {digest}")
+    return path
+
+
 def load_sam_probe(entry: ModelEntry, weights_dir: Path = WEIGHTS_DIR, device: str | torch.device = "cpu"):
     """The entry's verified SAM probe (models.sam_probe.SamProbe, eval mode), or None if it has none."""
     from models.sam_probe import SamProbe
     spec = entry.sam_probe
     if spec is None:
         return None
-    path = Path(weights_dir) / spec.file
-    if not path.is_file():
-        raise WeightsError(f"SAM probe file missing: {path} (listed for {entry.name!r} in the manifest)")
-    digest = sha256_file(path)
-    if digest != spec.sha256:
-        raise WeightsError(f"sha256 mismatch for {path}: manifest says {spec.sha256}, file is {digest}")
+    path = verified_file(Path(weights_dir) / spec.file, spec.sha256, "SAM probe file")
     probe = SamProbe()
     try:
         state = load_file(str(path))
@@ -163,12 +169,7 @@ def load_classifier(name: str, weights_dir: Path = WEIGHTS_DIR, device: str | to
         raise WeightsError(f"model {name!r} is not in {weights_dir / MANIFEST_NAME} "
                            f"(it lists: {', '.join(sorted(manifest.models)) or 'nothing'})")
     entry = manifest.models[name]
-    path = weights_dir / entry.file
-    if not path.is_file():
-        raise WeightsError(f"weight file missing: {path} (listed for {name!r} in the manifest)")
-    digest = sha256_file(path)
-    if digest != entry.sha256:
-        raise WeightsError(f"sha256 mismatch for {path}: manifest says {entry.sha256}, file is {digest}")
+    path = verified_file(weights_dir / entry.file, entry.sha256, "weight file")
     model = build_classifier(in_channels=entry.input.channels, num_classes=len(entry.classes),
                              members=entry.members)
     try:

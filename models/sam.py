@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from models.manifest import WEIGHTS_DIR, WeightsError, read_manifest, sha256_file
+from models.manifest import WEIGHTS_DIR, WeightsError, read_manifest, sha256_file, verified_file
 
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 MOBILESAM_SHA256 = "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"
@@ -161,15 +161,10 @@ def load_sam(name: str, checkpoint: Path | None = None, device: str | torch.devi
 def _load_finetuned(entry, checkpoint: Path | None, device: str | torch.device, weights_dir: Path) -> LoadedSam:
     from safetensors.torch import load_file
     base = load_sam(entry.base, checkpoint)
-    path = Path(weights_dir) / entry.file
-    if not path.is_file():
-        raise WeightsError(f"SAM {entry.name} decoder missing: {path} (listed in the manifest)")
-    digest = sha256_file(path)
-    if digest != entry.sha256:
-        raise WeightsError(f"sha256 mismatch for {path}: manifest says {entry.sha256[:12]}, file is {digest[:12]}")
+    path = verified_file(Path(weights_dir) / entry.file, entry.sha256, f"SAM {entry.name} decoder")
     try:
         base.model.mask_decoder.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=True)
     except Exception as err:  # safetensors and load_state_dict raise several types
         raise WeightsError(f"SAM {entry.name} decoder {path} does not fit {entry.base}'s mask decoder: {err}") from err
     base.model.to(device).eval()
-    return LoadedSam(entry.name, base.model, path, digest, base.min_max_scale)
+    return LoadedSam(entry.name, base.model, path, entry.sha256, base.min_max_scale)

@@ -23,7 +23,7 @@ def probe_run(data_dir, tmp_path_factory):
                      "--quick", "--limit", LIMIT, "--roi-source", "sam", "--mask-channel", "--seed", seed,
                      "--margin", "0.2", "--aux-outline", "1", "--aux-irregularity", "0.5", "--out", str(runs / f"s{seed}"))
     run_training("sam-probe", str(runs / "s0"), str(runs / "s1"), "--rois", str(data_dir / "busi"), "--limit", LIMIT,
-                 "--out", str(runs / "fused"))
+                 "--mark-augment", "--out", str(runs / "fused"))
     return runs
 
 
@@ -46,7 +46,9 @@ def test_fused_report_is_resnet_plus_alpha_probe(probe_run):
     runs = [read_oof(probe_run / f"s{s}" / "cv" / "oof.csv")[2] for s in (0, 1)]
     assert np.allclose(resnet[:, 1] - resnet[:, 0], np.mean([r[:, 1] - r[:, 0] for r in runs], 0), atol=1e-5)
     assert not np.allclose(fused, resnet) and np.isfinite(probe).all()
-    assert "SAM probe" in (probe_run / "fused" / "cv" / "report.md").read_text()
+    # Marks burned into the lesions: the probe is scored on that view out of fold (and trained on it too).
+    assert sp["mark_augment"] and 0 <= sp["marks"]["median_abs_delta"] <= 1 and 0 <= sp["marks"]["flips"] <= 8
+    assert "Measurement marks burned in" in (probe_run / "fused" / "cv" / "report.md").read_text()
 
 
 def test_probe_on_other_roi_sources_is_refused(data_dir, tmp_path):
@@ -74,7 +76,7 @@ def test_served_probe_matches_evaluation_and_is_verified(probe_run, data_dir, tm
     shutil.copytree(WEIGHTS_DIR, served)
     run_training("export", "--from", str(probe_run / "fused" / "weights"), "--to", str(served))
     entry = read_manifest(served).models["classifier-us"]
-    assert entry.members == 2 and entry.sam_probe.file == "sam-probe-us.safetensors"
+    assert entry.members == 2 and entry.sam_probe.file == "sam-probe-us.safetensors" and entry.sam_probe.mark_augment
     assert load_sam_probe(entry, served) is not None
     records = select(prepared(data_dir / "busi"), "us", int(LIMIT))
     expected, _ = predict(records, served, "classifier-us", "sam")  # training's crops and features

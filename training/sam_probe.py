@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rois", type=Path, required=True, help="the runs' --rois (prepared folder or dataset folder)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--limit", type=int, default=None, help="the runs' --limit, if they had one")
+    p.add_argument("--marks", action="store_true",
+                   help="also score each fold's probe on the lesions with measurement marks burned in (out of fold)")
+    p.add_argument("--mark-augment", action="store_true",
+                   help="train the probe on the marked view of every training lesion too (implies --marks)")
 
 
 def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin: float, seed: int = 0,
@@ -61,6 +66,54 @@ def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin:
         else:
             box, mask = sam.view(i, shape)
         out[i] = lesion_features(emb[i], shape, emb.input_size[i], mask, box, margin).numpy()
+    return out
+
+
+MARK_COLOURS = ((255, 255, 255), (255, 230, 0), (0, 255, 255), (0, 255, 0))  # white, yellow, cyan, green
+MARK_BOX_SEED = 2  # the marks' calipers sit on another drawn box than the prompt's (bench/marks.py uses seed 0)
+
+
+def marked_features(records: list[RoiRecord], sam_name: str, margin: float, seed: int = 0,
+                    progress: bool = True) -> np.ndarray:
+    """`probe_features` of each image with measurement marks burned in (training.marks; colour and
+    caliper box drawn per lesion), segmented from the same prompt box as the clean image: the view of a
+    scanner's overlay that the probe learns to look past. Encoded once and cached."""
+    import hashlib
+
+    from PIL import Image
+    from tqdm import tqdm
+
+    from models.sam import load_sam, sam_identity
+    from models.segmentation import NoLesionFound, Prompt, SamSegmenter
+    from training.marks import burn_measurement
+    from training.prepare import cache_root
+    from training.roi_sources import lesion_rng
+    key = hashlib.sha256(json.dumps([sam_name, sam_identity(sam_name), margin, seed, MARK_BOX_SEED,
+                                     MARK_COLOURS]).encode())
+    for r in records:
+        key.update(f"{r.image_path}|{r.box}\n".encode())
+    path = cache_root() / "sam-probe" / f"marked-{key.hexdigest()[:20]}.npy"
+    if path.is_file():
+        return np.load(path)
+    segmenter = SamSegmenter(load_sam(sam_name))
+    out = np.zeros((len(records), FEATURES), np.float32)
+    for i, r in enumerate(tqdm(records, desc="marked images", disable=not progress)):
+        rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
+        shape = rgb.shape[:2]
+        colour = MARK_COLOURS[int(lesion_rng(r, seed).integers(len(MARK_COLOURS)))]
+        marked = burn_measurement(rgb, drawn_box(r, shape, MARK_BOX_SEED), colour)
+        emb = segmenter.encode(marked)
+        prompt_box = drawn_box(r, shape, seed)
+        try:
+            seg = segmenter.predict(emb, Prompt(box=list(prompt_box)))
+            box, mask = seg.box, seg.mask
+        except NoLesionFound:  # as SamViews: the drawn box stands in
+            box, mask = prompt_box, box_mask(prompt_box, shape)
+        out[i] = lesion_features(emb.features, emb.original_size, emb.input_size, mask, box, margin).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, out)
+    tmp.replace(path)
     return out
 
 
@@ -104,23 +157,36 @@ def lesion_ids(oof_csv: Path) -> list[str]:
         return [r["lesion_id"] for r in csv.DictReader(f)]
 
 
-def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out: Path, cfg: TrainConfig) -> dict:
-    """Fused out-of-fold predictions of the runs (each with its own folds' probes) and their report."""
+def fit_views(x: np.ndarray, y: np.ndarray, marked: np.ndarray | None) -> SamProbe:
+    """The probe on the clean features, and on the marked view of the same lesions if given."""
+    return fit_probe(x, y) if marked is None else fit_probe(np.concatenate([x, marked]), np.concatenate([y, y]))
+
+
+def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out: Path, cfg: TrainConfig,
+                 marked: np.ndarray | None = None, mark_augment: bool = False) -> dict:
+    """Fused out-of-fold predictions of the runs (each with its own folds' probes) and their report.
+    `marked`: the marked view's features; each fold's probe is also scored on them (and, with
+    `mark_augment`, trained on the training lesions' marked view too)."""
     from training.compare import paired_auc_difference
     from training.metrics import binary_report, fit_temperature
     y = np.array([r.target for r in records])
-    resnet, probe, fused, alphas = [], [], [], []
+    resnet, probe, fused, alphas, probe_marked = [], [], [], [], []
     for run in runs:
         if lesion_ids(run / "cv" / "oof.csv") != [r.lesion_id for r in records]:
             raise ValueError(f"{run} was not trained on these lesions (another --rois or --limit?)")
         _, fold, logits = read_oof(run / "cv" / "oof.csv")
-        d_r, d_p = logits[:, 1] - logits[:, 0], np.zeros(len(y), np.float32)
+        d_r, d_p, d_m = logits[:, 1] - logits[:, 0], np.zeros(len(y), np.float32), np.zeros(len(y), np.float32)
         for k in sorted(set(fold.tolist())):
-            d_p[fold == k] = probe_logits(fit_probe(x[fold != k], y[fold != k]), x[fold == k])
+            tr, te = fold != k, fold == k
+            fold_probe = fit_views(x[tr], y[tr], marked[tr] if mark_augment else None)
+            d_p[te] = probe_logits(fold_probe, x[te])
+            if marked is not None:
+                d_m[te] = probe_logits(fold_probe, marked[te])
         alphas.append(float(d_r.std() / max(d_p.std(), 1e-6)))
         resnet.append(d_r)
         probe.append(d_p)
         fused.append(d_r + alphas[-1] * d_p)
+        probe_marked.append(d_m)
     _, fold0, _ = read_oof(runs[0] / "cv" / "oof.csv")
     cv_dir = out / "cv"
     cv_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +210,9 @@ def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out:
     member = f" ensemble x{len(runs)}" if len(runs) > 1 else ""
     report.update(
         regime=f"{cfg.regime}{member} + SAM probe",
-        sam_probe={"sam": cfg.sam, "C": C, "alpha": float(np.mean(alphas)), "alphas": alphas,
+        sam_probe={"sam": cfg.sam, "C": C, "alpha": float(np.mean(alphas)), "alphas": alphas, "mark_augment": mark_augment,
+                   **({"marks": marks_movement(report, parts, float(np.mean(alphas)), np.mean(probe_marked, 0), y)}
+                      if marked is not None else {}),
                    "resnet": alone(parts["resnet"]), "probe": alone(parts["probe"]),
                    "fused_minus_resnet": {"delta": delta, "ci": ci}},
         member_runs=[str(r) for r in runs],
@@ -153,6 +221,23 @@ def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out:
     (cv_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (cv_dir / "report.md").write_text(cv_markdown(report) + probe_markdown(report))
     return report
+
+
+def marks_movement(report: dict, parts: dict[str, np.ndarray], alpha: float, probe_marked: np.ndarray,
+                   y: np.ndarray) -> dict:
+    """How far burned-in marks move the fused probability through the probe alone (out of fold; the
+    ResNet18's part held at its clean value: its fold models are not kept)."""
+    def p(diff: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-diff.astype(np.float64) / report["temperature"]))
+    clean = p(parts["fused"])
+    marked = p(parts["fused"] + alpha * (probe_marked - parts["probe"]))
+    t = report["threshold"]
+    flips = (clean >= t) != (marked >= t)
+    from training.metrics import roc_auc
+    return {"median_abs_delta": float(np.median(np.abs(marked - clean))), "mean_delta": float(np.mean(marked - clean)),
+            "flips": int(flips.sum()), "flips_to_malignant": int((flips & (marked >= t)).sum()),
+            "probe_auc_clean": roc_auc(y, 1 / (1 + np.exp(-parts["probe"].astype(np.float64)))),
+            "probe_auc_marked": roc_auc(y, 1 / (1 + np.exp(-probe_marked.astype(np.float64))))}
 
 
 def probe_markdown(report: dict) -> str:
@@ -164,11 +249,20 @@ def probe_markdown(report: dict) -> str:
              "| part | pooled AUC [95% CI] | ECE |", "|---|---|---|"]
     lines += [f"| {name} | {m['roc_auc']:.3f} [{m['roc_auc_ci'][0]:.3f}, {m['roc_auc_ci'][1]:.3f}] | {m['ece']:.3f} |"
               for name, m in rows]
-    return "\n".join(lines + ["", f"Fused - ResNet18: ΔAUC {d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] "
-                                  "(paired bootstrap over lesions)", ""])
+    lines += ["", f"Fused - ResNet18: ΔAUC {d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] "
+                  "(paired bootstrap over lesions)", ""]
+    if "marks" in sp:
+        m = sp["marks"]
+        lines += [f"Measurement marks burned in (probe {'trained on the marked view too' if sp['mark_augment'] else 'trained on clean images'}; "
+                  f"out of fold, the ResNet18's part held at its clean value): median |Δp| {m['median_abs_delta']:.3f}, "
+                  f"mean Δp {m['mean_delta']:+.3f}, {m['flips']} of {report['n']} decisions flip "
+                  f"({m['flips_to_malignant']} to malignant); probe AUC clean {m['probe_auc_clean']:.3f}, "
+                  f"marked {m['probe_auc_marked']:.3f}", ""]
+    return "\n".join(lines)
 
 
-def write_weights(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out: Path, report: dict) -> Path:
+def write_weights(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out: Path, report: dict,
+                  marked: np.ndarray | None = None) -> Path:
     """The runs' final fits (their mean if several) with the probe fitted on every lesion."""
     from training.ensemble import combine_weights
     y = np.array([r.target for r in records])
@@ -176,11 +270,12 @@ def write_weights(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out
     probe_file = f"sam-probe-{modality}.safetensors"
     weights = out / "weights"
     weights.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in fit_probe(x, y).state_dict().items()}
+    state = {k: v.contiguous() for k, v in fit_views(x, y, marked).state_dict().items()}
     save_file(state, str(weights / f".{probe_file}.tmp"))
     (weights / f".{probe_file}.tmp").replace(weights / probe_file)
     sp = report["sam_probe"]
-    spec = SamProbeSpec(file=probe_file, sha256=sha256_file(weights / probe_file), sam=sp["sam"], alpha=sp["alpha"], C=C)
+    spec = SamProbeSpec(file=probe_file, sha256=sha256_file(weights / probe_file), sam=sp["sam"], alpha=sp["alpha"], C=C,
+                        mark_augment=sp["mark_augment"])
     return combine_weights(runs, out, report, {"sam_probe": spec, "metrics": {**manifest_metrics(report),
                                                                              "sam_probe": sp}})
 
@@ -193,9 +288,12 @@ def run(args: argparse.Namespace) -> int:
         records = select(prepared(args.rois), cfg.modality, args.limit)
         x = probe_features(records, "sam", cfg.sam, cfg.margin, sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None,
                            progress=sys.stderr.isatty())
-        report = cross_fitted(args.runs, records, x, args.out, cfg)
+        marked = (marked_features(records, cfg.sam, cfg.margin, progress=sys.stderr.isatty())
+                  if args.marks or args.mark_augment else None)
+        report = cross_fitted(args.runs, records, x, args.out, cfg, marked, args.mark_augment)
         if all((r / "weights" / "manifest.json").is_file() for r in args.runs):
-            print(f"weights with the SAM probe: {write_weights(args.runs, records, x, args.out, report)}")
+            weights = write_weights(args.runs, records, x, args.out, report, marked if args.mark_augment else None)
+            print(f"weights with the SAM probe: {weights}")
     except (ValueError, FileNotFoundError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
