@@ -58,8 +58,10 @@ $PY -m training train-classifier "${SM[@]}" --sam litemedsam-us --sam-masks "$RU
 $PY -m training compare "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" "$RUNS/us-sam-mask-ens" "$RUNS/us-ft-mask" \
   "$RUNS/us-sam-mask-scanner" "$RUNS/us-sam-mask-224" --served-as sam --out training/results/us-levers
 # The SAM probe (RESULTS.md, "The SAM probe"): LiteMedSAM's embedding of the lesion fused with the
-# served ResNet18 (served), and with the two-seed mean (measured, not served).
-$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --out "$RUNS/us-sam-mask-probe"
+# ResNet18, the probe fitted on clean images or on clean + marked views (served), and with the
+# two-seed mean (measured, not served).
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --marks --out "$RUNS/us-sam-mask-probe"
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --mark-augment --out "$RUNS/us-sam-mask-probe-marks"
 $PY -m training sam-probe "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" --rois "$RUNS/rois" --out "$RUNS/us-sam-mask-ens-probe"
 # Training-only outline heads, a wider margin, longer training, more seeds (RESULTS.md "Levers on a lent
 # GPU"; ran there with the same cross_validate, seeds 0-5; on this CPU each line is ~25 min of epochs):
@@ -76,7 +78,7 @@ for s in 0 1 2; do
 done
 $PY -m training train-classifier "${SM[@]}" --epochs 60 --out "$RUNS/gpu-epochs60-s0"
 $PY -m training train-classifier "${SM[@]}" --aux-outline 3 --out "$RUNS/gpu-outline3-s0"
-SERVED_US=${SERVED_US:-sam-mask-probe}  # RESULTS.md, "The SAM probe"
+SERVED_US=${SERVED_US:-sam-mask-probe-marks}  # RESULTS.md, "The SAM probe"
 SERVED_DM=${SERVED_DM:-real}
 $PY -m training export --from "$RUNS/us-$SERVED_US/weights" --from "$RUNS/dm-$SERVED_DM/weights"
 $PY -m training evaluate --weights models/weights --data "$DATA/busi" --out "$RUNS/eval-us"
