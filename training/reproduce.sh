@@ -63,8 +63,15 @@ $PY -m training compare "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" "$RUNS/us-
 $PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --marks --out "$RUNS/us-sam-mask-probe"
 $PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --mark-augment --out "$RUNS/us-sam-mask-probe-marks"
 $PY -m training sam-probe "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" --rois "$RUNS/rois" --out "$RUNS/us-sam-mask-ens-probe"
+SERVED_US=${SERVED_US:-sam-mask-probe-marks}  # RESULTS.md, "The SAM probe"
+SERVED_DM=${SERVED_DM:-real}
+$PY -m training export --from "$RUNS/us-$SERVED_US/weights" --from "$RUNS/dm-$SERVED_DM/weights"
+$PY -m training evaluate --weights models/weights --data "$DATA/busi" --out "$RUNS/eval-us"
+$PY -m training evaluate --weights models/weights --data "$DATA/mias" --out "$RUNS/eval-dm"
 # Training-only outline heads, a wider margin, longer training, more seeds (RESULTS.md "Levers on a lent
-# GPU"; ran there with the same cross_validate, seeds 0-5; on this CPU each line is ~25 min of epochs):
+# GPU"; ran there with the same cross_validate, seeds 0-5). On this CPU each line is ~25 min of epochs,
+# about 12 hours in all, so they run only with LEVERS=1 and after the served weights are exported.
+[ "${LEVERS:-0}" = 1 ] || exit 0
 for s in 0 1 2 3 4 5; do
   $PY -m training train-classifier "${SM[@]}" --seed $s --out "$RUNS/gpu-base-s$s"
   $PY -m training train-classifier "${SM[@]}" --seed $s --aux-outline 1 --aux-irregularity 0.5 --out "$RUNS/gpu-outline-irr-s$s"
@@ -78,8 +85,3 @@ for s in 0 1 2; do
 done
 $PY -m training train-classifier "${SM[@]}" --epochs 60 --out "$RUNS/gpu-epochs60-s0"
 $PY -m training train-classifier "${SM[@]}" --aux-outline 3 --out "$RUNS/gpu-outline3-s0"
-SERVED_US=${SERVED_US:-sam-mask-probe-marks}  # RESULTS.md, "The SAM probe"
-SERVED_DM=${SERVED_DM:-real}
-$PY -m training export --from "$RUNS/us-$SERVED_US/weights" --from "$RUNS/dm-$SERVED_DM/weights"
-$PY -m training evaluate --weights models/weights --data "$DATA/busi" --out "$RUNS/eval-us"
-$PY -m training evaluate --weights models/weights --data "$DATA/mias" --out "$RUNS/eval-dm"
