@@ -85,8 +85,9 @@ def predict(records: list[RoiRecord], weights: Path, name: str, roi_source: str 
     import torch
 
     from models.manifest import WeightsError, load_classifier, load_sam_probe
-    from models.preprocessing import MEAN, STD, normalize
+    from models.preprocessing import MEAN, STD
     from training.roi_sources import SAM_FOR_BOXES, load_inputs
+    from training.train_classifier import logits_of
 
     try:
         model, entry = load_classifier(name, weights)
@@ -102,9 +103,7 @@ def predict(records: list[RoiRecord], weights: Path, name: str, roi_source: str 
     inputs = load_inputs(records, roi_source, entry.input.channels, size=entry.input.size,
                          margin=entry.input.roi_margin, progress=sys.stderr.isatty(),
                          sam_name=entry.input.sam or SAM_FOR_BOXES, weights_dir=weights)
-    x = normalize(inputs)
-    with torch.inference_mode():
-        logits = torch.cat([model(x[i:i + 128]) for i in range(0, len(x), 128)])
+    logits = torch.from_numpy(logits_of(model, inputs))
     if probe is not None:  # as the server does: the probe's logit from SAM's embedding of the same lesion
         from models.sam_probe import fuse
         from training.sam_probe import probe_features

@@ -59,6 +59,29 @@ def box_mask(box, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def outline_from_box(segmenter, embedding, box, shape: tuple[int, int]
+                     ) -> tuple[tuple[float, ...], np.ndarray, float]:
+    """SAM's box, mask and score from a drawn box, as the server's box route outlines it; where SAM finds
+    nothing (the server would answer 422) training falls back to the drawn box itself."""
+    from models.segmentation import NoLesionFound, Prompt
+    try:
+        seg = segmenter.predict(embedding, Prompt(box=list(box)))
+        return seg.box, seg.mask, seg.score
+    except NoLesionFound:
+        return box, box_mask(box, shape), 0.0
+
+
+def lesion_view(record: RoiRecord, i: int, source: str, shape: tuple[int, int], seed: int,
+                sam: "SamViews | None") -> tuple[tuple[float, ...], np.ndarray]:
+    """Where the ROI source puts lesion `i` (record `record`) in an image of `shape`: its box and mask."""
+    if source == "expert":
+        return record.box, expert_mask(record, shape)
+    if source == "box":
+        box = drawn_box(record, shape, seed)
+        return box, box_mask(box, shape)
+    return sam.view(i, shape)
+
+
 class SamViews:
     """SAM masks from jittered boxes for every record, computed once and cached (packed bits)."""
 
@@ -84,19 +107,14 @@ class SamViews:
 
     def _compute(self) -> dict[str, np.ndarray]:
         from models.sam import load_sam
-        from models.segmentation import NoLesionFound, Prompt, SamSegmenter
+        from models.segmentation import SamSegmenter
         segmenter = SamSegmenter(load_sam(self.sam_name, weights_dir=self.weights_dir))
         out: dict[str, np.ndarray] = {}
         boxes, scores, dice = [], [], []
         for i, r in enumerate(tqdm(self.records, desc=f"{self.sam_name} masks", disable=not self.progress)):
             rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
             shape = rgb.shape[:2]
-            box = drawn_box(r, shape, self.seed)
-            try:
-                seg = segmenter.predict(segmenter.encode(rgb), Prompt(box=list(box)))
-                mask, score, seg_box = seg.mask, seg.score, seg.box
-            except NoLesionFound:  # the server would answer 422; training falls back to the drawn box
-                mask, score, seg_box = box_mask(box, shape), 0.0, box
+            seg_box, mask, score = outline_from_box(segmenter, segmenter.encode(rgb), drawn_box(r, shape, self.seed), shape)
             truth = expert_mask(r, shape)
             dice.append(2 * (mask & truth).sum() / max(1, mask.sum() + truth.sum()))
             boxes.append(seg_box)
@@ -156,13 +174,7 @@ def _crop_all(records: list[RoiRecord], source: str, channels: int, size: int, m
     out = np.zeros((len(records), channels, size, size), np.uint8)
     for i, r in enumerate(tqdm(records, desc=f"{source} crops", disable=not progress, leave=False)):
         gray = load_gray(r.image_path)
-        if source == "expert":
-            box, mask = r.box, expert_mask(r, gray.shape)
-        elif source == "box":
-            box = drawn_box(r, gray.shape, seed)
-            mask = box_mask(box, gray.shape)
-        else:
-            box, mask = sam.view(i, gray.shape)
+        box, mask = lesion_view(r, i, source, gray.shape, seed, sam)
         if mask_of == "expert":
             mask = expert_mask(r, gray.shape)
         out[i] = classifier_input(gray, box, mask if channels == 2 else None, size, margin)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,8 +26,9 @@ from safetensors.torch import save_file
 
 from models.manifest import SamProbeSpec, WeightsError, sha256_file
 from models.sam_probe import FEATURES, SamProbe, lesion_features
-from training.roi_sources import SamViews, box_mask, drawn_box, expert_mask
+from training.roi_sources import SamViews, drawn_box, lesion_rng, lesion_view, outline_from_box
 from training.roi_table import RoiRecord
+from training.rois import save_atomic
 from training.train_classifier import TrainConfig, cv_markdown, manifest_metrics, read_oof, report_cv, write_oof
 
 C = 0.05  # L2 strength of RESEARCH.md's probe on LiteMedSAM features, fixed before any of these runs
@@ -58,13 +58,7 @@ def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin:
     out = np.zeros((len(records), FEATURES), np.float32)
     for i, r in enumerate(records):
         shape = emb.original_size[i]
-        if source == "expert":
-            box, mask = r.box, expert_mask(r, shape)
-        elif source == "box":
-            box = drawn_box(r, shape, seed)
-            mask = box_mask(box, shape)
-        else:
-            box, mask = sam.view(i, shape)
+        box, mask = lesion_view(r, i, source, shape, seed, sam)
         out[i] = lesion_features(emb[i], shape, emb.input_size[i], mask, box, margin).numpy()
     return out
 
@@ -84,10 +78,9 @@ def marked_features(records: list[RoiRecord], sam_name: str, margin: float, seed
     from tqdm import tqdm
 
     from models.sam import load_sam, sam_identity
-    from models.segmentation import NoLesionFound, Prompt, SamSegmenter
+    from models.segmentation import SamSegmenter
     from training.marks import burn_measurement
     from training.prepare import cache_root
-    from training.roi_sources import lesion_rng
     key = hashlib.sha256(json.dumps([sam_name, sam_identity(sam_name), margin, seed, MARK_BOX_SEED,
                                      MARK_COLOURS]).encode())
     for r in records:
@@ -103,17 +96,9 @@ def marked_features(records: list[RoiRecord], sam_name: str, margin: float, seed
         colour = MARK_COLOURS[int(lesion_rng(r, seed).integers(len(MARK_COLOURS)))]
         marked = burn_measurement(rgb, drawn_box(r, shape, MARK_BOX_SEED), colour)
         emb = segmenter.encode(marked)
-        prompt_box = drawn_box(r, shape, seed)
-        try:
-            seg = segmenter.predict(emb, Prompt(box=list(prompt_box)))
-            box, mask = seg.box, seg.mask
-        except NoLesionFound:  # as SamViews: the drawn box stands in
-            box, mask = prompt_box, box_mask(prompt_box, shape)
+        box, mask, _ = outline_from_box(segmenter, emb, drawn_box(r, shape, seed), shape)
         out[i] = lesion_features(emb.features, emb.original_size, emb.input_size, mask, box, margin).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, out)
-    tmp.replace(path)
+    save_atomic(path, out)
     return out
 
 
