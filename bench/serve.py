@@ -72,7 +72,7 @@ def bare_times(cases) -> list[float]:
             logits = model(x)
             if probe is not None:
                 f = lesion_features(embedding.features, embedding.original_size, embedding.input_size, seg.mask,
-                                    seg.box, spec.roi_margin)
+                                    seg.box, spec.roi_margin, entry.sam_probe.regions)
                 logits = fuse(logits, probe(f[None]), entry.sam_probe.alpha)
             torch.softmax(logits / entry.temperature, dim=1)
         if i:  # the first call warms up

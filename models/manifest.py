@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from safetensors.torch import load_file, save_file
 
 from models.classifier import build_classifier
+from models.sam_probe import CHANNELS, Region, SamProbe
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MANIFEST_NAME = "manifest.json"
@@ -44,6 +45,9 @@ class SamProbeSpec(BaseModel):
     alpha: float  # served logit difference = classifier's + alpha x probe's
     C: float = 0.05  # the regression's inverse L2 strength, fixed beforehand
     mark_augment: bool = False  # also fitted on the lesions with measurement marks burned in
+    # the embedding's means over these regions, in this order; entries written before there was a
+    # choice averaged over the mask and the crop
+    regions: tuple[Region, ...] = ("mask", "crop")
 
 
 class ModelEntry(BaseModel):
@@ -143,12 +147,11 @@ def verified_file(path: Path, sha256: str, what: str) -> Path:
 
 def load_sam_probe(entry: ModelEntry, weights_dir: Path = WEIGHTS_DIR, device: str | torch.device = "cpu"):
     """The entry's verified SAM probe (models.sam_probe.SamProbe, eval mode), or None if it has none."""
-    from models.sam_probe import SamProbe
     spec = entry.sam_probe
     if spec is None:
         return None
     path = verified_file(Path(weights_dir) / spec.file, spec.sha256, "SAM probe file")
-    probe = SamProbe()
+    probe = SamProbe(CHANNELS * len(spec.regions))
     try:
         state = load_file(str(path))
     except Exception as e:

@@ -163,7 +163,7 @@ class Engine:
 
         def probe_logit() -> torch.Tensor:
             f = lesion_features(embedding.features, embedding.original_size, embedding.input_size, seg.mask, seg.box,
-                                entry.input.roi_margin)
+                                entry.input.roi_margin, spec.regions)
             with torch.inference_mode():
                 return self.probes[modality](f[None].to(self.device))
         return fuse(logits, timer.stage("sam_probe", probe_logit), spec.alpha)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from models.preprocessing import classifier_input, jitter_box, to_gray
@@ -53,3 +54,22 @@ def test_sam_source_outlines_the_lesion_and_matches_the_server(records, api):
     seg = engine.segment("test-" + r.lesion_id, rgb, "us", Prompt(box=list(box)), Timer())
     served = classifier_input(to_gray(rgb), seg.box, seg.mask)
     assert np.array_equal(served, sam[3])
+
+
+def test_sam_masks_fill_the_embedding_cache_in_the_same_pass(records, api):
+    from training.sam_embeddings import EmbeddingWriter, Embeddings, cache_path, is_cached
+    load_inputs(records, "sam", channels=2, progress=False)  # SamViews' pass (cached by the test above)
+    path = cache_path(records, "litemedsam")
+    assert is_cached(path) and not list(path.parent.glob("*.tmp.npy"))
+    rgb = np.asarray(Image.open(records[3].image_path).convert("RGB"))
+    fresh = api.services.engine.segmenters["litemedsam"].encode(rgb)
+    cached = Embeddings(records, "litemedsam", progress=False)
+    assert cached.original_size[3] == tuple(fresh.original_size) and cached.input_size[3] == tuple(fresh.input_size)
+    assert torch.allclose(cached[3], fresh.features.float(), atol=2e-3, rtol=1e-2)  # fp16 of the same encoding
+    # A pass that stops half-way leaves no cache file behind, so the next run computes it whole.
+    target = path.with_name("interrupted.npy")
+    with pytest.raises(RuntimeError):
+        with EmbeddingWriter(target, 2) as writer:
+            writer.add(fresh)
+            raise RuntimeError("stopped")
+    assert not target.exists() and not list(path.parent.glob("*.tmp.npy"))

@@ -10,6 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from models.manifest import WEIGHTS_DIR, WeightsError, load_classifier, load_sam_probe, read_manifest
+from models.sam_probe import REGIONS
 from tests.test_train_classifier import run_training
 
 LIMIT = "4"  # 8 lesions: a quick run
@@ -39,6 +40,7 @@ def test_fused_report_is_resnet_plus_alpha_probe(probe_run):
     sp = report["sam_probe"]
     assert report["n"] == 8 and report["regime"] == "real ensemble x2 + SAM probe" and sp["sam"] == "litemedsam"
     assert len(sp["alphas"]) == 2 and sp["alpha"] == pytest.approx(np.mean(sp["alphas"]))
+    assert sp["regions"] == list(REGIONS)
     y, _, fused = read_oof(probe_run / "fused" / "cv" / "oof.csv")
     _, _, resnet = read_oof(probe_run / "fused" / "cv" / "oof_resnet.csv")
     _, _, probe = read_oof(probe_run / "fused" / "cv" / "oof_probe.csv")
@@ -77,7 +79,11 @@ def test_served_probe_matches_evaluation_and_is_verified(probe_run, data_dir, tm
     run_training("export", "--from", str(probe_run / "fused" / "weights"), "--to", str(served))
     entry = read_manifest(served).models["classifier-us"]
     assert entry.members == 2 and entry.sam_probe.file == "sam-probe-us.safetensors" and entry.sam_probe.mark_augment
-    assert load_sam_probe(entry, served) is not None
+    assert entry.sam_probe.regions == REGIONS and load_sam_probe(entry, served).linear.in_features == 256 * 3
+    # A manifest that names other regions than the file was fitted on is refused, not served wrongly.
+    fewer = entry.model_copy(update={"sam_probe": entry.sam_probe.model_copy(update={"regions": ("mask", "crop")})})
+    with pytest.raises(WeightsError, match="does not fit"):
+        load_sam_probe(fewer, served)
     records = select(prepared(data_dir / "busi"), "us", int(LIMIT))
     expected, _ = predict(records, served, "classifier-us", "sam")  # training's crops and features
     r = records[5]
@@ -90,7 +96,8 @@ def test_served_probe_matches_evaluation_and_is_verified(probe_run, data_dir, tm
         res = client.post("/v1/analyses", files={"file": ("l.png", open(r.image_path, "rb").read())},
                           data={"modality": "us", "prompt": json.dumps({"box": box})}, headers=auth)
     us = next(c for c in models["classifiers"] if c["modality"] == "us")
-    assert us["sam_probe"] == {"sam": "litemedsam", "alpha": entry.sam_probe.alpha, "sha256": entry.sam_probe.sha256}
+    assert us["sam_probe"] == {"sam": "litemedsam", "alpha": entry.sam_probe.alpha, "regions": list(REGIONS),
+                               "sha256": entry.sam_probe.sha256}
     assert res.status_code == 201, res.text
     body = res.json()
     assert "sam_probe" in body["timings_ms"]
@@ -108,3 +115,19 @@ def test_probe_logit_adds_to_the_difference():
     logits = torch.tensor([[0.2, 1.0], [1.5, -0.5]])
     fused = fuse(logits, torch.tensor([2.0, -1.0]), alpha=0.5)
     assert torch.allclose(fused[:, 1] - fused[:, 0], torch.tensor([0.8 + 1.0, -2.0 - 0.5]))
+
+
+def test_posterior_is_the_band_behind_the_lesion():
+    from models.sam_probe import posterior
+    mask = np.zeros((100, 80), bool)
+    mask[20:40, 10:30] = True  # 20 rows tall, 20 columns wide
+    band = posterior(mask, (10, 20, 30, 40))
+    rows, cols = np.nonzero(band)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (40, 59, 10, 29)
+    mask[:] = False
+    mask[70:100, 50:60] = True  # down to the bottom edge: nothing behind it but the last row
+    rows, cols = np.nonzero(posterior(mask, (50, 70, 60, 100)))
+    assert set(rows) == {99} and (cols.min(), cols.max()) == (50, 59)
+    mask[:] = False  # no mask: the box stands in for it, clipped to the image
+    rows, cols = np.nonzero(posterior(mask, (60, 80, 95, 90)))
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (90, 99, 60, 79)

@@ -16,6 +16,8 @@ COMMANDS = {
     "ensemble": ("training.ensemble", "mean of several runs (seeds): out-of-fold report and one weights file"),
     "sam-probe": ("training.sam_probe", "SAM's embedding of the lesion as a probe fused with runs on SAM crops: "
                   "cross-fitted report and weights"),
+    "probe-regions": ("training.probe_regions", "the SAM probe by region of SAM's embedding over many fold splits, "
+                      "alone and fused"),
     "export": ("training.export", "write chosen weights (fp16 safetensors) + manifest into models/weights"),
     "train-gan": ("training.train_gan", "train the class-conditional SNGAN on one modality's ROIs, report FID/KID"),
     "synthesize": ("training.synthesize", "synthetic ROIs from a trained SNGAN generator into an .npz"),

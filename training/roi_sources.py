@@ -106,20 +106,28 @@ class SamViews:
         self.path = cache_root() / "sam" / f"{key.hexdigest()[:20]}.npz"
 
     def _compute(self) -> dict[str, np.ndarray]:
+        from contextlib import nullcontext
+
         from models.sam import load_sam
         from models.segmentation import SamSegmenter
+        from training.sam_embeddings import writer_for
         segmenter = SamSegmenter(load_sam(self.sam_name, weights_dir=self.weights_dir))
         out: dict[str, np.ndarray] = {}
         boxes, scores, dice = [], [], []
-        for i, r in enumerate(tqdm(self.records, desc=f"{self.sam_name} masks", disable=not self.progress)):
-            rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
-            shape = rgb.shape[:2]
-            seg_box, mask, score = outline_from_box(segmenter, segmenter.encode(rgb), drawn_box(r, shape, self.seed), shape)
-            truth = expert_mask(r, shape)
-            dice.append(2 * (mask & truth).sum() / max(1, mask.sum() + truth.sum()))
-            boxes.append(seg_box)
-            scores.append(score)
-            out[f"m{i}"] = np.packbits(mask)
+        writer = writer_for(self.records, self.sam_name)  # the SAM probe's embeddings, from this same pass
+        with writer or nullcontext():
+            for i, r in enumerate(tqdm(self.records, desc=f"{self.sam_name} masks", disable=not self.progress)):
+                rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
+                shape = rgb.shape[:2]
+                embedding = segmenter.encode(rgb)
+                if writer:
+                    writer.add(embedding)
+                seg_box, mask, score = outline_from_box(segmenter, embedding, drawn_box(r, shape, self.seed), shape)
+                truth = expert_mask(r, shape)
+                dice.append(2 * (mask & truth).sum() / max(1, mask.sum() + truth.sum()))
+                boxes.append(seg_box)
+                scores.append(score)
+                out[f"m{i}"] = np.packbits(mask)
         out |= {"boxes": np.asarray(boxes, np.float32), "scores": np.asarray(scores, np.float32),
                 "dice": np.asarray(dice, np.float32)}
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ solidity of its masks separates benign from malignant with AUC 0.75, the expert 
 This command fine-tunes the prompt-conditioned mask decoder (4M parameters) on the expert masks so
 that the served SAM keeps irregular outlines, and measures whether it does, honestly:
 
-- The image encoder stays frozen: each image is encoded once (cached in BRANET_CACHE), and only the
+- The image encoder stays frozen: each image is encoded once (training.sam_embeddings), and only the
   decoder trains, from the expert box jittered anew at every step (±JITTER of each side).
 - Cross-fitted: the folds are the classifier's (`train-classifier` splits, near-duplicate groups kept
   together). Fold k's decoder never saw fold k's masks and outlines fold k's lesions from the fixed
@@ -19,9 +19,7 @@ that the served SAM keeps irregular outlines, and measures whether it does, hone
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -37,6 +35,7 @@ from training.outline import solidity
 from training.prepare import cache_root, prepared
 from training.roi_sources import box_mask, drawn_box, expert_mask
 from training.roi_table import RoiRecord
+from training.sam_embeddings import Embeddings
 
 JITTER = 0.08  # training boxes: a bit looser than the ±5% the evaluation box uses, so serving boxes are inside the range
 BASE_SAM = "litemedsam"
@@ -56,50 +55,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only-folds", type=int, nargs="+", metavar="K",
                    help="train only these folds (0-based; -1 = the final decoder), e.g. in parallel processes")
     p.add_argument("--threads", type=int)
-
-
-# ---------------------------------------------------------------------------------------- embeddings
-
-class Embeddings:
-    """LiteMedSAM image embeddings (fp16, 256x64x64) of every record, computed once, memory-mapped."""
-
-    def __init__(self, records: list[RoiRecord], sam_name: str = BASE_SAM, progress: bool = True):
-        from models.sam import SAM_MODELS
-        key = hashlib.sha256(json.dumps([sam_name, SAM_MODELS[sam_name].sha256]).encode())
-        for r in records:
-            key.update(f"{r.image_path}\n".encode())
-        self.path = cache_root() / "sam-embeddings" / f"{key.hexdigest()[:20]}.npy"
-        self.sizes_path = self.path.with_suffix(".json")
-        self.records, self.sam_name, self.progress = records, sam_name, progress
-        if not (self.path.is_file() and self.sizes_path.is_file()):
-            self._compute()
-        self.features = np.load(self.path, mmap_mode="r")
-        sizes = json.loads(self.sizes_path.read_text())
-        self.original_size = [tuple(s) for s in sizes["original"]]
-        self.input_size = [tuple(s) for s in sizes["input"]]
-
-    def _compute(self) -> None:
-        from models.sam import load_sam
-        from models.segmentation import SamSegmenter
-        from PIL import Image
-        segmenter = SamSegmenter(load_sam(self.sam_name))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(self.records), 256, 64, 64))
-        original, inputs = [], []
-        for i, r in enumerate(tqdm(self.records, desc=f"{self.sam_name} embeddings", disable=not self.progress)):
-            with Image.open(r.image_path) as im:
-                emb = segmenter.encode(np.asarray(im.convert("RGB")))
-            out[i] = emb.features[0].to(torch.float16).numpy()
-            original.append(list(emb.original_size))
-            inputs.append(list(emb.input_size))
-        out.flush()
-        del out
-        tmp.replace(self.path)
-        self.sizes_path.write_text(json.dumps({"original": original, "input": inputs}))
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.features[i], dtype=np.float32))[None]
 
 
 # ------------------------------------------------------------------------------------ decoder training
@@ -260,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    emb = Embeddings(records)
+    emb = Embeddings(records, BASE_SAM)
     targets = np.stack([frame_mask(expert_mask(r, emb.original_size[i]), emb.input_size[i])
                         for i, r in enumerate(records)])
     folds = folds_of(records, TrainConfig(modality=args.modality, folds=args.folds, seed=args.seed))

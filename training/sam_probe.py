@@ -2,8 +2,8 @@
 
 RUN... are train-classifier runs on the `sam` ROI source: one, or several seeds (then their mean, as
 `ensemble` does). For each run the probe, a logistic regression on SAM's embedding of the lesion
-(`models.sam_probe.lesion_features`), is fitted on that run's training folds and scored on its test
-fold, so every lesion's fused prediction comes from models that never saw it. The fused logit
+averaged over `--regions` (`models.sam_probe.lesion_features`), is fitted on that run's training folds
+and scored on its test fold, so every lesion's fused prediction comes from models that never saw it. The fused logit
 difference is the ResNet18's + alpha x the probe's, alpha = the ratio of their out-of-fold spreads (no
 labels used; the two get equal say); temperature and threshold are then fitted on the fused
 out-of-fold logits as for any run. The regression's C is fixed beforehand, not tuned on any fold.
@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from models.manifest import SamProbeSpec, WeightsError, sha256_file
-from models.sam_probe import FEATURES, SamProbe, lesion_features
+from models.sam_probe import CHANNELS, REGIONS, Region, SamProbe, lesion_features
 from training.roi_sources import SamViews, drawn_box, lesion_rng, lesion_view, outline_from_box
 from training.roi_table import RoiRecord
 from training.rois import save_atomic
@@ -43,23 +43,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also score each fold's probe on the lesions with measurement marks burned in (out of fold)")
     p.add_argument("--mark-augment", action="store_true",
                    help="train the probe on the marked view of every training lesion too (implies --marks)")
+    p.add_argument("--regions", nargs="+", choices=REGIONS, default=list(REGIONS),
+                   help="where to average SAM's embedding (default: all; mask crop = the first served probe)")
 
 
-def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin: float, seed: int = 0,
-                   sam_masks: Path | None = None, progress: bool = True) -> np.ndarray:
-    """(N, 512): SAM `sam_name`'s embedding of each image (cached), averaged inside the ROI source's
-    lesion mask and over the classifier's crop."""
+def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin: float,
+                   regions: tuple[Region, ...] = REGIONS, seed: int = 0, sam_masks: Path | None = None,
+                   progress: bool = True) -> np.ndarray:
+    """(N, 256 x len(regions)): SAM `sam_name`'s embedding of each image (cached), averaged over each
+    region around the ROI source's lesion mask and box."""
     from models.sam import SAM_MODELS
-    from training.sam_finetune import Embeddings
+    from training.sam_embeddings import Embeddings
     if sam_name not in SAM_MODELS:
         raise ValueError(f"the SAM probe needs a packaged SAM encoder ({', '.join(SAM_MODELS)}), not {sam_name!r}")
-    emb = Embeddings(records, sam_name, progress)
     sam = SamViews(records, seed, sam_name, progress, sam_masks) if source == "sam" else None
-    out = np.zeros((len(records), FEATURES), np.float32)
+    if sam is not None:
+        sam.dice()  # outline first: that encoder pass also fills the embeddings' cache
+    emb = Embeddings(records, sam_name, progress)
+    out = np.zeros((len(records), CHANNELS * len(regions)), np.float32)
     for i, r in enumerate(records):
         shape = emb.original_size[i]
         box, mask = lesion_view(r, i, source, shape, seed, sam)
-        out[i] = lesion_features(emb[i], shape, emb.input_size[i], mask, box, margin).numpy()
+        out[i] = lesion_features(emb[i], shape, emb.input_size[i], mask, box, margin, regions).numpy()
     return out
 
 
@@ -67,8 +72,8 @@ MARK_COLOURS = ((255, 255, 255), (255, 230, 0), (0, 255, 255), (0, 255, 0))  # w
 MARK_BOX_SEED = 2  # the marks' calipers sit on another drawn box than the prompt's (bench/marks.py uses seed 0)
 
 
-def marked_features(records: list[RoiRecord], sam_name: str, margin: float, seed: int = 0,
-                    progress: bool = True) -> np.ndarray:
+def marked_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...] = REGIONS,
+                    seed: int = 0, progress: bool = True) -> np.ndarray:
     """`probe_features` of each image with measurement marks burned in (training.marks; colour and
     caliper box drawn per lesion), segmented from the same prompt box as the clean image: the view of a
     scanner's overlay that the probe learns to look past. Encoded once and cached."""
@@ -81,7 +86,7 @@ def marked_features(records: list[RoiRecord], sam_name: str, margin: float, seed
     from models.segmentation import SamSegmenter
     from training.marks import burn_measurement
     from training.prepare import cache_root
-    key = hashlib.sha256(json.dumps([sam_name, sam_identity(sam_name), margin, seed, MARK_BOX_SEED,
+    key = hashlib.sha256(json.dumps([sam_name, sam_identity(sam_name), margin, list(regions), seed, MARK_BOX_SEED,
                                      MARK_COLOURS]).encode())
     for r in records:
         key.update(f"{r.image_path}|{r.box}\n".encode())
@@ -89,7 +94,7 @@ def marked_features(records: list[RoiRecord], sam_name: str, margin: float, seed
     if path.is_file():
         return np.load(path)
     segmenter = SamSegmenter(load_sam(sam_name))
-    out = np.zeros((len(records), FEATURES), np.float32)
+    out = np.zeros((len(records), CHANNELS * len(regions)), np.float32)
     for i, r in enumerate(tqdm(records, desc="marked images", disable=not progress)):
         rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
         shape = rgb.shape[:2]
@@ -97,7 +102,7 @@ def marked_features(records: list[RoiRecord], sam_name: str, margin: float, seed
         marked = burn_measurement(rgb, drawn_box(r, shape, MARK_BOX_SEED), colour)
         emb = segmenter.encode(marked)
         box, mask, _ = outline_from_box(segmenter, emb, drawn_box(r, shape, seed), shape)
-        out[i] = lesion_features(emb.features, emb.original_size, emb.input_size, mask, box, margin).numpy()
+        out[i] = lesion_features(emb.features, emb.original_size, emb.input_size, mask, box, margin, regions).numpy()
     save_atomic(path, out)
     return out
 
@@ -147,8 +152,23 @@ def fit_views(x: np.ndarray, y: np.ndarray, marked: np.ndarray | None) -> SamPro
     return fit_probe(x, y) if marked is None else fit_probe(np.concatenate([x, marked]), np.concatenate([y, y]))
 
 
+def out_of_fold(x: np.ndarray, y: np.ndarray, fold: np.ndarray, marked: np.ndarray | None = None,
+                mark_augment: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Each lesion's probe logit from the probe fitted on the other folds, on its clean features and on
+    its `marked` view (zeros without one)."""
+    d_p, d_m = np.zeros(len(y), np.float32), np.zeros(len(y), np.float32)
+    for k in sorted(set(fold.tolist())):
+        tr, te = fold != k, fold == k
+        fold_probe = fit_views(x[tr], y[tr], marked[tr] if mark_augment else None)
+        d_p[te] = probe_logits(fold_probe, x[te])
+        if marked is not None:
+            d_m[te] = probe_logits(fold_probe, marked[te])
+    return d_p, d_m
+
+
 def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out: Path, cfg: TrainConfig,
-                 marked: np.ndarray | None = None, mark_augment: bool = False) -> dict:
+                 marked: np.ndarray | None = None, mark_augment: bool = False,
+                 regions: tuple[Region, ...] = REGIONS) -> dict:
     """Fused out-of-fold predictions of the runs (each with its own folds' probes) and their report.
     `marked`: the marked view's features; each fold's probe is also scored on them (and, with
     `mark_augment`, trained on the training lesions' marked view too)."""
@@ -160,13 +180,8 @@ def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out:
         if lesion_ids(run / "cv" / "oof.csv") != [r.lesion_id for r in records]:
             raise ValueError(f"{run} was not trained on these lesions (another --rois or --limit?)")
         _, fold, logits = read_oof(run / "cv" / "oof.csv")
-        d_r, d_p, d_m = logits[:, 1] - logits[:, 0], np.zeros(len(y), np.float32), np.zeros(len(y), np.float32)
-        for k in sorted(set(fold.tolist())):
-            tr, te = fold != k, fold == k
-            fold_probe = fit_views(x[tr], y[tr], marked[tr] if mark_augment else None)
-            d_p[te] = probe_logits(fold_probe, x[te])
-            if marked is not None:
-                d_m[te] = probe_logits(fold_probe, marked[te])
+        d_r = logits[:, 1] - logits[:, 0]
+        d_p, d_m = out_of_fold(x, y, fold, marked, mark_augment)
         alphas.append(float(d_r.std() / max(d_p.std(), 1e-6)))
         resnet.append(d_r)
         probe.append(d_p)
@@ -195,7 +210,8 @@ def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out:
     member = f" ensemble x{len(runs)}" if len(runs) > 1 else ""
     report.update(
         regime=f"{cfg.regime}{member} + SAM probe",
-        sam_probe={"sam": cfg.sam, "C": C, "alpha": float(np.mean(alphas)), "alphas": alphas, "mark_augment": mark_augment,
+        sam_probe={"sam": cfg.sam, "C": C, "alpha": float(np.mean(alphas)), "alphas": alphas, "regions": list(regions),
+                   "mark_augment": mark_augment,
                    **({"marks": marks_movement(report, parts, float(np.mean(alphas)), np.mean(probe_marked, 0), y)}
                       if marked is not None else {}),
                    "resnet": alone(parts["resnet"]), "probe": alone(parts["probe"]),
@@ -228,8 +244,9 @@ def marks_movement(report: dict, parts: dict[str, np.ndarray], alpha: float, pro
 def probe_markdown(report: dict) -> str:
     sp = report["sam_probe"]
     d = sp["fused_minus_resnet"]
+    probe = f"SAM probe ({sp['sam']} embedding over {' + '.join(sp['regions'])}, logistic regression C={sp['C']})"
     rows = [("ResNet18" + (f" (mean of {len(report['member_seeds'])} seeds)" if len(report["member_seeds"]) > 1 else ""),
-             sp["resnet"]), (f"SAM probe ({sp['sam']} embedding, logistic regression C={sp['C']})", sp["probe"])]
+             sp["resnet"]), (probe, sp["probe"])]
     lines = ["", f"Parts of the fused prediction (alpha {sp['alpha']:.3f}; each part's own temperature):", "",
              "| part | pooled AUC [95% CI] | ECE |", "|---|---|---|"]
     lines += [f"| {name} | {m['roc_auc']:.3f} [{m['roc_auc_ci'][0]:.3f}, {m['roc_auc_ci'][1]:.3f}] | {m['ece']:.3f} |"
@@ -260,7 +277,7 @@ def write_weights(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out
     (weights / f".{probe_file}.tmp").replace(weights / probe_file)
     sp = report["sam_probe"]
     spec = SamProbeSpec(file=probe_file, sha256=sha256_file(weights / probe_file), sam=sp["sam"], alpha=sp["alpha"], C=C,
-                        mark_augment=sp["mark_augment"])
+                        mark_augment=sp["mark_augment"], regions=tuple(sp["regions"]))
     return combine_weights(runs, out, report, {"sam_probe": spec, "metrics": {**manifest_metrics(report),
                                                                              "sam_probe": sp}})
 
@@ -271,11 +288,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = run_configs(args.runs)
         records = select(prepared(args.rois), cfg.modality, args.limit)
-        x = probe_features(records, "sam", cfg.sam, cfg.margin, sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None,
-                           progress=sys.stderr.isatty())
-        marked = (marked_features(records, cfg.sam, cfg.margin, progress=sys.stderr.isatty())
+        regions = tuple(args.regions)
+        x = probe_features(records, "sam", cfg.sam, cfg.margin, regions,
+                           sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None, progress=sys.stderr.isatty())
+        marked = (marked_features(records, cfg.sam, cfg.margin, regions, progress=sys.stderr.isatty())
                   if args.marks or args.mark_augment else None)
-        report = cross_fitted(args.runs, records, x, args.out, cfg, marked, args.mark_augment)
+        report = cross_fitted(args.runs, records, x, args.out, cfg, marked, args.mark_augment, regions)
         if all((r / "weights" / "manifest.json").is_file() for r in args.runs):
             weights = write_weights(args.runs, records, x, args.out, report, marked if args.mark_augment else None)
             print(f"weights with the SAM probe: {weights}")

@@ -1,0 +1,108 @@
+"""`probe-regions`: which regions of SAM's embedding the SAM probe should average, over many fold splits.
+
+The probe (models.sam_probe) reads means of LiteMedSAM's image embedding over regions around the lesion.
+This measures, for each set of regions, the probe alone over `--splits` group 5-fold splits (seeds 0..N-1,
+the folds train-classifier would draw; paired with the first served set, mask + crop, split by split), and fused with RUN... (train-classifier runs on the sam ROI
+source) on their own folds, exactly as `sam-probe` fuses them. No region set is chosen on a test fold:
+each split's AUC comes from out-of-fold logits, and the sets are fixed here beforehand.
+
+Writes OUT/regions.json and OUT/regions.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from models.sam_probe import CHANNELS, REGIONS
+
+REGION_SETS = (("mask", "crop"), ("mask",), ("posterior",), ("mask", "posterior"), ("mask", "crop", "posterior"))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", type=Path, nargs="+", help="train-classifier output folders on the sam ROI source")
+    p.add_argument("--rois", type=Path, required=True, help="the runs' --rois (prepared folder or dataset folder)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--splits", type=int, default=10, help="group 5-fold splits for the probe alone")
+    p.add_argument("--limit", type=int, default=None, help="the runs' --limit, if they had one")
+
+
+def columns(regions: tuple[str, ...]) -> np.ndarray:
+    """The feature columns of `regions` in features computed over all of REGIONS."""
+    return np.concatenate([np.arange(CHANNELS) + CHANNELS * REGIONS.index(r) for r in regions])
+
+
+def measure(runs: list[Path], rois: Path, splits: int, limit: int | None) -> dict:
+    from training.metrics import roc_auc
+    from training.prepare import prepared
+    from training.sam_probe import lesion_ids, out_of_fold, probe_features, run_configs
+    from training.train_classifier import folds_of, read_oof, select
+    cfg = run_configs(runs)
+    records = select(prepared(rois), cfg.modality, limit)
+    for run in runs:
+        if lesion_ids(run / "cv" / "oof.csv") != [r.lesion_id for r in records]:
+            raise ValueError(f"{run} was not trained on these lesions (another --rois or --limit?)")
+    y = np.array([r.target for r in records])
+    x = probe_features(records, "sam", cfg.sam, cfg.margin, REGIONS,
+                       sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None, progress=sys.stderr.isatty())
+    split_folds = []
+    for seed in range(splits):
+        fold = np.zeros(len(y), int)
+        for k, (_, test) in enumerate(folds_of(records, cfg.model_copy(update={"seed": seed}))):
+            fold[test] = k
+        split_folds.append(fold)
+    sigmoid = lambda d: 1 / (1 + np.exp(-d.astype(np.float64)))  # noqa: E731
+    rows = []
+    for regions in REGION_SETS:
+        xs = x[:, columns(regions)]
+        alone = [roc_auc(y, sigmoid(out_of_fold(xs, y, fold)[0])) for fold in split_folds]
+        fused = {}
+        for run in runs:
+            _, fold, logits = read_oof(run / "cv" / "oof.csv")
+            d_r, d_p = logits[:, 1] - logits[:, 0], out_of_fold(xs, y, fold)[0]
+            fused[str(run)] = roc_auc(y, sigmoid(d_r + d_r.std() / max(d_p.std(), 1e-6) * d_p))
+        first = rows[0]["probe_auc"] if rows else alone
+        rows.append({"regions": list(regions), "probe_auc": alone, "probe_auc_mean": float(np.mean(alone)),
+                     "splits_above_first_set": int(sum(a > b for a, b in zip(alone, first))),
+                     "fused_auc": fused, "fused_auc_mean": float(np.mean(list(fused.values())))})
+        print(f"{' + '.join(regions):24s} probe alone {np.mean(alone):.3f} (min {min(alone):.3f}, max {max(alone):.3f})"
+              f"   fused {rows[-1]['fused_auc_mean']:.3f}", flush=True)
+    return {"n": len(y), "splits": splits, "runs": [str(r) for r in runs], "sam": cfg.sam, "margin": cfg.margin,
+            "rows": rows}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, row in enumerate(result["rows"]):
+        jitter = np.linspace(-0.12, 0.12, len(row["probe_auc"]))
+        ax.scatter(i + jitter, row["probe_auc"], s=14, color="tab:blue", label="probe alone, one split" if i == 0 else None)
+        ax.scatter([i] * len(row["fused_auc"]), list(row["fused_auc"].values()), marker="D", s=30, color="tab:red",
+                   label="ResNet18 + probe, one run's folds" if i == 0 else None)
+    ax.set_xticks(range(len(result["rows"])), [" +\n".join(r["regions"]) for r in result["rows"]], fontsize=8)
+    ax.set_ylabel("pooled out-of-fold ROC-AUC")
+    ax.set_title(f"SAM probe by region of the embedding ({result['n']} lesions, {result['splits']} group 5-fold splits)",
+                 fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = measure(args.runs, args.rois, args.splits, args.limit)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "regions.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, args.out / "regions.png")
+    print(f"wrote {args.out / 'regions.json'} and regions.png")
+    return 0
