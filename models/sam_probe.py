@@ -1,16 +1,17 @@
 """The SAM probe: what SAM's image encoder says about the lesion, next to the ResNet18.
 
 The server encodes every image with SAM to outline the lesion. That embedding, averaged over a few
-regions (`lesion_features`: inside SAM's mask, over the classifier's crop, and in the tissue behind the
-lesion, where ultrasound shows posterior shadowing or enhancement), separates malignant from benign
-lesions about as well as the ResNet18 does, and differently (training.sam_probe measures both). A
+regions (`lesion_features`: inside SAM's mask, over the classifier's crop, and in the tissue next to
+the lesion, served: behind it, where ultrasound shows posterior shadowing or enhancement), separates
+malignant from benign lesions about as well as the ResNet18 does, and differently (training.sam_probe
+measures both; training.probe_regions which regions). A
 logistic regression on it (`SamProbe`) adds its logit to the classifier's: the served logit
 difference is ResNet18 + alpha x probe. When the probe's SAM is the route's SAM the features cost no
 extra encoder pass. Training, evaluation and serving call the same functions.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -19,8 +20,9 @@ from torch import nn
 
 from models.preprocessing import ROI_MARGIN, Box, square_box
 
-Region = Literal["mask", "crop", "posterior"]
-REGIONS: tuple[Region, ...] = ("mask", "crop", "posterior")
+Region = Literal["mask", "crop", "posterior", "anterior", "lateral"]
+ALL_REGIONS: tuple[Region, ...] = get_args(Region)
+REGIONS: tuple[Region, ...] = ("mask", "crop", "posterior")  # the served probe's (training.probe_regions)
 CHANNELS = 256  # of SAM's image embedding: one mean per channel and region
 
 
@@ -53,23 +55,32 @@ def grid_weights(region: np.ndarray, original_size: tuple[int, int], input_size:
     return F.adaptive_avg_pool2d(t, grid)[0, 0]
 
 
-def posterior(mask: np.ndarray, box: Box) -> np.ndarray:
-    """The tissue behind the lesion (below it: the probe looks down from the skin): a band under the mask's
-    bounding box (the box's if the mask is empty), as wide as it and as deep as it is tall, cut at the
-    image's bottom edge; the bottom row under the lesion if it touches that edge."""
+def band(mask: np.ndarray, box: Box, side: Region) -> np.ndarray:
+    """Tissue next to the lesion, around the mask's bounding box (the box's if the mask is empty):
+    `posterior` the band under it (deeper from the skin, where ultrasound shows shadowing or
+    enhancement) and `anterior` the band above it, each as wide as the box and as tall; `lateral` the two
+    bands beside it, each half as wide. Cut at the image's edges, keeping at least the edge row or column
+    where the lesion touches one."""
     h, w = mask.shape
     ys, xs = np.nonzero(mask)
-    if len(ys):
-        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    x0, y0, x1, y1 = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) if len(ys) else (int(round(v)) for v in box)
+    x0, y0 = int(np.clip(x0, 0, w - 1)), int(np.clip(y0, 0, h - 1))
+    x1, y1 = int(np.clip(x1, x0 + 1, w)), int(np.clip(y1, y0 + 1, h))
+    tall, half = y1 - y0, max(1, (x1 - x0) // 2)
+    out = np.zeros((h, w), bool)
+    if side == "posterior":
+        top = min(y1, h - 1)
+        out[top:max(top + 1, min(h, y1 + tall)), x0:x1] = True
+    elif side == "anterior":
+        bottom = max(y0, 1)
+        out[min(bottom - 1, max(0, y0 - tall)):bottom, x0:x1] = True
+    elif side == "lateral":
+        left, right = max(x0, 1), min(x1, w - 1)
+        out[y0:y1, min(left - 1, max(0, x0 - half)):left] = True
+        out[y0:y1, right:max(right + 1, min(w, x1 + half))] = True
     else:
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-    x0 = int(np.clip(x0, 0, w - 1))
-    x1 = int(np.clip(x1, x0 + 1, w))
-    top = int(np.clip(y1, 0, h - 1))
-    bottom = int(np.clip(y1 + (y1 - y0), top + 1, h))
-    band = np.zeros((h, w), bool)
-    band[top:bottom, x0:x1] = True
-    return band
+        raise ValueError(f"no band {side!r}")
+    return out
 
 
 def crop_square(shape: tuple[int, int], box: Box, margin: float) -> np.ndarray:
@@ -81,17 +92,24 @@ def crop_square(shape: tuple[int, int], box: Box, margin: float) -> np.ndarray:
     return square
 
 
+def region(name: Region, mask: np.ndarray, box: Box, original_size: tuple[int, int], margin: float) -> np.ndarray:
+    if name == "mask":
+        return mask
+    if name == "crop":
+        return crop_square(original_size, box, margin)
+    return band(mask, box, name)
+
+
 def lesion_features(features: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int],
                     mask: np.ndarray, box: Box, margin: float = ROI_MARGIN,
                     regions: tuple[Region, ...] = REGIONS) -> torch.Tensor:
     """(256 x len(regions),) float32 from a (1, C, gh, gw) or (C, gh, gw) embedding: its mean over each
-    region in turn (inside `mask`; over the classifier's square crop around `box`; behind the lesion)."""
+    region in turn (inside `mask`; over the classifier's square crop around `box`; a `band` beside it)."""
     emb = features.float().reshape(-1, *features.shape[-2:])
     grid = tuple(emb.shape[-2:])
-    make = {"mask": lambda: mask, "crop": lambda: crop_square(original_size, box, margin),
-            "posterior": lambda: posterior(mask, box)}
     out = []
     for name in regions:
-        wts = grid_weights(make[name](), original_size, input_size, grid).to(emb.device)
+        wts = grid_weights(region(name, mask, box, original_size, margin), original_size, input_size, grid)
+        wts = wts.to(emb.device)
         out.append((emb * wts).sum((1, 2)) / wts.sum().clamp(min=1e-6))
     return torch.cat(out).cpu()

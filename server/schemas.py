@@ -116,8 +116,9 @@ class AnalysisPage(BaseModel):
 class ServedSamProbe(BaseModel):
     sam: str = Field(description="the SAM whose image embedding of the lesion the probe reads")
     alpha: float = Field(description="served logit difference = classifier's + alpha x the probe's")
-    regions: list[str] = Field(description="where the embedding is averaged: inside SAM's mask, over the "
-                                           "classifier's crop, behind the lesion (posterior)")
+    regions: list[str] = Field(description="where the embedding is averaged, in order: inside SAM's mask (mask), "
+                                           "over the classifier's crop (crop), in a band behind, above or beside "
+                                           "the lesion (posterior, anterior, lateral)")
     sha256: str
 
 

@@ -117,17 +117,37 @@ def test_probe_logit_adds_to_the_difference():
     assert torch.allclose(fused[:, 1] - fused[:, 0], torch.tensor([0.8 + 1.0, -2.0 - 0.5]))
 
 
-def test_posterior_is_the_band_behind_the_lesion():
-    from models.sam_probe import posterior
+def test_bands_lie_behind_above_and_beside_the_lesion():
+    from models.sam_probe import band
+
+    def extent(side, mask, box):
+        rows, cols = np.nonzero(band(mask, box, side))
+        return rows.min(), rows.max(), cols.min(), cols.max()
     mask = np.zeros((100, 80), bool)
     mask[20:40, 10:30] = True  # 20 rows tall, 20 columns wide
-    band = posterior(mask, (10, 20, 30, 40))
-    rows, cols = np.nonzero(band)
-    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (40, 59, 10, 29)
+    box = (10, 20, 30, 40)
+    assert extent("posterior", mask, box) == (40, 59, 10, 29)
+    assert extent("anterior", mask, box) == (0, 19, 10, 29)
+    lateral = band(mask, box, "lateral")
+    assert set(np.nonzero(lateral.any(0))[0]) == set(range(0, 10)) | set(range(30, 40))
+    assert set(np.nonzero(lateral.any(1))[0]) == set(range(20, 40))
     mask[:] = False
     mask[70:100, 50:60] = True  # down to the bottom edge: nothing behind it but the last row
-    rows, cols = np.nonzero(posterior(mask, (50, 70, 60, 100)))
-    assert set(rows) == {99} and (cols.min(), cols.max()) == (50, 59)
+    assert extent("posterior", mask, (50, 70, 60, 100)) == (99, 99, 50, 59)
     mask[:] = False  # no mask: the box stands in for it, clipped to the image
-    rows, cols = np.nonzero(posterior(mask, (60, 80, 95, 90)))
-    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (90, 99, 60, 79)
+    assert extent("posterior", mask, (60, 80, 95, 90)) == (90, 99, 60, 79)
+    with pytest.raises(ValueError, match="no band"):
+        band(mask, box, "inside")
+
+
+def test_probe_regions_measures_every_set(probe_run, data_dir):
+    from training.probe_regions import REGION_SETS
+    out = probe_run / "regions"
+    run_training("probe-regions", str(probe_run / "s0"), str(probe_run / "s1"), "--rois", str(data_dir / "busi"),
+                 "--limit", LIMIT, "--splits", "2", "--out", str(out))
+    result = json.loads((out / "regions.json").read_text())
+    assert [tuple(r["regions"]) for r in result["rows"]] == list(REGION_SETS) and result["n"] == 8
+    for row in result["rows"]:
+        assert len(row["probe_auc"]) == 2 and all(0 <= a <= 1 for a in row["probe_auc"])
+        assert set(row["fused_auc"]) == {str(probe_run / "s0"), str(probe_run / "s1")}
+    assert 0 <= result["interior"]["n"] <= 8 and (out / "regions.png").stat().st_size > 10_000

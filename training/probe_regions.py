@@ -4,7 +4,9 @@ The probe (models.sam_probe) reads means of LiteMedSAM's image embedding over re
 This measures, for each set of regions, the probe alone over `--splits` group 5-fold splits (seeds 0..N-1,
 the folds train-classifier would draw; paired with the first served set, mask + crop, split by split), and fused with RUN... (train-classifier runs on the sam ROI
 source) on their own folds, exactly as `sam-probe` fuses them. No region set is chosen on a test fold:
-each split's AUC comes from out-of-fold logits, and the sets are fixed here beforehand.
+each split's AUC comes from out-of-fold logits, and the sets are fixed here beforehand. The fused AUC
+is also given for the lesions whose posterior band stays clear of the image's bottom edge (a shortcut
+guard: lesions reaching it are mostly large and malignant).
 
 Writes OUT/regions.json and OUT/regions.png.
 """
@@ -17,9 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from models.sam_probe import CHANNELS, REGIONS
+from models.sam_probe import ALL_REGIONS, CHANNELS
 
-REGION_SETS = (("mask", "crop"), ("mask",), ("posterior",), ("mask", "posterior"), ("mask", "crop", "posterior"))
+# Fixed before measuring: the first served probe, its parts, the posterior band on its own and added
+# (served); then the other bands as controls (is it the posterior acoustics, or any tissue around?).
+REGION_SETS = (("mask", "crop"), ("mask",), ("posterior",), ("mask", "posterior"), ("mask", "crop", "posterior"),
+               ("anterior",), ("lateral",), ("mask", "crop", "anterior"), ("mask", "crop", "lateral"),
+               ("mask", "crop", "posterior", "anterior"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,8 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def columns(regions: tuple[str, ...]) -> np.ndarray:
-    """The feature columns of `regions` in features computed over all of REGIONS."""
-    return np.concatenate([np.arange(CHANNELS) + CHANNELS * REGIONS.index(r) for r in regions])
+    """The feature columns of `regions` in features computed over ALL_REGIONS."""
+    return np.concatenate([np.arange(CHANNELS) + CHANNELS * ALL_REGIONS.index(r) for r in regions])
 
 
 def measure(runs: list[Path], rois: Path, splits: int, limit: int | None) -> dict:
@@ -46,8 +52,9 @@ def measure(runs: list[Path], rois: Path, splits: int, limit: int | None) -> dic
         if lesion_ids(run / "cv" / "oof.csv") != [r.lesion_id for r in records]:
             raise ValueError(f"{run} was not trained on these lesions (another --rois or --limit?)")
     y = np.array([r.target for r in records])
-    x = probe_features(records, "sam", cfg.sam, cfg.margin, REGIONS,
+    x = probe_features(records, "sam", cfg.sam, cfg.margin, ALL_REGIONS,
                        sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None, progress=sys.stderr.isatty())
+    interior = away_from_bottom(records, cfg)
     split_folds = []
     for seed in range(splits):
         fold = np.zeros(len(y), int)
@@ -59,26 +66,51 @@ def measure(runs: list[Path], rois: Path, splits: int, limit: int | None) -> dic
     for regions in REGION_SETS:
         xs = x[:, columns(regions)]
         alone = [roc_auc(y, sigmoid(out_of_fold(xs, y, fold)[0])) for fold in split_folds]
-        fused = {}
+        fused, fused_interior = {}, {}
         for run in runs:
             _, fold, logits = read_oof(run / "cv" / "oof.csv")
             d_r, d_p = logits[:, 1] - logits[:, 0], out_of_fold(xs, y, fold)[0]
-            fused[str(run)] = roc_auc(y, sigmoid(d_r + d_r.std() / max(d_p.std(), 1e-6) * d_p))
+            p = sigmoid(d_r + d_r.std() / max(d_p.std(), 1e-6) * d_p)
+            fused[str(run)], fused_interior[str(run)] = roc_auc(y, p), roc_auc(y[interior], p[interior])
         first = rows[0]["probe_auc"] if rows else alone
         rows.append({"regions": list(regions), "probe_auc": alone, "probe_auc_mean": float(np.mean(alone)),
                      "splits_above_first_set": int(sum(a > b for a, b in zip(alone, first))),
-                     "fused_auc": fused, "fused_auc_mean": float(np.mean(list(fused.values())))})
+                     "fused_auc": fused, "fused_auc_mean": float(np.mean(list(fused.values()))),
+                     "fused_auc_interior": fused_interior})
         print(f"{' + '.join(regions):24s} probe alone {np.mean(alone):.3f} (min {min(alone):.3f}, max {max(alone):.3f})"
               f"   fused {rows[-1]['fused_auc_mean']:.3f}", flush=True)
     return {"n": len(y), "splits": splits, "runs": [str(r) for r in runs], "sam": cfg.sam, "margin": cfg.margin,
+            "interior": {"n": int(interior.sum()), "malignant": float(y[interior].mean()),
+                         "malignant_elsewhere": float(y[~interior].mean()), "rule": INTERIOR_RULE},
             "rows": rows}
+
+
+INTERIOR_RULE = "posterior band ends at least 5% of the image height above its bottom edge"
+
+
+def away_from_bottom(records, cfg) -> np.ndarray:
+    """Lesions whose posterior band stays clear of the image's bottom edge: there the band cannot be
+    reading the edge or what scanners print along it (and it does not merely say "a large, deep lesion")."""
+    from PIL import Image
+
+    from models.sam_probe import band
+    from training.roi_sources import SamViews, lesion_view
+    sam = SamViews(records, 0, cfg.sam, False, Path(cfg.sam_masks) if cfg.sam_masks else None)
+    out = np.zeros(len(records), bool)
+    for i, r in enumerate(records):
+        with Image.open(r.image_path) as im:
+            shape = (im.height, im.width)
+        box, mask = lesion_view(r, i, "sam", shape, 0, sam)
+        rows = np.nonzero(band(mask, box, "posterior").any(1))[0]
+        out[i] = shape[0] - 1 - rows.max() >= 0.05 * shape[0]
+    return out
 
 
 def plot(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     for i, row in enumerate(result["rows"]):
         jitter = np.linspace(-0.12, 0.12, len(row["probe_auc"]))
         ax.scatter(i + jitter, row["probe_auc"], s=14, color="tab:blue", label="probe alone, one split" if i == 0 else None)

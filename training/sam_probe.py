@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from models.manifest import SamProbeSpec, WeightsError, sha256_file
-from models.sam_probe import CHANNELS, REGIONS, Region, SamProbe, lesion_features
+from models.sam_probe import ALL_REGIONS, CHANNELS, REGIONS, Region, SamProbe, lesion_features
 from training.roi_sources import SamViews, drawn_box, lesion_rng, lesion_view, outline_from_box
 from training.roi_table import RoiRecord
 from training.rois import save_atomic
@@ -43,8 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also score each fold's probe on the lesions with measurement marks burned in (out of fold)")
     p.add_argument("--mark-augment", action="store_true",
                    help="train the probe on the marked view of every training lesion too (implies --marks)")
-    p.add_argument("--regions", nargs="+", choices=REGIONS, default=list(REGIONS),
-                   help="where to average SAM's embedding (default: all; mask crop = the first served probe)")
+    p.add_argument("--regions", nargs="+", choices=ALL_REGIONS, default=list(REGIONS),
+                   help="where to average SAM's embedding (default: mask crop posterior, served; mask crop = the "
+                        "first served probe; see probe-regions)")
 
 
 def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin: float,
