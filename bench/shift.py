@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,31 +36,19 @@ from server.engine import Engine, Timer  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from training.metrics import roc_auc  # noqa: E402
 from training.roi_sources import drawn_box, lesion_rng  # noqa: E402
+from training.scanner_shifts import blur, contrast, gain, resolution, speckle  # noqa: E402
 from bench.marks import gray_lesions  # noqa: E402  (the same lesions, in the same order)
 
 
-def scaled(rgb: np.ndarray, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    return np.clip(f(rgb.astype(np.float32)), 0, 255).round().astype(np.uint8)
-
-
-def speckle(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    noise = rng.standard_normal(rgb.shape[:2]).astype(np.float32)[..., None]  # one field for all channels: still gray
-    return scaled(rgb, lambda x: x * (1 + 0.15 * noise))
-
-
-def half_resolution(rgb: np.ndarray) -> np.ndarray:
-    im = Image.fromarray(rgb)
-    return np.asarray(im.resize((im.width // 2, im.height // 2), Image.BILINEAR).resize(im.size, Image.BILINEAR))
-
-
-# name -> the whole image as another scanner or setting would give it (rng: the lesion's own, fixed)
+# name -> the whole image as another scanner or setting would give it (rng: the lesion's own, fixed). The
+# SAM probe's --scanner-augment view draws from the same kinds (training.scanner_shifts.RANGES).
 SHIFTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
-    "gain -30%": lambda rgb, rng: scaled(rgb, lambda x: x * 0.7),
-    "gain +30%": lambda rgb, rng: scaled(rgb, lambda x: x * 1.3),
-    "contrast x0.7": lambda rgb, rng: scaled(rgb, lambda x: x.mean() + 0.7 * (x - x.mean())),
-    "speckle 15%": speckle,
-    "blur 1.5 px": lambda rgb, rng: np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(1.5))),
-    "half resolution": lambda rgb, rng: half_resolution(rgb),
+    "gain -30%": lambda rgb, rng: gain(rgb, 0.7),
+    "gain +30%": lambda rgb, rng: gain(rgb, 1.3),
+    "contrast x0.7": lambda rgb, rng: contrast(rgb, 0.7),
+    "speckle 15%": lambda rgb, rng: speckle(rgb, 0.15, rng),
+    "blur 1.5 px": lambda rgb, rng: blur(rgb, 1.5),
+    "half resolution": lambda rgb, rng: resolution(rgb, 0.5),
 }
 
 

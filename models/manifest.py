@@ -45,6 +45,7 @@ class SamProbeSpec(BaseModel):
     alpha: float  # served logit difference = classifier's + alpha x probe's
     C: float = 0.05  # the regression's inverse L2 strength, fixed beforehand
     mark_augment: bool = False  # also fitted on the lesions with measurement marks burned in
+    scanner_augment: bool = False  # also fitted on the lesions as another scanner or setting shows them
     # the embedding's means over these regions, in this order; entries written before there was a
     # choice averaged over the mask and the crop
     regions: tuple[Region, ...] = ("mask", "crop")

@@ -24,7 +24,7 @@ def probe_run(data_dir, tmp_path_factory):
                      "--quick", "--limit", LIMIT, "--roi-source", "sam", "--mask-channel", "--seed", seed,
                      "--margin", "0.2", "--aux-outline", "1", "--aux-irregularity", "0.5", "--out", str(runs / f"s{seed}"))
     run_training("sam-probe", str(runs / "s0"), str(runs / "s1"), "--rois", str(data_dir / "busi"), "--limit", LIMIT,
-                 "--mark-augment", "--out", str(runs / "fused"))
+                 "--mark-augment", "--scanner-augment", "--out", str(runs / "fused"))
     return runs
 
 
@@ -48,9 +48,12 @@ def test_fused_report_is_resnet_plus_alpha_probe(probe_run):
     runs = [read_oof(probe_run / f"s{s}" / "cv" / "oof.csv")[2] for s in (0, 1)]
     assert np.allclose(resnet[:, 1] - resnet[:, 0], np.mean([r[:, 1] - r[:, 0] for r in runs], 0), atol=1e-5)
     assert not np.allclose(fused, resnet) and np.isfinite(probe).all()
-    # Marks burned into the lesions: the probe is scored on that view out of fold (and trained on it too).
-    assert sp["mark_augment"] and 0 <= sp["marks"]["median_abs_delta"] <= 1 and 0 <= sp["marks"]["flips"] <= 8
-    assert "Measurement marks burned in" in (probe_run / "fused" / "cv" / "report.md").read_text()
+    # Marks burned in, a scanner shift: the probe is scored on each view out of fold (and trained on them too).
+    for view, flag in (("marks", "mark_augment"), ("scanner", "scanner_augment")):
+        assert sp[flag] and 0 <= sp[view]["median_abs_delta"] <= 1 and 0 <= sp[view]["flips"] <= 8
+    text = (probe_run / "fused" / "cv" / "report.md").read_text()
+    assert "Measurement marks burned in (probe trained on clean + marked + scanner-shifted views" in text
+    assert "Scanner shifts (one per lesion)" in text
 
 
 def test_probe_on_other_roi_sources_is_refused(data_dir, tmp_path):
@@ -78,7 +81,8 @@ def test_served_probe_matches_evaluation_and_is_verified(probe_run, data_dir, tm
     shutil.copytree(WEIGHTS_DIR, served)
     run_training("export", "--from", str(probe_run / "fused" / "weights"), "--to", str(served))
     entry = read_manifest(served).models["classifier-us"]
-    assert entry.members == 2 and entry.sam_probe.file == "sam-probe-us.safetensors" and entry.sam_probe.mark_augment
+    assert entry.members == 2 and entry.sam_probe.file == "sam-probe-us.safetensors"
+    assert entry.sam_probe.mark_augment and entry.sam_probe.scanner_augment
     assert entry.sam_probe.regions == REGIONS and load_sam_probe(entry, served).linear.in_features == 256 * 3
     # A manifest that names other regions than the file was fitted on is refused, not served wrongly.
     fewer = entry.model_copy(update={"sam_probe": entry.sam_probe.model_copy(update={"regions": ("mask", "crop")})})
@@ -151,3 +155,14 @@ def test_probe_regions_measures_every_set(probe_run, data_dir):
         assert len(row["probe_auc"]) == 2 and all(0 <= a <= 1 for a in row["probe_auc"])
         assert set(row["fused_auc"]) == {str(probe_run / "s0"), str(probe_run / "s1")}
     assert 0 <= result["interior"]["n"] <= 8 and (out / "regions.png").stat().st_size > 10_000
+
+
+def test_scanner_shifts_keep_the_image_and_change_it():
+    from training.scanner_shifts import RANGES, blur, contrast, gain, random_shift, resolution, speckle
+    rng = np.random.default_rng(0)
+    rgb = np.repeat(rng.integers(0, 256, (60, 80, 1), dtype=np.uint8), 3, axis=2)
+    for shifted in (gain(rgb, 1.3), contrast(rgb, 0.7), speckle(rgb, 0.15, rng), blur(rgb, 1.5), resolution(rgb, 0.5),
+                    random_shift(rgb, np.random.default_rng(1))):
+        assert shifted.shape == rgb.shape and shifted.dtype == np.uint8 and not np.array_equal(shifted, rgb)
+        assert (shifted[..., 0] == shifted[..., 2]).all()  # a gray image stays gray
+    assert np.array_equal(gain(rgb, 1.0), rgb) and set(RANGES) == {"gain", "contrast", "speckle", "blur", "resolution"}

@@ -59,12 +59,14 @@ $PY -m training compare "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" "$RUNS/us-
   "$RUNS/us-sam-mask-scanner" "$RUNS/us-sam-mask-224" --served-as sam --out training/results/us-levers
 # The SAM probe (RESULTS.md, "The SAM probe"): LiteMedSAM's embedding of the lesion (inside the mask,
 # over the crop, behind the lesion) fused with the ResNet18, the probe fitted on clean images or on
-# clean + marked views (served), and with the two-seed mean (measured, not served); which regions,
+# clean + marked (+ scanner-shifted: served) views, and with the two-seed mean (not served); which regions,
 # over ten fold splits; the first served probe (mask + crop) for comparison.
 $PY -m training probe-regions "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" --rois "$RUNS/rois" \
   --out training/results/us-sam-probe/regions
 $PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --marks --out "$RUNS/us-sam-mask-probe"
-$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --mark-augment --out "$RUNS/us-sam-mask-probe-marks"
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --mark-augment --scanner --out "$RUNS/us-sam-mask-probe-marks"
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --mark-augment --scanner-augment \
+  --out "$RUNS/us-sam-mask-probe-marks-scanner"
 for opt in "" --mark-augment; do
   $PY -m training sam-probe "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" --rois "$RUNS/rois" $opt \
     --out "$RUNS/us-sam-mask-ens-probe${opt:+-marks}"
@@ -72,7 +74,7 @@ done
 $PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --regions mask crop --marks --out "$RUNS/us-sam-mask-probe-maskcrop"
 $PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --regions mask crop --mark-augment \
   --out "$RUNS/us-sam-mask-probe-marks-maskcrop"
-SERVED_US=${SERVED_US:-sam-mask-probe-marks}  # RESULTS.md, "The SAM probe"
+SERVED_US=${SERVED_US:-sam-mask-probe-marks-scanner}  # RESULTS.md, "The SAM probe"
 SERVED_DM=${SERVED_DM:-real}
 $PY -m training export --from "$RUNS/us-$SERVED_US/weights" --from "$RUNS/dm-$SERVED_DM/weights"
 $PY -m training evaluate --weights models/weights --data "$DATA/busi" --out "$RUNS/eval-us"

@@ -43,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also score each fold's probe on the lesions with measurement marks burned in (out of fold)")
     p.add_argument("--mark-augment", action="store_true",
                    help="train the probe on the marked view of every training lesion too (implies --marks)")
+    p.add_argument("--scanner", action="store_true",
+                   help="also score each fold's probe on a scanner-shifted view of each lesion (out of fold)")
+    p.add_argument("--scanner-augment", action="store_true",
+                   help="train the probe on the scanner-shifted view of every training lesion too (implies --scanner)")
     p.add_argument("--regions", nargs="+", choices=ALL_REGIONS, default=list(REGIONS),
                    help="where to average SAM's embedding (default: mask crop posterior, served; mask crop = the "
                         "first served probe; see probe-regions)")
@@ -73,11 +77,35 @@ MARK_COLOURS = ((255, 255, 255), (255, 230, 0), (0, 255, 255), (0, 255, 0))  # w
 MARK_BOX_SEED = 2  # the marks' calipers sit on another drawn box than the prompt's (bench/marks.py uses seed 0)
 
 
+SHIFT_SEED = 3  # the scanner-shifted view's draw per lesion
+
+
 def marked_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...] = REGIONS,
                     seed: int = 0, progress: bool = True) -> np.ndarray:
     """`probe_features` of each image with measurement marks burned in (training.marks; colour and
-    caliper box drawn per lesion), segmented from the same prompt box as the clean image: the view of a
-    scanner's overlay that the probe learns to look past. Encoded once and cached."""
+    caliper box drawn per lesion): the view of a scanner's overlay that the probe learns to look past."""
+    from training.marks import burn_measurement
+
+    def marked(r: RoiRecord, rgb: np.ndarray) -> np.ndarray:
+        colour = MARK_COLOURS[int(lesion_rng(r, seed).integers(len(MARK_COLOURS)))]
+        return burn_measurement(rgb, drawn_box(r, rgb.shape[:2], MARK_BOX_SEED), colour)
+    return view_features(records, sam_name, margin, regions, "marked", [MARK_BOX_SEED, MARK_COLOURS], marked, seed,
+                         progress)
+
+
+def shifted_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...] = REGIONS,
+                     seed: int = 0, progress: bool = True) -> np.ndarray:
+    """`probe_features` of each image as another scanner or setting would give it (one random kind and
+    strength per lesion, training.scanner_shifts): the view that teaches the probe to look past texture."""
+    from training.scanner_shifts import RANGES, random_shift
+    return view_features(records, sam_name, margin, regions, "shifted", ["scanner", SHIFT_SEED, RANGES],
+                         lambda r, rgb: random_shift(rgb, lesion_rng(r, SHIFT_SEED)), seed, progress)
+
+
+def view_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...], name: str,
+                  key: list, transform, seed: int, progress: bool) -> np.ndarray:
+    """`probe_features` of each image changed by `transform(record, rgb)`, segmented from the same prompt
+    box as the clean image. Encoded once and cached under `name` and `key`."""
     import hashlib
 
     from PIL import Image
@@ -85,23 +113,19 @@ def marked_features(records: list[RoiRecord], sam_name: str, margin: float, regi
 
     from models.sam import load_sam, sam_identity
     from models.segmentation import SamSegmenter
-    from training.marks import burn_measurement
     from training.prepare import cache_root
-    key = hashlib.sha256(json.dumps([sam_name, sam_identity(sam_name), margin, list(regions), seed, MARK_BOX_SEED,
-                                     MARK_COLOURS]).encode())
+    digest = hashlib.sha256(json.dumps([sam_name, sam_identity(sam_name), margin, list(regions), seed, *key]).encode())
     for r in records:
-        key.update(f"{r.image_path}|{r.box}\n".encode())
-    path = cache_root() / "sam-probe" / f"marked-{key.hexdigest()[:20]}.npy"
+        digest.update(f"{r.image_path}|{r.box}\n".encode())
+    path = cache_root() / "sam-probe" / f"{name}-{digest.hexdigest()[:20]}.npy"
     if path.is_file():
         return np.load(path)
     segmenter = SamSegmenter(load_sam(sam_name))
     out = np.zeros((len(records), CHANNELS * len(regions)), np.float32)
-    for i, r in enumerate(tqdm(records, desc="marked images", disable=not progress)):
+    for i, r in enumerate(tqdm(records, desc=f"{name} images", disable=not progress)):
         rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
         shape = rgb.shape[:2]
-        colour = MARK_COLOURS[int(lesion_rng(r, seed).integers(len(MARK_COLOURS)))]
-        marked = burn_measurement(rgb, drawn_box(r, shape, MARK_BOX_SEED), colour)
-        emb = segmenter.encode(marked)
+        emb = segmenter.encode(transform(r, rgb))
         box, mask, _ = outline_from_box(segmenter, emb, drawn_box(r, shape, seed), shape)
         out[i] = lesion_features(emb.features, emb.original_size, emb.input_size, mask, box, margin, regions).numpy()
     save_atomic(path, out)
@@ -148,46 +172,51 @@ def lesion_ids(oof_csv: Path) -> list[str]:
         return [r["lesion_id"] for r in csv.DictReader(f)]
 
 
-def fit_views(x: np.ndarray, y: np.ndarray, marked: np.ndarray | None) -> SamProbe:
-    """The probe on the clean features, and on the marked view of the same lesions if given."""
-    return fit_probe(x, y) if marked is None else fit_probe(np.concatenate([x, marked]), np.concatenate([y, y]))
+def fit_views(x: np.ndarray, y: np.ndarray, extra: list[np.ndarray]) -> SamProbe:
+    """The probe on the clean features and on each `extra` view of the same lesions."""
+    return fit_probe(np.concatenate([x, *extra]), np.concatenate([y] * (1 + len(extra))))
 
 
-def out_of_fold(x: np.ndarray, y: np.ndarray, fold: np.ndarray, marked: np.ndarray | None = None,
-                mark_augment: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Each lesion's probe logit from the probe fitted on the other folds, on its clean features and on
-    its `marked` view (zeros without one)."""
-    d_p, d_m = np.zeros(len(y), np.float32), np.zeros(len(y), np.float32)
+def out_of_fold(x: np.ndarray, y: np.ndarray, fold: np.ndarray, views: dict[str, np.ndarray] | None = None,
+                augment: tuple[str, ...] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each lesion's probe logit from the probe fitted on the other folds (and on their `augment` views),
+    on its clean features and on each of its `views`."""
+    views = views or {}
+    d_p, d_v = np.zeros(len(y), np.float32), {name: np.zeros(len(y), np.float32) for name in views}
     for k in sorted(set(fold.tolist())):
         tr, te = fold != k, fold == k
-        fold_probe = fit_views(x[tr], y[tr], marked[tr] if mark_augment else None)
+        fold_probe = fit_views(x[tr], y[tr], [views[name][tr] for name in augment])
         d_p[te] = probe_logits(fold_probe, x[te])
-        if marked is not None:
-            d_m[te] = probe_logits(fold_probe, marked[te])
-    return d_p, d_m
+        for name, v in views.items():
+            d_v[name][te] = probe_logits(fold_probe, v[te])
+    return d_p, d_v
+
+
+VIEWS = {"marked": "marks", "shifted": "scanner"}  # view -> its entry in the report
 
 
 def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out: Path, cfg: TrainConfig,
-                 marked: np.ndarray | None = None, mark_augment: bool = False,
+                 views: dict[str, np.ndarray] | None = None, augment: tuple[str, ...] = (),
                  regions: tuple[Region, ...] = REGIONS) -> dict:
     """Fused out-of-fold predictions of the runs (each with its own folds' probes) and their report.
-    `marked`: the marked view's features; each fold's probe is also scored on them (and, with
-    `mark_augment`, trained on the training lesions' marked view too)."""
+    `views`: other views' features (`marked`, `shifted`); each fold's probe is also scored on them (and
+    trained on the training lesions' `augment` views too)."""
+    views = views or {}
     from training.compare import paired_auc_difference
     from training.metrics import binary_report, fit_temperature
     y = np.array([r.target for r in records])
-    resnet, probe, fused, alphas, probe_marked = [], [], [], [], []
+    resnet, probe, fused, alphas, probe_views = [], [], [], [], []
     for run in runs:
         if lesion_ids(run / "cv" / "oof.csv") != [r.lesion_id for r in records]:
             raise ValueError(f"{run} was not trained on these lesions (another --rois or --limit?)")
         _, fold, logits = read_oof(run / "cv" / "oof.csv")
         d_r = logits[:, 1] - logits[:, 0]
-        d_p, d_m = out_of_fold(x, y, fold, marked, mark_augment)
+        d_p, d_v = out_of_fold(x, y, fold, views, augment)
         alphas.append(float(d_r.std() / max(d_p.std(), 1e-6)))
         resnet.append(d_r)
         probe.append(d_p)
         fused.append(d_r + alphas[-1] * d_p)
-        probe_marked.append(d_m)
+        probe_views.append(d_v)
     _, fold0, _ = read_oof(runs[0] / "cv" / "oof.csv")
     cv_dir = out / "cv"
     cv_dir.mkdir(parents=True, exist_ok=True)
@@ -212,9 +241,9 @@ def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out:
     report.update(
         regime=f"{cfg.regime}{member} + SAM probe",
         sam_probe={"sam": cfg.sam, "C": C, "alpha": float(np.mean(alphas)), "alphas": alphas, "regions": list(regions),
-                   "mark_augment": mark_augment,
-                   **({"marks": marks_movement(report, parts, float(np.mean(alphas)), np.mean(probe_marked, 0), y)}
-                      if marked is not None else {}),
+                   "mark_augment": "marked" in augment, "scanner_augment": "shifted" in augment,
+                   **{VIEWS[name]: view_movement(report, parts, float(np.mean(alphas)),
+                                                 np.mean([d[name] for d in probe_views], 0), y) for name in views},
                    "resnet": alone(parts["resnet"]), "probe": alone(parts["probe"]),
                    "fused_minus_resnet": {"delta": delta, "ci": ci}},
         member_runs=[str(r) for r in runs],
@@ -225,21 +254,21 @@ def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out:
     return report
 
 
-def marks_movement(report: dict, parts: dict[str, np.ndarray], alpha: float, probe_marked: np.ndarray,
-                   y: np.ndarray) -> dict:
-    """How far burned-in marks move the fused probability through the probe alone (out of fold; the
-    ResNet18's part held at its clean value: its fold models are not kept)."""
+def view_movement(report: dict, parts: dict[str, np.ndarray], alpha: float, probe_view: np.ndarray,
+                  y: np.ndarray) -> dict:
+    """How far another view (marks burned in, a scanner shift) moves the fused probability through the
+    probe alone (out of fold; the ResNet18's part held at its clean value: its fold models are not kept)."""
     def p(diff: np.ndarray) -> np.ndarray:
         return 1 / (1 + np.exp(-diff.astype(np.float64) / report["temperature"]))
     clean = p(parts["fused"])
-    marked = p(parts["fused"] + alpha * (probe_marked - parts["probe"]))
+    moved = p(parts["fused"] + alpha * (probe_view - parts["probe"]))
     t = report["threshold"]
-    flips = (clean >= t) != (marked >= t)
+    flips = (clean >= t) != (moved >= t)
     from training.metrics import roc_auc
-    return {"median_abs_delta": float(np.median(np.abs(marked - clean))), "mean_delta": float(np.mean(marked - clean)),
-            "flips": int(flips.sum()), "flips_to_malignant": int((flips & (marked >= t)).sum()),
+    return {"median_abs_delta": float(np.median(np.abs(moved - clean))), "mean_delta": float(np.mean(moved - clean)),
+            "flips": int(flips.sum()), "flips_to_malignant": int((flips & (moved >= t)).sum()),
             "probe_auc_clean": roc_auc(y, 1 / (1 + np.exp(-parts["probe"].astype(np.float64)))),
-            "probe_auc_marked": roc_auc(y, 1 / (1 + np.exp(-probe_marked.astype(np.float64))))}
+            "probe_auc_view": roc_auc(y, 1 / (1 + np.exp(-probe_view.astype(np.float64))))}
 
 
 def probe_markdown(report: dict) -> str:
@@ -254,18 +283,20 @@ def probe_markdown(report: dict) -> str:
               for name, m in rows]
     lines += ["", f"Fused - ResNet18: ΔAUC {d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] "
                   "(paired bootstrap over lesions)", ""]
-    if "marks" in sp:
-        m = sp["marks"]
-        lines += [f"Measurement marks burned in (probe {'trained on the marked view too' if sp['mark_augment'] else 'trained on clean images'}; "
-                  f"out of fold, the ResNet18's part held at its clean value): median |Δp| {m['median_abs_delta']:.3f}, "
-                  f"mean Δp {m['mean_delta']:+.3f}, {m['flips']} of {report['n']} decisions flip "
-                  f"({m['flips_to_malignant']} to malignant); probe AUC clean {m['probe_auc_clean']:.3f}, "
-                  f"marked {m['probe_auc_marked']:.3f}", ""]
+    trained = [name for name, flag in (("marked", "mark_augment"), ("scanner-shifted", "scanner_augment")) if sp.get(flag)]
+    fitted = f"probe trained on clean{''.join(f' + {t}' for t in trained)} views" if trained else "probe trained on clean images"
+    for key, title in (("marks", "Measurement marks burned in"), ("scanner", "Scanner shifts (one per lesion)")):
+        if key in sp:
+            m = sp[key]
+            lines += [f"{title} ({fitted}; out of fold, the ResNet18's part held at its clean value): median |Δp| "
+                      f"{m['median_abs_delta']:.3f}, mean Δp {m['mean_delta']:+.3f}, {m['flips']} of {report['n']} "
+                      f"decisions flip ({m['flips_to_malignant']} to malignant); probe AUC clean "
+                      f"{m['probe_auc_clean']:.3f}, this view {m['probe_auc_view']:.3f}", ""]
     return "\n".join(lines)
 
 
 def write_weights(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out: Path, report: dict,
-                  marked: np.ndarray | None = None) -> Path:
+                  extra: list[np.ndarray] | None = None) -> Path:
     """The runs' final fits (their mean if several) with the probe fitted on every lesion."""
     from training.ensemble import combine_weights
     y = np.array([r.target for r in records])
@@ -273,12 +304,13 @@ def write_weights(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out
     probe_file = f"sam-probe-{modality}.safetensors"
     weights = out / "weights"
     weights.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in fit_views(x, y, marked).state_dict().items()}
+    state = {k: v.contiguous() for k, v in fit_views(x, y, extra or []).state_dict().items()}
     save_file(state, str(weights / f".{probe_file}.tmp"))
     (weights / f".{probe_file}.tmp").replace(weights / probe_file)
     sp = report["sam_probe"]
     spec = SamProbeSpec(file=probe_file, sha256=sha256_file(weights / probe_file), sam=sp["sam"], alpha=sp["alpha"], C=C,
-                        mark_augment=sp["mark_augment"], regions=tuple(sp["regions"]))
+                        mark_augment=sp["mark_augment"], scanner_augment=sp["scanner_augment"],
+                        regions=tuple(sp["regions"]))
     return combine_weights(runs, out, report, {"sam_probe": spec, "metrics": {**manifest_metrics(report),
                                                                              "sam_probe": sp}})
 
@@ -292,11 +324,15 @@ def run(args: argparse.Namespace) -> int:
         regions = tuple(args.regions)
         x = probe_features(records, "sam", cfg.sam, cfg.margin, regions,
                            sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None, progress=sys.stderr.isatty())
-        marked = (marked_features(records, cfg.sam, cfg.margin, regions, progress=sys.stderr.isatty())
-                  if args.marks or args.mark_augment else None)
-        report = cross_fitted(args.runs, records, x, args.out, cfg, marked, args.mark_augment, regions)
+        views, augment = {}, tuple(name for name, flag in (("marked", args.mark_augment),
+                                                             ("shifted", args.scanner_augment)) if flag)
+        if args.marks or args.mark_augment:
+            views["marked"] = marked_features(records, cfg.sam, cfg.margin, regions, progress=sys.stderr.isatty())
+        if args.scanner or args.scanner_augment:
+            views["shifted"] = shifted_features(records, cfg.sam, cfg.margin, regions, progress=sys.stderr.isatty())
+        report = cross_fitted(args.runs, records, x, args.out, cfg, views, augment, regions)
         if all((r / "weights" / "manifest.json").is_file() for r in args.runs):
-            weights = write_weights(args.runs, records, x, args.out, report, marked if args.mark_augment else None)
+            weights = write_weights(args.runs, records, x, args.out, report, [views[name] for name in augment])
             print(f"weights with the SAM probe: {weights}")
     except (ValueError, FileNotFoundError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
