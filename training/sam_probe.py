@@ -3,10 +3,12 @@
 RUN... are train-classifier runs on the `sam` ROI source: one, or several seeds (then their mean, as
 `ensemble` does). For each run the probe, a logistic regression on SAM's embedding of the lesion
 averaged over `--regions` (`models.sam_probe.lesion_features`), is fitted on that run's training folds
-and scored on its test fold, so every lesion's fused prediction comes from models that never saw it. The fused logit
-difference is the ResNet18's + alpha x the probe's, alpha = the ratio of their out-of-fold spreads (no
-labels used; the two get equal say); temperature and threshold are then fitted on the fused
-out-of-fold logits as for any run. The regression's C is fixed beforehand, not tuned on any fold.
+and scored on its test fold, so every lesion's fused prediction comes from models that never saw it.
+The fused logit difference is the ResNet18's + alpha x the probe's, alpha = the ratio of their
+out-of-fold spreads (no labels used; the two get equal say); temperature and threshold are then fitted
+on the fused out-of-fold logits as for any run. The regression's C is fixed beforehand, not tuned on
+any fold. Other views of each lesion (measurement marks burned in, a scanner shift) are scored out of
+fold with `--marks` / `--scanner`, and also fitted on with `--mark-augment` / `--scanner-augment`.
 
 Writes OUT/cv (oof.csv fused, oof_resnet.csv, oof_probe.csv; report with each part's AUC and the
 paired AUC difference fused - ResNet18) and OUT/weights (the runs' final fits, the probe fitted on
@@ -75,8 +77,6 @@ def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin:
 
 MARK_COLOURS = ((255, 255, 255), (255, 230, 0), (0, 255, 255), (0, 255, 0))  # white, yellow, cyan, green
 MARK_BOX_SEED = 2  # the marks' calipers sit on another drawn box than the prompt's (bench/marks.py uses seed 0)
-
-
 SHIFT_SEED = 3  # the scanner-shifted view's draw per lesion
 
 
@@ -201,9 +201,9 @@ def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out:
     """Fused out-of-fold predictions of the runs (each with its own folds' probes) and their report.
     `views`: other views' features (`marked`, `shifted`); each fold's probe is also scored on them (and
     trained on the training lesions' `augment` views too)."""
-    views = views or {}
     from training.compare import paired_auc_difference
     from training.metrics import binary_report, fit_temperature
+    views = views or {}
     y = np.array([r.target for r in records])
     resnet, probe, fused, alphas, probe_views = [], [], [], [], []
     for run in runs:
