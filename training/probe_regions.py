@@ -44,13 +44,11 @@ def columns(regions: tuple[str, ...]) -> np.ndarray:
 def measure(runs: list[Path], rois: Path, splits: int, limit: int | None) -> dict:
     from training.metrics import roc_auc
     from training.prepare import prepared
-    from training.sam_probe import lesion_ids, out_of_fold, probe_features, run_configs
+    from training.sam_probe import check_lesions, out_of_fold, probe_features, run_configs
     from training.train_classifier import folds_of, read_oof, select
     cfg = run_configs(runs)
     records = select(prepared(rois), cfg.modality, limit)
-    for run in runs:
-        if lesion_ids(run / "cv" / "oof.csv") != [r.lesion_id for r in records]:
-            raise ValueError(f"{run} was not trained on these lesions (another --rois or --limit?)")
+    check_lesions(runs, records)
     y = np.array([r.target for r in records])
     x = probe_features(records, "sam", cfg.sam, cfg.margin, ALL_REGIONS,
                        sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None, progress=sys.stderr.isatty())
@@ -91,15 +89,13 @@ INTERIOR_RULE = "posterior band ends at least 5% of the image height above its b
 def away_from_bottom(records, cfg) -> np.ndarray:
     """Lesions whose posterior band stays clear of the image's bottom edge: there the band cannot be
     reading the edge or what scanners print along it (and it does not merely say "a large, deep lesion")."""
-    from PIL import Image
-
     from models.sam_probe import band
     from training.roi_sources import SamViews, lesion_view
+    from training.sam_embeddings import Embeddings
+    sizes = Embeddings(records, cfg.sam, False).original_size  # cached by probe_features
     sam = SamViews(records, 0, cfg.sam, False, Path(cfg.sam_masks) if cfg.sam_masks else None)
     out = np.zeros(len(records), bool)
-    for i, r in enumerate(records):
-        with Image.open(r.image_path) as im:
-            shape = (im.height, im.width)
+    for i, (r, shape) in enumerate(zip(records, sizes)):
         box, mask = lesion_view(r, i, "sam", shape, 0, sam)
         rows = np.nonzero(band(mask, box, "posterior").any(1))[0]
         out[i] = shape[0] - 1 - rows.max() >= 0.05 * shape[0]

@@ -167,9 +167,13 @@ def run_configs(runs: list[Path]) -> TrainConfig:
     return first
 
 
-def lesion_ids(oof_csv: Path) -> list[str]:
-    with open(oof_csv, newline="") as f:
-        return [r["lesion_id"] for r in csv.DictReader(f)]
+def check_lesions(runs: list[Path], records: list[RoiRecord]) -> None:
+    """ValueError unless every run's out-of-fold predictions are for exactly these lesions, in order."""
+    ids = [r.lesion_id for r in records]
+    for run in runs:
+        with open(run / "cv" / "oof.csv", newline="") as f:
+            if [row["lesion_id"] for row in csv.DictReader(f)] != ids:
+                raise ValueError(f"{run} was not trained on these lesions (another --rois or --limit?)")
 
 
 def fit_views(x: np.ndarray, y: np.ndarray, extra: list[np.ndarray]) -> SamProbe:
@@ -204,11 +208,10 @@ def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out:
     from training.compare import paired_auc_difference
     from training.metrics import binary_report, fit_temperature
     views = views or {}
+    check_lesions(runs, records)
     y = np.array([r.target for r in records])
     resnet, probe, fused, alphas, probe_views = [], [], [], [], []
     for run in runs:
-        if lesion_ids(run / "cv" / "oof.csv") != [r.lesion_id for r in records]:
-            raise ValueError(f"{run} was not trained on these lesions (another --rois or --limit?)")
         _, fold, logits = read_oof(run / "cv" / "oof.csv")
         d_r = logits[:, 1] - logits[:, 0]
         d_p, d_v = out_of_fold(x, y, fold, views, augment)
