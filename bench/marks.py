@@ -7,7 +7,8 @@ with the same drawn box (the expert box, each side jittered by up to 5%, as a us
 clean, with white calipers + dotted lines + a measurement label burned in, and with the same marks
 in yellow (`training.marks.burn_measurement`). As a yardstick, each is also run clean with the box
 drawn again (another jitter of the same expert box): how much the prediction moves anyway when a
-user draws the box twice. Reports how far the probability moves, how many decisions flip at the
+user draws the box twice; and with the box drawn loose (the drawn box widened by 15% of its size on
+every side): a user who leaves room around the lesion should get the same answer. Reports how far the probability moves, how many decisions flip at the
 served threshold, and the AUC of each variant; writes JSON and a PNG. The served model was trained
 on these lesions: the AUCs are not a validation, the movements are the measurement.
 
@@ -36,8 +37,20 @@ from training.prepare import prepared  # noqa: E402
 from training.roi_sources import drawn_box  # noqa: E402
 from training.roi_table import lesions  # noqa: E402
 
-# name -> (colour of the burned-in marks or None for a clean image, jitter seed of the drawn box)
-VARIANTS = {"white marks": (WHITE, 0), "yellow marks": (YELLOW, 0), "box redrawn": (None, 1)}
+LOOSE = 0.15  # of the box's size, added on every side
+
+
+def loose_box(record, shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = drawn_box(record, shape, 0)
+    dx, dy = (x1 - x0) * LOOSE, (y1 - y0) * LOOSE
+    return max(0.0, x0 - dx), max(0.0, y0 - dy), min(float(shape[1]), x1 + dx), min(float(shape[0]), y1 + dy)
+
+
+# name -> (colour of the burned-in marks or None for a clean image, the box drawn for it)
+VARIANTS = {"white marks": (WHITE, lambda r, shape: drawn_box(r, shape, 0)),
+            "yellow marks": (YELLOW, lambda r, shape: drawn_box(r, shape, 0)),
+            "box redrawn": (None, lambda r, shape: drawn_box(r, shape, 1)),
+            "box drawn loose": (None, loose_box)}
 
 
 def gray_lesions(data: Path, n: int):
@@ -67,9 +80,9 @@ def main() -> int:
         rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
         box = drawn_box(r, rgb.shape[:2], 0)
         row = {"lesion": r.lesion_id, "target": r.target, "clean": predict(engine, f"{r.lesion_id}|clean", rgb, box)}
-        for name, (colour, seed) in VARIANTS.items():
+        for name, (colour, drawn) in VARIANTS.items():
             if colour is None:
-                row[name] = predict(engine, f"{r.lesion_id}|clean", rgb, drawn_box(r, rgb.shape[:2], seed))
+                row[name] = predict(engine, f"{r.lesion_id}|clean", rgb, drawn(r, rgb.shape[:2]))
             else:
                 row[name] = predict(engine, f"{r.lesion_id}|{name}", burn_measurement(rgb, box, colour), box)
         rows.append(row)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from models.manifest import load_classifier, load_sam_probe  # noqa: E402
 from models.preprocessing import box_of_mask, classifier_input, normalize, to_gray  # noqa: E402
 from models.sam import load_sam  # noqa: E402
-from models.sam_probe import fuse, lesion_features  # noqa: E402
+from models.sam_probe import fuse, probe_input  # noqa: E402
 from models.segmentation import Prompt, SamSegmenter  # noqa: E402
 
 
@@ -71,8 +71,8 @@ def bare_times(cases) -> list[float]:
                                            spec.size, spec.roi_margin)[None])
             logits = model(x)
             if probe is not None:
-                f = lesion_features(embedding.features, embedding.original_size, embedding.input_size, seg.mask,
-                                    seg.box, spec.roi_margin, entry.sam_probe.regions)
+                f = probe_input(segmenter, embedding, seg.mask, seg.box, spec.roi_margin, entry.sam_probe.regions,
+                                entry.sam_probe.iou_token)
                 logits = fuse(logits, probe(f[None]), entry.sam_probe.alpha)
             torch.softmax(logits / entry.temperature, dim=1)
         if i:  # the first call warms up

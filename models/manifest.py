@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from safetensors.torch import load_file, save_file
 
 from models.classifier import build_classifier
-from models.sam_probe import CHANNELS, Region, SamProbe
+from models.sam_probe import Region, SamProbe, probe_size
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MANIFEST_NAME = "manifest.json"
@@ -49,6 +49,7 @@ class SamProbeSpec(BaseModel):
     # the embedding's means over these regions, in this order; entries written before there was a
     # choice averaged over the mask and the crop
     regions: tuple[Region, ...] = ("mask", "crop")
+    iou_token: bool = False  # then the mask decoder's IoU token for SAM's mask box follows the regions
 
 
 class ModelEntry(BaseModel):
@@ -152,7 +153,7 @@ def load_sam_probe(entry: ModelEntry, weights_dir: Path = WEIGHTS_DIR, device: s
     if spec is None:
         return None
     path = verified_file(Path(weights_dir) / spec.file, spec.sha256, "SAM probe file")
-    probe = SamProbe(CHANNELS * len(spec.regions))
+    probe = SamProbe(probe_size(spec.regions, spec.iou_token))
     try:
         state = load_file(str(path))
     except Exception as e:

@@ -4,14 +4,17 @@ The server encodes every image with SAM to outline the lesion. That embedding, a
 regions (`lesion_features`: inside SAM's mask, over the classifier's crop, and in the tissue next to
 the lesion, served: behind it, where ultrasound shows posterior shadowing or enhancement), separates
 malignant from benign lesions about as well as the ResNet18 does, and differently (training.sam_probe
-measures both; training.probe_regions which regions). A
-logistic regression on it (`SamProbe`) adds its logit to the classifier's: the served logit
-difference is ResNet18 + alpha x probe. When the probe's SAM is the route's SAM the features cost no
-extra encoder pass. Training, evaluation and serving call the same functions.
+measures both; training.probe_regions which regions). The served probe also reads the mask decoder's
+IoU token with SAM's mask box as the prompt (`probe_input`): the decoder's summary of how cleanly the
+lesion stands out. The box is SAM's, never the user's: a token read from the drawn box learns how
+the box was drawn (training/RESULTS.md). A logistic regression on these (`SamProbe`) adds its logit to
+the classifier's: the served logit difference is ResNet18 + alpha x probe. When the probe's SAM is the
+route's SAM the features cost no extra encoder pass, only one more decoder pass. Training, evaluation
+and serving call the same functions.
 """
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import torch
@@ -20,16 +23,20 @@ from torch import nn
 
 from models.preprocessing import ROI_MARGIN, Box, square_box
 
+if TYPE_CHECKING:  # models.segmentation imports models.sam, which imports the manifest, which imports this
+    from models.segmentation import Embedding, SamSegmenter
+
 Region = Literal["mask", "crop", "posterior", "anterior", "lateral"]
 ALL_REGIONS: tuple[Region, ...] = get_args(Region)
 REGIONS: tuple[Region, ...] = ("mask", "crop", "posterior")  # the served probe's (training.probe_regions)
-CHANNELS = 256  # of SAM's image embedding: one mean per channel and region
+CHANNELS = 256  # of SAM's image embedding (one mean per channel and region) and of its decoder's tokens
+IOU_TOKEN = True  # the served probe reads the mask decoder's IoU token too
 
 
 class SamProbe(nn.Module):
     """Standardised features -> one logit (malignant vs benign), a logistic regression's weights."""
 
-    def __init__(self, features: int = CHANNELS * len(REGIONS)):
+    def __init__(self, features: int = CHANNELS * (len(REGIONS) + IOU_TOKEN)):
         super().__init__()
         self.register_buffer("mean", torch.zeros(features))
         self.register_buffer("scale", torch.ones(features))
@@ -37,6 +44,10 @@ class SamProbe(nn.Module):
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.linear((f.float() - self.mean) / self.scale).squeeze(-1)
+
+
+def probe_size(regions: tuple[Region, ...], iou_token: bool) -> int:
+    return CHANNELS * (len(regions) + int(iou_token))
 
 
 def fuse(logits: torch.Tensor, probe_logit: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -113,3 +124,13 @@ def lesion_features(features: torch.Tensor, original_size: tuple[int, int], inpu
         wts = wts.to(emb.device)
         out.append((emb * wts).sum((1, 2)) / wts.sum().clamp(min=1e-6))
     return torch.cat(out).cpu()
+
+
+def probe_input(segmenter: SamSegmenter, embedding: Embedding, mask: np.ndarray, box: Box, margin: float,
+                regions: tuple[Region, ...], iou_token: bool) -> torch.Tensor:
+    """The probe's features for one lesion: `lesion_features` of `segmenter`'s embedding, then (with
+    `iou_token`) its mask decoder's IoU token for the lesion's box."""
+    f = lesion_features(embedding.features, embedding.original_size, embedding.input_size, mask, box, margin, regions)
+    if not iou_token:
+        return f
+    return torch.cat([f, torch.from_numpy(segmenter.iou_token(embedding, box))])

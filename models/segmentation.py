@@ -199,6 +199,24 @@ class SamSegmenter:
                                          multimask_output=multimask)
         return self._segmentation(*self._best(masks, scores), prompt.kind)
 
+    def iou_token(self, embedding: Embedding, box) -> np.ndarray:
+        """(256,) float32: the mask decoder's IoU token after it has read the image around a box prompt,
+        the summary from which SAM predicts how good its mask is (models.sam_probe reads it)."""
+        height, width = embedding.original_size
+        box = check_box([float(v) for v in box], width, height)
+        caught: list[torch.Tensor] = []
+        head = self.sam.model.mask_decoder.iou_prediction_head
+        with self._lock:
+            hook = head.register_forward_hook(lambda _m, inputs, _o: caught.append(inputs[0][0].detach()))
+            try:
+                p = self.predictor
+                p.features, p.original_size, p.input_size = embedding.features, embedding.original_size, embedding.input_size
+                p.is_image_set = True
+                p.predict(box=box, multimask_output=False)
+            finally:
+                hook.remove()
+        return caught[0].float().cpu().numpy()
+
     @staticmethod
     def _best(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, float]:
         """SAM's surest mask, but not one covering more than AUTO_MAX_AREA of the image: for one point

@@ -20,7 +20,7 @@ from models.gradcam import grad_cam
 from models.manifest import ModelEntry, load_classifier, load_sam_probe, read_manifest
 from models.preprocessing import classifier_input, normalize, to_gray
 from models.sam import load_sam
-from models.sam_probe import SamProbe, fuse, lesion_features
+from models.sam_probe import SamProbe, fuse, probe_input
 from models.segmentation import Embedding, Prompt, SamSegmenter, Segmentation
 from server.embedding_cache import EmbeddingCache
 from server.errors import ApiError
@@ -162,8 +162,7 @@ class Engine:
                      else timer.stage("encode", lambda: segmenter.encode(rgb)))
 
         def probe_logit() -> torch.Tensor:
-            f = lesion_features(embedding.features, embedding.original_size, embedding.input_size, seg.mask, seg.box,
-                                entry.input.roi_margin, spec.regions)
+            f = probe_input(segmenter, embedding, seg.mask, seg.box, entry.input.roi_margin, spec.regions, spec.iou_token)
             with torch.inference_mode():
                 return self.probes[modality](f[None].to(self.device))
         return fuse(logits, timer.stage("sam_probe", probe_logit), spec.alpha)

@@ -119,6 +119,8 @@ class ServedSamProbe(BaseModel):
     regions: list[str] = Field(description="where the embedding is averaged, in order: inside SAM's mask (mask), "
                                            "over the classifier's crop (crop), in a band behind, above or beside "
                                            "the lesion (posterior, anterior, lateral)")
+    iou_token: bool = Field(description="whether it also reads the SAM mask decoder's IoU token for the box of "
+                                        "SAM's mask (after the regions)")
     sha256: str
 
 

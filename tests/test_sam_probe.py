@@ -40,7 +40,7 @@ def test_fused_report_is_resnet_plus_alpha_probe(probe_run):
     sp = report["sam_probe"]
     assert report["n"] == 8 and report["regime"] == "real ensemble x2 + SAM probe" and sp["sam"] == "litemedsam"
     assert len(sp["alphas"]) == 2 and sp["alpha"] == pytest.approx(np.mean(sp["alphas"]))
-    assert sp["regions"] == list(REGIONS)
+    assert sp["regions"] == list(REGIONS) and sp["iou_token"]
     y, _, fused = read_oof(probe_run / "fused" / "cv" / "oof.csv")
     _, _, resnet = read_oof(probe_run / "fused" / "cv" / "oof_resnet.csv")
     _, _, probe = read_oof(probe_run / "fused" / "cv" / "oof_probe.csv")
@@ -83,11 +83,13 @@ def test_served_probe_matches_evaluation_and_is_verified(probe_run, data_dir, tm
     entry = read_manifest(served).models["classifier-us"]
     assert entry.members == 2 and entry.sam_probe.file == "sam-probe-us.safetensors"
     assert entry.sam_probe.mark_augment and entry.sam_probe.scanner_augment
-    assert entry.sam_probe.regions == REGIONS and load_sam_probe(entry, served).linear.in_features == 256 * 3
-    # A manifest that names other regions than the file was fitted on is refused, not served wrongly.
-    fewer = entry.model_copy(update={"sam_probe": entry.sam_probe.model_copy(update={"regions": ("mask", "crop")})})
-    with pytest.raises(WeightsError, match="does not fit"):
-        load_sam_probe(fewer, served)
+    assert entry.sam_probe.regions == REGIONS and entry.sam_probe.iou_token
+    assert load_sam_probe(entry, served).linear.in_features == 256 * 4
+    # A manifest that names other features than the file was fitted on is refused, not served wrongly.
+    for other in ({"regions": ("mask", "crop")}, {"iou_token": False}):
+        fewer = entry.model_copy(update={"sam_probe": entry.sam_probe.model_copy(update=other)})
+        with pytest.raises(WeightsError, match="does not fit"):
+            load_sam_probe(fewer, served)
     records = select(prepared(data_dir / "busi"), "us", int(LIMIT))
     expected, _ = predict(records, served, "classifier-us", "sam")  # training's crops and features
     r = records[5]
@@ -101,7 +103,7 @@ def test_served_probe_matches_evaluation_and_is_verified(probe_run, data_dir, tm
                           data={"modality": "us", "prompt": json.dumps({"box": box})}, headers=auth)
     us = next(c for c in models["classifiers"] if c["modality"] == "us")
     assert us["sam_probe"] == {"sam": "litemedsam", "alpha": entry.sam_probe.alpha, "regions": list(REGIONS),
-                               "sha256": entry.sam_probe.sha256}
+                               "iou_token": True, "sha256": entry.sam_probe.sha256}
     assert res.status_code == 201, res.text
     body = res.json()
     assert "sam_probe" in body["timings_ms"]
@@ -112,6 +114,34 @@ def test_served_probe_matches_evaluation_and_is_verified(probe_run, data_dir, tm
     (served / entry.sam_probe.file).write_bytes(bytes(blob))
     with pytest.raises(WeightsError, match="sha256 mismatch"):
         load_sam_probe(entry, served)
+
+
+def test_iou_token_reads_the_box_it_is_given(data_dir):
+    from models.sam import load_sam
+    from models.sam_probe import lesion_features, probe_input
+    from models.segmentation import Prompt, PromptError, SamSegmenter
+    from training.prepare import prepared
+    from training.roi_sources import drawn_box
+    from training.train_classifier import select
+    r = select(prepared(data_dir / "busi"), "us", 2)[1]
+    rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
+    segmenter = SamSegmenter(load_sam("litemedsam"))
+    embedding = segmenter.encode(rgb)
+    seg = segmenter.predict(embedding, Prompt(box=list(drawn_box(r, rgb.shape[:2], 0))))
+    token = segmenter.iou_token(embedding, seg.box)
+    assert token.shape == (256,) and token.dtype == np.float32 and np.isfinite(token).all()
+    assert np.array_equal(token, segmenter.iou_token(embedding, seg.box))
+    x0, y0, x1, y1 = seg.box
+    h, w = rgb.shape[:2]
+    loose = (max(0, x0 - 20), max(0, y0 - 20), min(w, x1 + 20), min(h, y1 + 20))
+    assert not np.allclose(token, segmenter.iou_token(embedding, loose), atol=1e-3)
+    # The probe reads the token of the box it is handed (the server hands it SAM's mask box), after the regions.
+    f = probe_input(segmenter, embedding, seg.mask, seg.box, 0.1, REGIONS, iou_token=True)
+    assert f.shape == (256 * 4,) and np.array_equal(f[768:].numpy(), token)
+    assert torch.equal(f[:768], lesion_features(embedding.features, embedding.original_size, embedding.input_size,
+                                                seg.mask, seg.box, 0.1, REGIONS))
+    with pytest.raises(PromptError, match="not a non-empty box"):
+        segmenter.iou_token(embedding, (10, 10, 5, 5))
 
 
 def test_probe_logit_adds_to_the_difference():

@@ -108,7 +108,8 @@ def predict(records: list[RoiRecord], weights: Path, name: str, roi_source: str 
         from models.sam_probe import fuse
         from training.sam_probe import probe_features
         features = probe_features(records, roi_source, entry.sam_probe.sam, entry.input.roi_margin,
-                                  entry.sam_probe.regions, progress=sys.stderr.isatty())
+                                  entry.sam_probe.regions, progress=sys.stderr.isatty(),
+                                  iou_token=entry.sam_probe.iou_token)
         with torch.inference_mode():
             logits = fuse(logits, probe(torch.from_numpy(features)), entry.sam_probe.alpha)
     p = torch.softmax(logits / entry.temperature, dim=1)[:, 1]

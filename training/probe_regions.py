@@ -6,7 +6,8 @@ the folds train-classifier would draw; paired with the first served set, mask + 
 source) on their own folds, exactly as `sam-probe` fuses them. No region set is chosen on a test fold:
 each split's AUC comes from out-of-fold logits, and the sets are fixed here beforehand. The fused AUC
 is also given for the lesions whose posterior band stays clear of the image's bottom edge (a shortcut
-guard: lesions reaching it are mostly large and malignant).
+guard: lesions reaching it are mostly large and malignant). `iou_token` stands for the mask decoder's
+IoU token (models.sam_probe.probe_input), measured alone and next to the served regions.
 
 Writes OUT/regions.json and OUT/regions.png.
 """
@@ -25,7 +26,10 @@ from models.sam_probe import ALL_REGIONS, CHANNELS
 # (served); then the other bands as controls (is it the posterior acoustics, or any tissue around?).
 REGION_SETS = (("mask", "crop"), ("mask",), ("posterior",), ("mask", "posterior"), ("mask", "crop", "posterior"),
                ("anterior",), ("lateral",), ("mask", "crop", "anterior"), ("mask", "crop", "lateral"),
-               ("mask", "crop", "posterior", "anterior"))
+               ("mask", "crop", "posterior", "anterior"),
+               # added afterwards, fixed before measuring: the decoder's IoU token for SAM's mask box
+               ("iou_token",), ("mask", "crop", "posterior", "iou_token"))
+TOKEN = "iou_token"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,8 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def columns(regions: tuple[str, ...]) -> np.ndarray:
-    """The feature columns of `regions` in features computed over ALL_REGIONS."""
-    return np.concatenate([np.arange(CHANNELS) + CHANNELS * ALL_REGIONS.index(r) for r in regions])
+    """The feature columns of `regions` in features computed over ALL_REGIONS and the IoU token."""
+    blocks = (*ALL_REGIONS, TOKEN)
+    return np.concatenate([np.arange(CHANNELS) + CHANNELS * blocks.index(r) for r in regions])
 
 
 def measure(runs: list[Path], rois: Path, splits: int, limit: int | None) -> dict:
@@ -51,7 +56,8 @@ def measure(runs: list[Path], rois: Path, splits: int, limit: int | None) -> dic
     check_lesions(runs, records)
     y = np.array([r.target for r in records])
     x = probe_features(records, "sam", cfg.sam, cfg.margin, ALL_REGIONS,
-                       sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None, progress=sys.stderr.isatty())
+                       sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None, progress=sys.stderr.isatty(),
+                       iou_token=True)
     interior = away_from_bottom(records, cfg)
     split_folds = []
     for seed in range(splits):
@@ -106,7 +112,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(11, 4.5))
+    fig, ax = plt.subplots(figsize=(13, 4.5))
     for i, row in enumerate(result["rows"]):
         jitter = np.linspace(-0.12, 0.12, len(row["probe_auc"]))
         ax.scatter(i + jitter, row["probe_auc"], s=14, color="tab:blue", label="probe alone, one split" if i == 0 else None)
@@ -114,8 +120,8 @@ def plot(result: dict, path: Path) -> None:
                    label="ResNet18 + probe, one run's folds" if i == 0 else None)
     ax.set_xticks(range(len(result["rows"])), [" +\n".join(r["regions"]) for r in result["rows"]], fontsize=8)
     ax.set_ylabel("pooled out-of-fold ROC-AUC")
-    ax.set_title(f"SAM probe by region of the embedding ({result['n']} lesions, {result['splits']} group 5-fold splits)",
-                 fontsize=9)
+    ax.set_title(f"SAM probe by region of the embedding, and the decoder's IoU token ({result['n']} lesions, "
+                 f"{result['splits']} group 5-fold splits)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -2,7 +2,8 @@
 
 RUN... are train-classifier runs on the `sam` ROI source: one, or several seeds (then their mean, as
 `ensemble` does). For each run the probe, a logistic regression on SAM's embedding of the lesion
-averaged over `--regions` (`models.sam_probe.lesion_features`), is fitted on that run's training folds
+averaged over `--regions` and (`--iou-token`, served) its mask decoder's IoU token for SAM's mask box
+(`models.sam_probe.probe_input`), is fitted on that run's training folds
 and scored on its test fold, so every lesion's fused prediction comes from models that never saw it.
 The fused logit difference is the ResNet18's + alpha x the probe's, alpha = the ratio of their
 out-of-fold spreads (no labels used; the two get equal say); temperature and threshold are then fitted
@@ -27,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from models.manifest import SamProbeSpec, WeightsError, sha256_file
-from models.sam_probe import ALL_REGIONS, CHANNELS, REGIONS, Region, SamProbe, lesion_features
+from models.sam_probe import ALL_REGIONS, IOU_TOKEN, REGIONS, Region, SamProbe, probe_input, probe_size
 from training.roi_sources import SamViews, drawn_box, lesion_rng, lesion_view, outline_from_box
 from training.roi_table import RoiRecord
 from training.rois import save_atomic
@@ -52,14 +53,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regions", nargs="+", choices=ALL_REGIONS, default=list(REGIONS),
                    help="where to average SAM's embedding (default: mask crop posterior, served; mask crop = the "
                         "first served probe; see probe-regions)")
+    p.add_argument("--iou-token", action=argparse.BooleanOptionalAction, default=IOU_TOKEN,
+                   help="also read the mask decoder's IoU token for the box of SAM's mask (default: on, served)")
 
 
 def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin: float,
                    regions: tuple[Region, ...] = REGIONS, seed: int = 0, sam_masks: Path | None = None,
-                   progress: bool = True) -> np.ndarray:
-    """(N, 256 x len(regions)): SAM `sam_name`'s embedding of each image (cached), averaged over each
-    region around the ROI source's lesion mask and box."""
-    from models.sam import SAM_MODELS
+                   progress: bool = True, iou_token: bool = False) -> np.ndarray:
+    """(N, models.sam_probe.probe_size): SAM `sam_name`'s embedding of each image (cached), averaged over
+    each region around the ROI source's lesion mask and box, then (`iou_token`) its decoder's IoU token
+    for that box (models.sam_probe.probe_input)."""
+    from models.sam import SAM_MODELS, load_sam
+    from models.segmentation import Embedding, SamSegmenter
     from training.sam_embeddings import Embeddings
     if sam_name not in SAM_MODELS:
         raise ValueError(f"the SAM probe needs a packaged SAM encoder ({', '.join(SAM_MODELS)}), not {sam_name!r}")
@@ -67,11 +72,13 @@ def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin:
     if sam is not None:
         sam.dice()  # outline first: that encoder pass also fills the embeddings' cache
     emb = Embeddings(records, sam_name, progress)
-    out = np.zeros((len(records), CHANNELS * len(regions)), np.float32)
+    segmenter = SamSegmenter(load_sam(sam_name)) if iou_token else None
+    out = np.zeros((len(records), probe_size(regions, iou_token)), np.float32)
     for i, r in enumerate(records):
         shape = emb.original_size[i]
         box, mask = lesion_view(r, i, source, shape, seed, sam)
-        out[i] = lesion_features(emb[i], shape, emb.input_size[i], mask, box, margin, regions).numpy()
+        embedding = Embedding(sam_name, emb[i], tuple(shape), tuple(emb.input_size[i]))
+        out[i] = probe_input(segmenter, embedding, mask, box, margin, regions, iou_token).numpy()
     return out
 
 
@@ -81,7 +88,7 @@ SHIFT_SEED = 3  # the scanner-shifted view's draw per lesion
 
 
 def marked_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...] = REGIONS,
-                    seed: int = 0, progress: bool = True) -> np.ndarray:
+                    seed: int = 0, progress: bool = True, iou_token: bool = False) -> np.ndarray:
     """`probe_features` of each image with measurement marks burned in (training.marks; colour and
     caliper box drawn per lesion): the view of a scanner's overlay that the probe learns to look past."""
     from training.marks import burn_measurement
@@ -90,44 +97,52 @@ def marked_features(records: list[RoiRecord], sam_name: str, margin: float, regi
         colour = MARK_COLOURS[int(lesion_rng(r, seed).integers(len(MARK_COLOURS)))]
         return burn_measurement(rgb, drawn_box(r, rgb.shape[:2], MARK_BOX_SEED), colour)
     return view_features(records, sam_name, margin, regions, "marked", [MARK_BOX_SEED, MARK_COLOURS], marked, seed,
-                         progress)
+                         progress, iou_token)
 
 
 def shifted_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...] = REGIONS,
-                     seed: int = 0, progress: bool = True) -> np.ndarray:
+                     seed: int = 0, progress: bool = True, iou_token: bool = False) -> np.ndarray:
     """`probe_features` of each image as another scanner or setting would give it (one random kind and
     strength per lesion, training.scanner_shifts): the view that teaches the probe to look past texture."""
     from training.scanner_shifts import RANGES, random_shift
     return view_features(records, sam_name, margin, regions, "shifted", ["scanner", SHIFT_SEED, RANGES],
-                         lambda r, rgb: random_shift(rgb, lesion_rng(r, SHIFT_SEED)), seed, progress)
+                         lambda r, rgb: random_shift(rgb, lesion_rng(r, SHIFT_SEED)), seed, progress, iou_token)
+
+
+def view_cache(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...], name: str,
+               key: list, seed: int, iou_token: bool) -> Path:
+    import hashlib
+
+    from models.sam import sam_identity
+    from training.prepare import cache_root
+    token_key = ["iou_token"] if iou_token else []  # it joined the key later: views cached without it keep their names
+    digest = hashlib.sha256(json.dumps([sam_name, sam_identity(sam_name), margin, list(regions), seed, *key,
+                                        *token_key]).encode())
+    for r in records:
+        digest.update(f"{r.image_path}|{r.box}\n".encode())
+    return cache_root() / "sam-probe" / f"{name}-{digest.hexdigest()[:20]}.npy"
 
 
 def view_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...], name: str,
-                  key: list, transform, seed: int, progress: bool) -> np.ndarray:
+                  key: list, transform, seed: int, progress: bool, iou_token: bool = False) -> np.ndarray:
     """`probe_features` of each image changed by `transform(record, rgb)`, segmented from the same prompt
     box as the clean image. Encoded once and cached under `name` and `key`."""
-    import hashlib
-
     from PIL import Image
     from tqdm import tqdm
 
-    from models.sam import load_sam, sam_identity
+    from models.sam import load_sam
     from models.segmentation import SamSegmenter
-    from training.prepare import cache_root
-    digest = hashlib.sha256(json.dumps([sam_name, sam_identity(sam_name), margin, list(regions), seed, *key]).encode())
-    for r in records:
-        digest.update(f"{r.image_path}|{r.box}\n".encode())
-    path = cache_root() / "sam-probe" / f"{name}-{digest.hexdigest()[:20]}.npy"
+    path = view_cache(records, sam_name, margin, regions, name, key, seed, iou_token)
     if path.is_file():
         return np.load(path)
     segmenter = SamSegmenter(load_sam(sam_name))
-    out = np.zeros((len(records), CHANNELS * len(regions)), np.float32)
+    out = np.zeros((len(records), probe_size(regions, iou_token)), np.float32)
     for i, r in enumerate(tqdm(records, desc=f"{name} images", disable=not progress)):
         rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
         shape = rgb.shape[:2]
         emb = segmenter.encode(transform(r, rgb))
         box, mask, _ = outline_from_box(segmenter, emb, drawn_box(r, shape, seed), shape)
-        out[i] = lesion_features(emb.features, emb.original_size, emb.input_size, mask, box, margin, regions).numpy()
+        out[i] = probe_input(segmenter, emb, mask, box, margin, regions, iou_token).numpy()
     save_atomic(path, out)
     return out
 
@@ -201,7 +216,7 @@ VIEWS = {"marked": "marks", "shifted": "scanner"}  # view -> its entry in the re
 
 def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out: Path, cfg: TrainConfig,
                  views: dict[str, np.ndarray] | None = None, augment: tuple[str, ...] = (),
-                 regions: tuple[Region, ...] = REGIONS) -> dict:
+                 regions: tuple[Region, ...] = REGIONS, iou_token: bool = False) -> dict:
     """Fused out-of-fold predictions of the runs (each with its own folds' probes) and their report.
     `views`: other views' features (`marked`, `shifted`); each fold's probe is also scored on them (and
     trained on the training lesions' `augment` views too)."""
@@ -244,6 +259,7 @@ def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out:
     report.update(
         regime=f"{cfg.regime}{member} + SAM probe",
         sam_probe={"sam": cfg.sam, "C": C, "alpha": float(np.mean(alphas)), "alphas": alphas, "regions": list(regions),
+                   "iou_token": iou_token,
                    "mark_augment": "marked" in augment, "scanner_augment": "shifted" in augment,
                    **{VIEWS[name]: view_movement(report, parts, float(np.mean(alphas)),
                                                  np.mean([d[name] for d in probe_views], 0), y) for name in views},
@@ -277,7 +293,8 @@ def view_movement(report: dict, parts: dict[str, np.ndarray], alpha: float, prob
 def probe_markdown(report: dict) -> str:
     sp = report["sam_probe"]
     d = sp["fused_minus_resnet"]
-    probe = f"SAM probe ({sp['sam']} embedding over {' + '.join(sp['regions'])}, logistic regression C={sp['C']})"
+    token = " + its decoder's IoU token" if sp.get("iou_token") else ""
+    probe = f"SAM probe ({sp['sam']} embedding over {' + '.join(sp['regions'])}{token}, logistic regression C={sp['C']})"
     rows = [("ResNet18" + (f" (mean of {len(report['member_seeds'])} seeds)" if len(report["member_seeds"]) > 1 else ""),
              sp["resnet"]), (probe, sp["probe"])]
     lines = ["", f"Parts of the fused prediction (alpha {sp['alpha']:.3f}; each part's own temperature):", "",
@@ -313,7 +330,7 @@ def write_weights(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out
     sp = report["sam_probe"]
     spec = SamProbeSpec(file=probe_file, sha256=sha256_file(weights / probe_file), sam=sp["sam"], alpha=sp["alpha"], C=C,
                         mark_augment=sp["mark_augment"], scanner_augment=sp["scanner_augment"],
-                        regions=tuple(sp["regions"]))
+                        regions=tuple(sp["regions"]), iou_token=sp.get("iou_token", False))
     return combine_weights(runs, out, report, {"sam_probe": spec, "metrics": {**manifest_metrics(report),
                                                                              "sam_probe": sp}})
 
@@ -326,14 +343,17 @@ def run(args: argparse.Namespace) -> int:
         records = select(prepared(args.rois), cfg.modality, args.limit)
         regions = tuple(args.regions)
         x = probe_features(records, "sam", cfg.sam, cfg.margin, regions,
-                           sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None, progress=sys.stderr.isatty())
+                           sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None, progress=sys.stderr.isatty(),
+                           iou_token=args.iou_token)
         views, augment = {}, tuple(name for name, flag in (("marked", args.mark_augment),
                                                              ("shifted", args.scanner_augment)) if flag)
         if args.marks or args.mark_augment:
-            views["marked"] = marked_features(records, cfg.sam, cfg.margin, regions, progress=sys.stderr.isatty())
+            views["marked"] = marked_features(records, cfg.sam, cfg.margin, regions, progress=sys.stderr.isatty(),
+                                              iou_token=args.iou_token)
         if args.scanner or args.scanner_augment:
-            views["shifted"] = shifted_features(records, cfg.sam, cfg.margin, regions, progress=sys.stderr.isatty())
-        report = cross_fitted(args.runs, records, x, args.out, cfg, views, augment, regions)
+            views["shifted"] = shifted_features(records, cfg.sam, cfg.margin, regions, progress=sys.stderr.isatty(),
+                                                iou_token=args.iou_token)
+        report = cross_fitted(args.runs, records, x, args.out, cfg, views, augment, regions, args.iou_token)
         if all((r / "weights" / "manifest.json").is_file() for r in args.runs):
             weights = write_weights(args.runs, records, x, args.out, report, [views[name] for name in augment])
             print(f"weights with the SAM probe: {weights}")

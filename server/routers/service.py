@@ -20,7 +20,8 @@ def served_models(svc: Services = Depends(services)) -> dict:
     classifiers = [{"modality": m, "name": e.name, "sha256": e.sha256, "version": e.sha256[:12],
                     "architecture": e.architecture, "regime": e.regime, "members": e.members,
                     "sam_probe": e.sam_probe and {"sam": e.sam_probe.sam, "alpha": e.sam_probe.alpha,
-                                                  "regions": list(e.sam_probe.regions), "sha256": e.sam_probe.sha256},
+                                                  "regions": list(e.sam_probe.regions),
+                                                  "iou_token": e.sam_probe.iou_token, "sha256": e.sam_probe.sha256},
                     "temperature": e.temperature, "threshold": e.threshold, "metrics": e.metrics}
                    for m, (_, e) in sorted(engine.classifiers.items())]
     sam = [{"name": name, "sha256": s.sam.sha256, "checkpoint": s.sam.checkpoint.name}
