@@ -4,13 +4,12 @@ The server encodes every image with SAM to outline the lesion. That embedding, a
 regions (`lesion_features`: inside SAM's mask, over the classifier's crop, and in the tissue next to
 the lesion, served: behind it, where ultrasound shows posterior shadowing or enhancement), separates
 malignant from benign lesions about as well as the ResNet18 does, and differently (training.sam_probe
-measures both; training.probe_regions which regions). The served probe also reads the mask decoder's
-IoU token with SAM's mask box as the prompt (`probe_input`): the decoder's summary of how cleanly the
-lesion stands out. The box is SAM's, never the user's: a token read from the drawn box learns how
-the box was drawn (training/RESULTS.md). A logistic regression on these (`SamProbe`) adds its logit to
-the classifier's: the served logit difference is ResNet18 + alpha x probe. When the probe's SAM is the
-route's SAM the features cost no extra encoder pass, only one more decoder pass. Training, evaluation
-and serving call the same functions.
+measures both; training.probe_regions which regions). A probe may also read the mask decoder's IoU
+token with SAM's mask box as the prompt (`probe_input`; not served: it raises the AUC on BUSI by
+reading how the box was drawn, training/RESULTS.md). A logistic regression on these (`SamProbe`) adds
+its logit to the classifier's: the served logit difference is ResNet18 + alpha x probe. When the
+probe's SAM is the route's SAM the features cost no extra encoder pass. Training, evaluation and
+serving call the same functions.
 """
 from __future__ import annotations
 
@@ -30,7 +29,7 @@ Region = Literal["mask", "crop", "posterior", "anterior", "lateral"]
 ALL_REGIONS: tuple[Region, ...] = get_args(Region)
 REGIONS: tuple[Region, ...] = ("mask", "crop", "posterior")  # the served probe's (training.probe_regions)
 CHANNELS = 256  # of SAM's image embedding (one mean per channel and region) and of its decoder's tokens
-IOU_TOKEN = True  # the served probe reads the mask decoder's IoU token too
+IOU_TOKEN = False  # the served probe does not read the mask decoder's IoU token (training/RESULTS.md)
 
 
 class SamProbe(nn.Module):

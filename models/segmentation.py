@@ -176,8 +176,6 @@ class SamSegmenter:
                              self.predictor.input_size)
 
     def predict(self, embedding: Embedding, prompt: Prompt) -> Segmentation:
-        if embedding.model != self.name:
-            raise ValueError(f"embedding from {embedding.model}, segmenter is {self.name}")
         height, width = embedding.original_size
         box = coords = labels = None
         if prompt.kind == "box":
@@ -192,11 +190,8 @@ class SamSegmenter:
         # One point is ambiguous (SAM's multimask output picks among part / whole / more); a box is not.
         multimask = prompt.kind == "points" and len(prompt.points) == 1
         with self._lock:
-            p = self.predictor
-            p.features, p.original_size, p.input_size = embedding.features, embedding.original_size, embedding.input_size
-            p.is_image_set = True
-            masks, scores, _ = p.predict(point_coords=coords, point_labels=labels, box=box,
-                                         multimask_output=multimask)
+            masks, scores, _ = self._on(embedding).predict(point_coords=coords, point_labels=labels, box=box,
+                                                           multimask_output=multimask)
         return self._segmentation(*self._best(masks, scores), prompt.kind)
 
     def iou_token(self, embedding: Embedding, box) -> np.ndarray:
@@ -209,13 +204,19 @@ class SamSegmenter:
         with self._lock:
             hook = head.register_forward_hook(lambda _m, inputs, _o: caught.append(inputs[0][0].detach()))
             try:
-                p = self.predictor
-                p.features, p.original_size, p.input_size = embedding.features, embedding.original_size, embedding.input_size
-                p.is_image_set = True
-                p.predict(box=box, multimask_output=False)
+                self._on(embedding).predict(box=box, multimask_output=False)
             finally:
                 hook.remove()
         return caught[0].float().cpu().numpy()
+
+    def _on(self, embedding: Embedding) -> SamPredictor:
+        """The predictor holding `embedding` (call under the lock)."""
+        if embedding.model != self.name:
+            raise ValueError(f"embedding from {embedding.model}, segmenter is {self.name}")
+        p = self.predictor
+        p.features, p.original_size, p.input_size = embedding.features, embedding.original_size, embedding.input_size
+        p.is_image_set = True
+        return p
 
     @staticmethod
     def _best(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, float]:

@@ -24,7 +24,7 @@ def probe_run(data_dir, tmp_path_factory):
                      "--quick", "--limit", LIMIT, "--roi-source", "sam", "--mask-channel", "--seed", seed,
                      "--margin", "0.2", "--aux-outline", "1", "--aux-irregularity", "0.5", "--out", str(runs / f"s{seed}"))
     run_training("sam-probe", str(runs / "s0"), str(runs / "s1"), "--rois", str(data_dir / "busi"), "--limit", LIMIT,
-                 "--mark-augment", "--scanner-augment", "--out", str(runs / "fused"))
+                 "--mark-augment", "--scanner-augment", "--iou-token", "--out", str(runs / "fused"))
     return runs
 
 

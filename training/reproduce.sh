@@ -58,31 +58,29 @@ $PY -m training train-classifier "${SM[@]}" --sam litemedsam-us --sam-masks "$RU
 $PY -m training compare "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" "$RUNS/us-sam-mask-ens" "$RUNS/us-ft-mask" \
   "$RUNS/us-sam-mask-scanner" "$RUNS/us-sam-mask-224" --served-as sam --out training/results/us-levers
 # The SAM probe (RESULTS.md, "The SAM probe"): LiteMedSAM's embedding of the lesion (inside the mask,
-# over the crop, behind the lesion) and its mask decoder's IoU token for SAM's mask box, fused with the
-# ResNet18; the probe fitted on clean images or on clean + marked + scanner-shifted views (served), on
-# seed 0's and seed 1's folds; without the IoU token (served before) and with the two-seed mean (not
-# served); which regions, over ten fold splits; the first served probe (mask + crop) for comparison.
+# over the crop, behind the lesion) fused with the ResNet18, the probe fitted on clean images or on
+# clean + marked (+ scanner-shifted: served) views, and with the two-seed mean (not served); which regions
+# (and the mask decoder's IoU token), over ten fold splits; the first served probe (mask + crop) and the
+# IoU-token probe (not served: it reads how the box was drawn) for comparison.
 $PY -m training probe-regions "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" --rois "$RUNS/rois" \
   --out training/results/us-sam-probe/regions
-$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --marks --scanner --out "$RUNS/us-sam-mask-probe-iou"
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --marks --out "$RUNS/us-sam-mask-probe"
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --mark-augment --scanner --out "$RUNS/us-sam-mask-probe-marks"
 $PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --mark-augment --scanner-augment \
-  --out "$RUNS/us-sam-mask-probe-iou-marks-scanner"
-$PY -m training sam-probe "$RUNS/us-sam-mask-seed1" --rois "$RUNS/rois" --mark-augment --scanner-augment \
-  --out "$RUNS/us-sam-mask-s1-probe-iou-marks-scanner"
-$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --no-iou-token --marks --out "$RUNS/us-sam-mask-probe"
-$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --no-iou-token --mark-augment --scanner \
-  --out "$RUNS/us-sam-mask-probe-marks"
-$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --no-iou-token --mark-augment --scanner-augment \
   --out "$RUNS/us-sam-mask-probe-marks-scanner"
 for opt in "" --mark-augment; do
-  $PY -m training sam-probe "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" --rois "$RUNS/rois" --no-iou-token $opt \
+  $PY -m training sam-probe "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" --rois "$RUNS/rois" $opt \
     --out "$RUNS/us-sam-mask-ens-probe${opt:+-marks}"
 done
-$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --no-iou-token --regions mask crop --marks \
-  --out "$RUNS/us-sam-mask-probe-maskcrop"
-$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --no-iou-token --regions mask crop --mark-augment \
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --regions mask crop --marks --out "$RUNS/us-sam-mask-probe-maskcrop"
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --regions mask crop --mark-augment \
   --out "$RUNS/us-sam-mask-probe-marks-maskcrop"
-SERVED_US=${SERVED_US:-sam-mask-probe-iou-marks-scanner}  # RESULTS.md, "The SAM probe"
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --iou-token --marks --scanner --out "$RUNS/us-sam-mask-probe-iou"
+for run in us-sam-mask us-sam-mask-seed1; do
+  $PY -m training sam-probe "$RUNS/$run" --rois "$RUNS/rois" --iou-token --mark-augment --scanner-augment \
+    --out "$RUNS/$run-probe-iou-marks-scanner"
+done
+SERVED_US=${SERVED_US:-sam-mask-probe-marks-scanner}  # RESULTS.md, "The SAM probe"
 SERVED_DM=${SERVED_DM:-real}
 $PY -m training export --from "$RUNS/us-$SERVED_US/weights" --from "$RUNS/dm-$SERVED_DM/weights"
 $PY -m training evaluate --weights models/weights --data "$DATA/busi" --out "$RUNS/eval-us"
@@ -95,7 +93,7 @@ for s in 0 1 2 3 4 5; do
   $PY -m training train-classifier "${SM[@]}" --seed $s --out "$RUNS/gpu-base-s$s"
   $PY -m training train-classifier "${SM[@]}" --seed $s --aux-outline 1 --aux-irregularity 0.5 --out "$RUNS/gpu-outline-irr-s$s"
   $PY -m training train-classifier "${SM[@]}" --seed $s --margin 0.25 --out "$RUNS/gpu-margin25-s$s"
-  $PY -m training sam-probe "$RUNS/gpu-base-s$s" --rois "$RUNS/rois" --no-iou-token --regions mask crop \
+  $PY -m training sam-probe "$RUNS/gpu-base-s$s" --rois "$RUNS/rois" --regions mask crop \
     --out "$RUNS/gpu-base-s$s-probe"
 done
 for s in 0 1 2; do

@@ -2,8 +2,8 @@
 
 RUN... are train-classifier runs on the `sam` ROI source: one, or several seeds (then their mean, as
 `ensemble` does). For each run the probe, a logistic regression on SAM's embedding of the lesion
-averaged over `--regions` and (`--iou-token`, served) its mask decoder's IoU token for SAM's mask box
-(`models.sam_probe.probe_input`), is fitted on that run's training folds
+averaged over `--regions` and (`--iou-token`, not served) its mask decoder's IoU token for SAM's mask
+box (`models.sam_probe.probe_input`), is fitted on that run's training folds
 and scored on its test fold, so every lesion's fused prediction comes from models that never saw it.
 The fused logit difference is the ResNet18's + alpha x the probe's, alpha = the ratio of their
 out-of-fold spreads (no labels used; the two get equal say); temperature and threshold are then fitted
@@ -54,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to average SAM's embedding (default: mask crop posterior, served; mask crop = the "
                         "first served probe; see probe-regions)")
     p.add_argument("--iou-token", action=argparse.BooleanOptionalAction, default=IOU_TOKEN,
-                   help="also read the mask decoder's IoU token for the box of SAM's mask (default: on, served)")
+                   help="also read the mask decoder's IoU token for the box of SAM's mask (default: off, as served; "
+                        "it reads how the box was drawn, see RESULTS.md)")
 
 
 def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin: float,
