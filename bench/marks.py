@@ -81,10 +81,11 @@ def main() -> int:
         box = drawn_box(r, rgb.shape[:2], 0)
         row = {"lesion": r.lesion_id, "target": r.target, "clean": predict(engine, f"{r.lesion_id}|clean", rgb, box)}
         for name, (colour, drawn) in VARIANTS.items():
+            b = drawn(r, rgb.shape[:2])
             if colour is None:
-                row[name] = predict(engine, f"{r.lesion_id}|clean", rgb, drawn(r, rgb.shape[:2]))
-            else:
-                row[name] = predict(engine, f"{r.lesion_id}|{name}", burn_measurement(rgb, box, colour), box)
+                row[name] = predict(engine, f"{r.lesion_id}|clean", rgb, b)
+            else:  # the marks sit on the box the user then draws
+                row[name] = predict(engine, f"{r.lesion_id}|{name}", burn_measurement(rgb, b, colour), b)
         rows.append(row)
     y = np.array([row["target"] for row in rows])
     clean = np.array([row["clean"] for row in rows])

@@ -32,10 +32,14 @@ CHANNELS = 256  # of SAM's image embedding (one mean per channel and region) and
 IOU_TOKEN = False  # the served probe does not read the mask decoder's IoU token (training/RESULTS.md)
 
 
+def probe_size(regions: tuple[Region, ...], iou_token: bool) -> int:
+    return CHANNELS * (len(regions) + int(iou_token))
+
+
 class SamProbe(nn.Module):
     """Standardised features -> one logit (malignant vs benign), a logistic regression's weights."""
 
-    def __init__(self, features: int = CHANNELS * (len(REGIONS) + IOU_TOKEN)):
+    def __init__(self, features: int = probe_size(REGIONS, IOU_TOKEN)):
         super().__init__()
         self.register_buffer("mean", torch.zeros(features))
         self.register_buffer("scale", torch.ones(features))
@@ -43,10 +47,6 @@ class SamProbe(nn.Module):
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.linear((f.float() - self.mean) / self.scale).squeeze(-1)
-
-
-def probe_size(regions: tuple[Region, ...], iou_token: bool) -> int:
-    return CHANNELS * (len(regions) + int(iou_token))
 
 
 def fuse(logits: torch.Tensor, probe_logit: torch.Tensor, alpha: float) -> torch.Tensor:

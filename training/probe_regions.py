@@ -22,14 +22,15 @@ import numpy as np
 
 from models.sam_probe import ALL_REGIONS, CHANNELS
 
+TOKEN = "iou_token"  # the mask decoder's IoU token, a column block after ALL_REGIONS
+
 # Fixed before measuring: the first served probe, its parts, the posterior band on its own and added
 # (served); then the other bands as controls (is it the posterior acoustics, or any tissue around?).
 REGION_SETS = (("mask", "crop"), ("mask",), ("posterior",), ("mask", "posterior"), ("mask", "crop", "posterior"),
                ("anterior",), ("lateral",), ("mask", "crop", "anterior"), ("mask", "crop", "lateral"),
                ("mask", "crop", "posterior", "anterior"),
-               # added afterwards, fixed before measuring: the decoder's IoU token for SAM's mask box
-               ("iou_token",), ("mask", "crop", "posterior", "iou_token"))
-TOKEN = "iou_token"
+               # added afterwards, once throwaway checks had picked it: the decoder's IoU token for SAM's mask box
+               (TOKEN,), ("mask", "crop", "posterior", TOKEN))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

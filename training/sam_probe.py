@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from models.manifest import SamProbeSpec, WeightsError, sha256_file
-from models.sam_probe import ALL_REGIONS, IOU_TOKEN, REGIONS, Region, SamProbe, probe_input, probe_size
+from models.sam_probe import ALL_REGIONS, REGIONS, Region, SamProbe, probe_input, probe_size
 from training.roi_sources import SamViews, drawn_box, lesion_rng, lesion_view, outline_from_box
 from training.roi_table import RoiRecord
 from training.rois import save_atomic
@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regions", nargs="+", choices=ALL_REGIONS, default=list(REGIONS),
                    help="where to average SAM's embedding (default: mask crop posterior, served; mask crop = the "
                         "first served probe; see probe-regions)")
-    p.add_argument("--iou-token", action=argparse.BooleanOptionalAction, default=IOU_TOKEN,
+    p.add_argument("--iou-token", action="store_true",
                    help="also read the mask decoder's IoU token for the box of SAM's mask (default: off, as served; "
                         "it reads how the box was drawn, see RESULTS.md)")
 
@@ -294,7 +294,7 @@ def view_movement(report: dict, parts: dict[str, np.ndarray], alpha: float, prob
 def probe_markdown(report: dict) -> str:
     sp = report["sam_probe"]
     d = sp["fused_minus_resnet"]
-    token = " + its decoder's IoU token" if sp.get("iou_token") else ""
+    token = " + its decoder's IoU token" if sp["iou_token"] else ""
     probe = f"SAM probe ({sp['sam']} embedding over {' + '.join(sp['regions'])}{token}, logistic regression C={sp['C']})"
     rows = [("ResNet18" + (f" (mean of {len(report['member_seeds'])} seeds)" if len(report["member_seeds"]) > 1 else ""),
              sp["resnet"]), (probe, sp["probe"])]
@@ -331,7 +331,7 @@ def write_weights(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out
     sp = report["sam_probe"]
     spec = SamProbeSpec(file=probe_file, sha256=sha256_file(weights / probe_file), sam=sp["sam"], alpha=sp["alpha"], C=C,
                         mark_augment=sp["mark_augment"], scanner_augment=sp["scanner_augment"],
-                        regions=tuple(sp["regions"]), iou_token=sp.get("iou_token", False))
+                        regions=tuple(sp["regions"]), iou_token=sp["iou_token"])
     return combine_weights(runs, out, report, {"sam_probe": spec, "metrics": {**manifest_metrics(report),
                                                                              "sam_probe": sp}})
 
