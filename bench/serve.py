@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from models.manifest import load_classifier, load_sam_probe  # noqa: E402
 from models.preprocessing import box_of_mask, classifier_input, normalize, to_gray  # noqa: E402
 from models.sam import load_sam  # noqa: E402
-from models.sam_probe import fuse, probe_input  # noqa: E402
+from models.sam_probe import encoder_only, fuse, probe_input  # noqa: E402
 from models.segmentation import Prompt, SamSegmenter  # noqa: E402
 
 
@@ -56,9 +56,9 @@ def busi_cases(data: Path, n: int) -> list[tuple[Path, list[int]]]:
 
 
 def bare_times(cases) -> list[float]:
-    segmenter = SamSegmenter(load_sam("litemedsam"))
     model, entry = load_classifier("classifier-us")
-    probe = load_sam_probe(entry)  # its features come from the same LiteMedSAM embedding
+    probe = load_sam_probe(entry)  # its features come from the same LiteMedSAM encoder pass
+    segmenter = SamSegmenter(load_sam("litemedsam"), stages=encoder_only(entry.sam_probe.stages) if probe else ())
     times = []
     for i, (path, box) in enumerate(cases):
         rgb = np.asarray(Image.open(path).convert("RGB"))
@@ -72,7 +72,7 @@ def bare_times(cases) -> list[float]:
             logits = model(x)
             if probe is not None:
                 f = probe_input(segmenter, embedding, seg.mask, seg.box, spec.roi_margin, entry.sam_probe.regions,
-                                entry.sam_probe.iou_token)
+                                entry.sam_probe.iou_token, entry.sam_probe.stages)
                 logits = fuse(logits, probe(f[None]), entry.sam_probe.alpha)
             torch.softmax(logits / entry.temperature, dim=1)
         if i:  # the first call warms up

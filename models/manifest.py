@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from safetensors.torch import load_file, save_file
 
 from models.classifier import build_classifier
-from models.sam_probe import Region, SamProbe, probe_size
+from models.sam_probe import Region, SamProbe, Stage, probe_size
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MANIFEST_NAME = "manifest.json"
@@ -50,6 +50,9 @@ class SamProbeSpec(BaseModel):
     # choice averaged over the mask and the crop
     regions: tuple[Region, ...] = ("mask", "crop")
     iou_token: bool = False  # then the mask decoder's IoU token for SAM's mask box follows the regions
+    # the image encoder's stages averaged over the regions, in this order (models.sam_probe.Stage); entries
+    # written before there was a choice read the image embedding only
+    stages: tuple[Stage, ...] = ("neck",)
 
 
 class ModelEntry(BaseModel):
@@ -153,7 +156,7 @@ def load_sam_probe(entry: ModelEntry, weights_dir: Path = WEIGHTS_DIR, device: s
     if spec is None:
         return None
     path = verified_file(Path(weights_dir) / spec.file, spec.sha256, "SAM probe file")
-    probe = SamProbe(probe_size(spec.regions, spec.iou_token))
+    probe = SamProbe(probe_size(spec.regions, spec.iou_token, spec.stages))
     try:
         state = load_file(str(path))
     except Exception as e:

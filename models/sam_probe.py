@@ -7,9 +7,10 @@ malignant from benign lesions about as well as the ResNet18 does, and differentl
 measures both; training.probe_regions which regions). A probe may also read the mask decoder's IoU
 token with SAM's mask box as the prompt (`probe_input`; not served: it raises the AUC on BUSI by
 reading how the box was drawn, training/RESULTS.md). A logistic regression on these (`SamProbe`) adds
-its logit to the classifier's: the served logit difference is ResNet18 + alpha x probe. When the
-probe's SAM is the route's SAM the features cost no extra encoder pass. Training, evaluation and
-serving call the same functions.
+its logit to the classifier's: the served logit difference is ResNet18 + alpha x probe. The served probe
+averages every stage of the encoder (`STAGES`), not only the embedding it ends in: together they
+separate BUSI's lesions better (training/RESULTS.md). When the probe's SAM is the route's SAM the
+features cost no extra encoder pass. Training, evaluation and serving call the same functions.
 """
 from __future__ import annotations
 
@@ -30,16 +31,27 @@ ALL_REGIONS: tuple[Region, ...] = get_args(Region)
 REGIONS: tuple[Region, ...] = ("mask", "crop", "posterior")  # the served probe's (training.probe_regions)
 CHANNELS = 256  # of SAM's image embedding (one mean per channel and region) and of its decoder's tokens
 IOU_TOKEN = False  # the served probe does not read the mask decoder's IoU token (training/RESULTS.md)
+# Where in SAM's image encoder the probe reads: `neck` is the image embedding the mask decoder reads;
+# `layer0` .. `layer3` are the TinyViT stages before it (models.segmentation.encoder_stages), by channels.
+Stage = Literal["neck", "layer0", "layer1", "layer2", "layer3"]
+STAGE_CHANNELS: dict[Stage, int] = {"neck": CHANNELS, "layer0": 128, "layer1": 160, "layer2": 320, "layer3": 320}
+ALL_STAGES: tuple[Stage, ...] = get_args(Stage)
+STAGES: tuple[Stage, ...] = ALL_STAGES  # the served probe's: every stage (training/RESULTS.md)
 
 
-def probe_size(regions: tuple[Region, ...], iou_token: bool) -> int:
-    return CHANNELS * (len(regions) + int(iou_token))
+def probe_size(regions: tuple[Region, ...], iou_token: bool, stages: tuple[Stage, ...] = ("neck",)) -> int:
+    return sum(STAGE_CHANNELS[s] for s in stages) * len(regions) + CHANNELS * int(iou_token)
+
+
+def encoder_only(stages: tuple[Stage, ...]) -> tuple[str, ...]:
+    """The stages an embedding must keep besides the image embedding itself."""
+    return tuple(s for s in stages if s != "neck")
 
 
 class SamProbe(nn.Module):
     """Standardised features -> one logit (malignant vs benign), a logistic regression's weights."""
 
-    def __init__(self, features: int = probe_size(REGIONS, IOU_TOKEN)):
+    def __init__(self, features: int = probe_size(REGIONS, IOU_TOKEN, STAGES)):
         super().__init__()
         self.register_buffer("mean", torch.zeros(features))
         self.register_buffer("scale", torch.ones(features))
@@ -126,10 +138,14 @@ def lesion_features(features: torch.Tensor, original_size: tuple[int, int], inpu
 
 
 def probe_input(segmenter: SamSegmenter, embedding: Embedding, mask: np.ndarray, box: Box, margin: float,
-                regions: tuple[Region, ...], iou_token: bool) -> torch.Tensor:
-    """The probe's features for one lesion: `lesion_features` of `segmenter`'s embedding, then (with
-    `iou_token`) its mask decoder's IoU token for the lesion's box."""
-    f = lesion_features(embedding.features, embedding.original_size, embedding.input_size, mask, box, margin, regions)
-    if not iou_token:
-        return f
-    return torch.cat([f, torch.from_numpy(segmenter.iou_token(embedding, box))])
+                regions: tuple[Region, ...], iou_token: bool, stages: tuple[Stage, ...] = ("neck",)) -> torch.Tensor:
+    """The probe's features for one lesion: `lesion_features` of each of the encoder's `stages` in turn
+    (`neck`: the image embedding), then (with `iou_token`) its mask decoder's IoU token for the lesion's box."""
+    missing = [s for s in encoder_only(stages) if s not in embedding.stages]
+    if missing:
+        raise ValueError(f"the probe reads encoder stages {', '.join(missing)}, which this embedding did not keep")
+    maps = [embedding.features if s == "neck" else embedding.stages[s] for s in stages]
+    f = [lesion_features(m, embedding.original_size, embedding.input_size, mask, box, margin, regions) for m in maps]
+    if iou_token:
+        f.append(torch.from_numpy(segmenter.iou_token(embedding, box)))
+    return torch.cat(f)

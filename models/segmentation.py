@@ -12,7 +12,8 @@ import base64
 import binascii
 import io
 import threading
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -86,10 +87,12 @@ class Embedding:
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    # the encoder's intermediate feature maps, (1, C, h, w) by stage name, for a SAM probe that reads them
+    stages: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        return self.features.element_size() * self.features.nelement()
+        return sum(t.element_size() * t.nelement() for t in (self.features, *self.stages.values()))
 
 
 @dataclass
@@ -150,16 +153,39 @@ def _pick_lesion(records: list[dict], width: int, height: int) -> dict | None:
     return max(pool, key=lambda r: r["predicted_iou"] * r["stability_score"], default=None)
 
 
+def encoder_stages(encoder: torch.nn.Module, names: tuple[str, ...]) -> dict[str, torch.nn.Module]:
+    """The named stages of a TinyViT image encoder (LiteMedSAM's, MobileSAM's): `layer0` .. `layer3`,
+    its `layers` in order; ValueError for a name it does not have."""
+    layers = getattr(encoder, "layers", None)
+    found = {f"layer{k}": m for k, m in enumerate(layers)} if isinstance(layers, torch.nn.ModuleList) else {}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValueError(f"{type(encoder).__name__} has no stage {', '.join(missing)} (it has: {', '.join(found) or 'none'})")
+    return {n: found[n] for n in names}
+
+
+def _catch(into: dict[str, torch.Tensor], name: str):
+    def hook(_module, _inputs, out: torch.Tensor) -> None:
+        if out.ndim == 3:  # TinyViT's attention stages give (1, h*w, C) tokens on a square grid
+            side = int(round(out.shape[1] ** 0.5))
+            out = out.transpose(1, 2).reshape(out.shape[0], -1, side, side)
+        into[name] = out.detach()
+    return hook
+
+
 class SamSegmenter:
     """One SAM model: encode images, answer prompts on an embedding, or find a lesion automatically.
 
     Calls are serialised by a lock: the wrapped `SamPredictor` holds one image's state at a time."""
 
-    def __init__(self, sam: LoadedSam, amg: dict | None = None):
+    def __init__(self, sam: LoadedSam, amg: dict | None = None, stages: tuple[str, ...] = ()):
+        """`stages`: the image encoder's intermediate outputs every embedding keeps (`encoder_stages`)."""
         self.sam = sam
         self.name = sam.name
         self.predictor = SamPredictor(sam.model)
         self.amg = {**AMG_DEFAULTS, **(amg or {})}
+        self.stages = tuple(stages)
+        self._stage_modules = encoder_stages(sam.model.image_encoder, self.stages)
         self._lock = threading.Lock()
 
     def model_input(self, rgb: np.ndarray) -> np.ndarray:
@@ -170,10 +196,13 @@ class SamSegmenter:
         return scaled.astype(np.uint8)
 
     def encode(self, rgb: np.ndarray) -> Embedding:
-        with self._lock:
+        caught: dict[str, torch.Tensor] = {}
+        with self._lock, ExitStack() as hooks:
+            for name, module in self._stage_modules.items():
+                hooks.callback(module.register_forward_hook(_catch(caught, name)).remove)
             self.predictor.set_image(self.model_input(rgb), image_format="RGB")
             return Embedding(self.name, self.predictor.features, self.predictor.original_size,
-                             self.predictor.input_size)
+                             self.predictor.input_size, caught)
 
     def predict(self, embedding: Embedding, prompt: Prompt) -> Segmentation:
         height, width = embedding.original_size

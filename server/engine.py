@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from models.gradcam import grad_cam
-from models.manifest import ModelEntry, load_classifier, load_sam_probe, read_manifest
+from models.manifest import ModelEntry, WeightsError, load_classifier, load_sam_probe, read_manifest
 from models.preprocessing import classifier_input, normalize, to_gray
 from models.sam import load_sam
-from models.sam_probe import SamProbe, fuse, probe_input
+from models.sam_probe import SamProbe, encoder_only, fuse, probe_input
 from models.segmentation import Embedding, Prompt, SamSegmenter, Segmentation
 from server.embedding_cache import EmbeddingCache
 from server.errors import ApiError
@@ -84,7 +84,16 @@ class Engine:
         for name in sorted(self.sam_names()):
             sam = load_sam(name, self.settings.sam_checkpoints.get(name), self.device, self.settings.sam_sha256.get(name),
                            weights_dir=self.settings.weights)
-            self.segmenters[name] = SamSegmenter(sam, amg)
+            try:
+                self.segmenters[name] = SamSegmenter(sam, amg, self.probe_stages(name))
+            except ValueError as err:
+                raise WeightsError(f"a SAM probe reads {name}'s encoder: {err}") from err
+
+    def probe_stages(self, sam: str) -> tuple[str, ...]:
+        """The encoder stages the probes on `sam`'s embedding read; every embedding of it keeps them, so
+        the route's cached embedding serves the probe too."""
+        specs = [e.sam_probe for _, e in self.classifiers.values() if e.sam_probe and e.sam_probe.sam == sam]
+        return tuple(sorted({s for spec in specs for s in encoder_only(spec.stages)}))
 
     def sam_names(self) -> set[str]:
         probes = {e.sam_probe.sam for _, e in self.classifiers.values() if e.sam_probe}
@@ -162,7 +171,8 @@ class Engine:
                      else timer.stage("encode", lambda: segmenter.encode(rgb)))
 
         def probe_logit() -> torch.Tensor:
-            f = probe_input(segmenter, embedding, seg.mask, seg.box, entry.input.roi_margin, spec.regions, spec.iou_token)
+            f = probe_input(segmenter, embedding, seg.mask, seg.box, entry.input.roi_margin, spec.regions, spec.iou_token,
+                            spec.stages)
             with torch.inference_mode():
                 return self.probes[modality](f[None].to(self.device))
         return fuse(logits, timer.stage("sam_probe", probe_logit), spec.alpha)

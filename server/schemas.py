@@ -119,6 +119,9 @@ class ServedSamProbe(BaseModel):
     regions: list[str] = Field(description="where the embedding is averaged, in order: inside SAM's mask (mask), "
                                            "over the classifier's crop (crop), in a band behind, above or beside "
                                            "the lesion (posterior, anterior, lateral)")
+    stages: list[str] = Field(description="which outputs of SAM's image encoder are averaged over the regions, in "
+                                          "order: the image embedding (neck) and the encoder's stages before it "
+                                          "(layer0 .. layer3)")
     iou_token: bool = Field(description="whether it also reads the SAM mask decoder's IoU token for the box of "
                                         "SAM's mask (after the regions)")
     sha256: str

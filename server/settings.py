@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     sam_sha256: dict[str, str] = Field(default_factory=dict, description="expected sha256 of those checkpoints")
     amg_points_per_side: int = Field(32, ge=1, description="automatic mask generator grid (paper: 32)")
     embed_on_upload: bool = Field(True, description="encode the box-route SAM embedding at upload")
-    cache_mb: float = Field(512.0, ge=0, description="SAM embedding cache bound")
+    cache_mb: float = Field(1024.0, ge=0, description="SAM embedding cache bound")
     queue_size: int = Field(16, ge=1, description="inference jobs waiting before 503")
     torch_threads: int | None = Field(None, description="torch intra-op threads (default: torch's)")
     device: str = Field("auto", description="cpu, cuda or auto")

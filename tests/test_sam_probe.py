@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from models.manifest import WEIGHTS_DIR, WeightsError, load_classifier, load_sam_probe, read_manifest
-from models.sam_probe import REGIONS
+from models.sam_probe import REGIONS, STAGES, probe_size
 from tests.test_train_classifier import run_training
 
 LIMIT = "4"  # 8 lesions: a quick run
@@ -40,7 +40,7 @@ def test_fused_report_is_resnet_plus_alpha_probe(probe_run):
     sp = report["sam_probe"]
     assert report["n"] == 8 and report["regime"] == "real ensemble x2 + SAM probe" and sp["sam"] == "litemedsam"
     assert len(sp["alphas"]) == 2 and sp["alpha"] == pytest.approx(np.mean(sp["alphas"]))
-    assert sp["regions"] == list(REGIONS) and sp["iou_token"]
+    assert sp["regions"] == list(REGIONS) and sp["stages"] == list(STAGES) and sp["iou_token"]
     y, _, fused = read_oof(probe_run / "fused" / "cv" / "oof.csv")
     _, _, resnet = read_oof(probe_run / "fused" / "cv" / "oof_resnet.csv")
     _, _, probe = read_oof(probe_run / "fused" / "cv" / "oof_probe.csv")
@@ -83,10 +83,10 @@ def test_served_probe_matches_evaluation_and_is_verified(probe_run, data_dir, tm
     entry = read_manifest(served).models["classifier-us"]
     assert entry.members == 2 and entry.sam_probe.file == "sam-probe-us.safetensors"
     assert entry.sam_probe.mark_augment and entry.sam_probe.scanner_augment
-    assert entry.sam_probe.regions == REGIONS and entry.sam_probe.iou_token
-    assert load_sam_probe(entry, served).linear.in_features == 256 * 4
+    assert entry.sam_probe.regions == REGIONS and entry.sam_probe.stages == STAGES and entry.sam_probe.iou_token
+    assert load_sam_probe(entry, served).linear.in_features == probe_size(REGIONS, True, STAGES) == 1184 * 3 + 256
     # A manifest that names other features than the file was fitted on is refused, not served wrongly.
-    for other in ({"regions": ("mask", "crop")}, {"iou_token": False}):
+    for other in ({"regions": ("mask", "crop")}, {"iou_token": False}, {"stages": ("neck",)}):
         fewer = entry.model_copy(update={"sam_probe": entry.sam_probe.model_copy(update=other)})
         with pytest.raises(WeightsError, match="does not fit"):
             load_sam_probe(fewer, served)
@@ -103,7 +103,7 @@ def test_served_probe_matches_evaluation_and_is_verified(probe_run, data_dir, tm
                           data={"modality": "us", "prompt": json.dumps({"box": box})}, headers=auth)
     us = next(c for c in models["classifiers"] if c["modality"] == "us")
     assert us["sam_probe"] == {"sam": "litemedsam", "alpha": entry.sam_probe.alpha, "regions": list(REGIONS),
-                               "iou_token": True, "sha256": entry.sam_probe.sha256}
+                               "stages": list(STAGES), "iou_token": True, "sha256": entry.sam_probe.sha256}
     assert res.status_code == 201, res.text
     body = res.json()
     assert "sam_probe" in body["timings_ms"]
@@ -144,6 +144,50 @@ def test_iou_token_reads_the_box_it_is_given(data_dir):
         segmenter.iou_token(embedding, (10, 10, 5, 5))
 
 
+def test_probe_reads_every_encoder_stage_it_names(data_dir):
+    from models.sam import load_sam
+    from models.sam_probe import STAGE_CHANNELS, lesion_features, probe_input
+    from models.segmentation import Prompt, SamSegmenter
+    from training.prepare import prepared
+    from training.roi_sources import drawn_box
+    from training.train_classifier import select
+    r = select(prepared(data_dir / "busi"), "us", 2)[2]
+    rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
+    plain, staged = SamSegmenter(load_sam("litemedsam")), SamSegmenter(load_sam("litemedsam"), stages=STAGES[1:])
+    bare, embedding = plain.encode(rgb), staged.encode(rgb)
+    # Keeping the stages changes nothing about the embedding or the outline; the cache counts their bytes.
+    assert torch.equal(bare.features, embedding.features) and bare.stages == {}
+    assert {k: (v.shape[1], v.shape[2] == v.shape[3]) for k, v in embedding.stages.items()} == \
+        {s: (STAGE_CHANNELS[s], True) for s in STAGES[1:]}
+    assert embedding.nbytes > 5 * bare.nbytes
+    seg = staged.predict(embedding, Prompt(box=list(drawn_box(r, rgb.shape[:2], 0))))
+    f = probe_input(staged, embedding, seg.mask, seg.box, 0.1, REGIONS, False, STAGES)
+    assert f.shape == (probe_size(REGIONS, False, STAGES),) and torch.isfinite(f).all()
+    start = 0
+    for stage in STAGES:  # each stage's region means in turn, the image embedding first
+        m = embedding.features if stage == "neck" else embedding.stages[stage]
+        part = lesion_features(m, embedding.original_size, embedding.input_size, seg.mask, seg.box, 0.1, REGIONS)
+        assert torch.equal(f[start:start + len(part)], part)
+        start += len(part)
+    with pytest.raises(ValueError, match="did not keep"):  # an embedding cached without the stages
+        probe_input(plain, bare, seg.mask, seg.box, 0.1, REGIONS, False, STAGES)
+    with pytest.raises(ValueError, match="has no stage layer7"):
+        SamSegmenter(load_sam("litemedsam"), stages=("layer7",))
+
+
+def test_view_workers_compute_what_one_process_does(data_dir):
+    from training.prepare import prepared
+    from training.probe_views import Job, View, view_rows
+    from training.sam_probe import shift_scanner
+    from training.train_classifier import select
+    records = select(prepared(data_dir / "busi"), "us", 2)[:3]
+    job = Job(records, View("shifted", shift_scanner), "litemedsam", 0.1, REGIONS, 0, False, STAGES)
+    here, pooled = view_rows(job, progress=False, workers=1), view_rows(job, progress=False, workers=2)
+    assert here.shape == (3, probe_size(REGIONS, False, STAGES)) and not np.allclose(here[0], here[1])
+    # Each worker runs one torch thread: the same numbers up to float summation order.
+    assert np.allclose(here, pooled, rtol=1e-4, atol=1e-5)
+
+
 def test_probe_logit_adds_to_the_difference():
     from models.sam_probe import fuse
     logits = torch.tensor([[0.2, 1.0], [1.5, -0.5]])
@@ -175,16 +219,30 @@ def test_bands_lie_behind_above_and_beside_the_lesion():
 
 
 def test_probe_regions_measures_every_set(probe_run, data_dir):
-    from training.probe_regions import REGION_SETS
+    from training.probe_regions import REGION_SETS, STAGE_SETS
     out = probe_run / "regions"
     run_training("probe-regions", str(probe_run / "s0"), str(probe_run / "s1"), "--rois", str(data_dir / "busi"),
                  "--limit", LIMIT, "--splits", "2", "--out", str(out))
     result = json.loads((out / "regions.json").read_text())
-    assert [tuple(r["regions"]) for r in result["rows"]] == list(REGION_SETS) and result["n"] == 8
+    assert [(tuple(r["regions"]), tuple(r["stages"])) for r in result["rows"]] == \
+        [(regions, ("neck",)) for regions in REGION_SETS] + [(REGIONS, stages) for stages in STAGE_SETS]
+    assert result["n"] == 8
     for row in result["rows"]:
         assert len(row["probe_auc"]) == 2 and all(0 <= a <= 1 for a in row["probe_auc"])
         assert set(row["fused_auc"]) == {str(probe_run / "s0"), str(probe_run / "s1")}
     assert 0 <= result["interior"]["n"] <= 8 and (out / "regions.png").stat().st_size > 10_000
+
+
+def test_stage_columns_pick_each_stage_and_region():
+    from models.sam_probe import ALL_REGIONS, ALL_STAGES, STAGE_CHANNELS
+    from training.probe_regions import stage_columns
+    # A feature row laid out as probe_features makes it: stage after stage, each region's means in turn.
+    row = np.concatenate([np.full(STAGE_CHANNELS[s], 10 * i + j) for i, s in enumerate(ALL_STAGES)
+                          for j, _ in enumerate(ALL_REGIONS)])
+    assert len(row) == probe_size(ALL_REGIONS, False, ALL_STAGES)
+    picked = row[stage_columns(("layer1", "neck"), ("posterior", "mask"))]
+    assert list(np.unique(picked, return_index=True)[0]) == [0, 2, 20, 22]
+    assert len(picked) == 2 * (160 + 256) and list(picked[:160]) == [22] * 160
 
 
 def test_scanner_shifts_keep_the_image_and_change_it():

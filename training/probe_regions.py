@@ -1,4 +1,4 @@
-"""`probe-regions`: which regions of SAM's embedding the SAM probe should average, over many fold splits.
+"""`probe-regions`: which regions and encoder stages the SAM probe should average, over many fold splits.
 
 The probe (models.sam_probe) reads means of LiteMedSAM's image embedding over regions around the lesion.
 This measures, for each set of regions, the probe alone over `--splits` group 5-fold splits (seeds 0..N-1,
@@ -7,7 +7,9 @@ source) on their own folds, exactly as `sam-probe` fuses them. No region set is 
 each split's AUC comes from out-of-fold logits, and the sets are fixed here beforehand. The fused AUC
 is also given for the lesions whose posterior band stays clear of the image's bottom edge (a shortcut
 guard: lesions reaching it are mostly large and malignant). `iou_token` stands for the mask decoder's
-IoU token (models.sam_probe.probe_input), measured alone and next to the served regions.
+IoU token (models.sam_probe.probe_input), measured alone and next to the served regions. The last rows
+keep the served regions and vary where in LiteMedSAM's image encoder the means are taken
+(`STAGE_SETS`: the image embedding alone, each TinyViT stage before it, all of them).
 
 Writes OUT/regions.json and OUT/regions.png.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.sam_probe import ALL_REGIONS, CHANNELS
+from models.sam_probe import ALL_REGIONS, ALL_STAGES, CHANNELS, REGIONS, STAGE_CHANNELS
 
 TOKEN = "iou_token"  # the mask decoder's IoU token, a column block after ALL_REGIONS
 
@@ -31,6 +33,9 @@ REGION_SETS = (("mask", "crop"), ("mask",), ("posterior",), ("mask", "posterior"
                ("mask", "crop", "posterior", "anterior"),
                # added afterwards, once throwaway checks had picked it: the decoder's IoU token for SAM's mask box
                (TOKEN,), ("mask", "crop", "posterior", TOKEN))
+# Added afterwards too, once throwaway checks over five splits had picked all stages: the served regions
+# read from each stage of the encoder alone, and from all of them (served).
+STAGE_SETS = (("neck",), ("layer0",), ("layer1",), ("layer2",), ("layer3",), ALL_STAGES)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +52,13 @@ def columns(regions: tuple[str, ...]) -> np.ndarray:
     return np.concatenate([np.arange(CHANNELS) + CHANNELS * blocks.index(r) for r in regions])
 
 
+def stage_columns(stages: tuple[str, ...], regions: tuple[str, ...] = REGIONS) -> np.ndarray:
+    """The columns of `regions` of each of `stages` in features computed over ALL_STAGES x ALL_REGIONS."""
+    starts = np.cumsum([0] + [STAGE_CHANNELS[s] * len(ALL_REGIONS) for s in ALL_STAGES])
+    return np.concatenate([starts[ALL_STAGES.index(s)] + np.arange(STAGE_CHANNELS[s]) + STAGE_CHANNELS[s] *
+                           ALL_REGIONS.index(r) for s in stages for r in regions])
+
+
 def measure(runs: list[Path], rois: Path, splits: int, limit: int | None) -> dict:
     from training.metrics import roc_auc
     from training.prepare import prepared
@@ -56,9 +68,11 @@ def measure(runs: list[Path], rois: Path, splits: int, limit: int | None) -> dic
     records = select(prepared(rois), cfg.modality, limit)
     check_lesions(runs, records)
     y = np.array([r.target for r in records])
-    x = probe_features(records, "sam", cfg.sam, cfg.margin, ALL_REGIONS,
-                       sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None, progress=sys.stderr.isatty(),
+    masks = Path(cfg.sam_masks) if cfg.sam_masks else None
+    x = probe_features(records, "sam", cfg.sam, cfg.margin, ALL_REGIONS, sam_masks=masks, progress=sys.stderr.isatty(),
                        iou_token=True)
+    x_stages = probe_features(records, "sam", cfg.sam, cfg.margin, ALL_REGIONS, sam_masks=masks,
+                              progress=sys.stderr.isatty(), stages=ALL_STAGES)
     interior = away_from_bottom(records, cfg)
     split_folds = []
     for seed in range(splits):
@@ -68,8 +82,9 @@ def measure(runs: list[Path], rois: Path, splits: int, limit: int | None) -> dic
         split_folds.append(fold)
     sigmoid = lambda d: 1 / (1 + np.exp(-d.astype(np.float64)))  # noqa: E731
     rows = []
-    for regions in REGION_SETS:
-        xs = x[:, columns(regions)]
+    sets = [(regions, ("neck",), x[:, columns(regions)]) for regions in REGION_SETS]
+    sets += [(REGIONS, stages, x_stages[:, stage_columns(stages)]) for stages in STAGE_SETS]
+    for regions, stages, xs in sets:
         alone = [roc_auc(y, sigmoid(out_of_fold(xs, y, fold)[0])) for fold in split_folds]
         fused, fused_interior = {}, {}
         for run in runs:
@@ -78,11 +93,12 @@ def measure(runs: list[Path], rois: Path, splits: int, limit: int | None) -> dic
             p = sigmoid(d_r + d_r.std() / max(d_p.std(), 1e-6) * d_p)
             fused[str(run)], fused_interior[str(run)] = roc_auc(y, p), roc_auc(y[interior], p[interior])
         first = rows[0]["probe_auc"] if rows else alone
-        rows.append({"regions": list(regions), "probe_auc": alone, "probe_auc_mean": float(np.mean(alone)),
+        rows.append({"regions": list(regions), "stages": list(stages), "probe_auc": alone,
+                     "probe_auc_mean": float(np.mean(alone)),
                      "splits_above_first_set": int(sum(a > b for a, b in zip(alone, first))),
                      "fused_auc": fused, "fused_auc_mean": float(np.mean(list(fused.values()))),
                      "fused_auc_interior": fused_interior})
-        print(f"{' + '.join(regions):24s} probe alone {np.mean(alone):.3f} (min {min(alone):.3f}, max {max(alone):.3f})"
+        print(f"{' + '.join(regions):24s} {' + '.join(stages):40s} probe alone {np.mean(alone):.3f} (min {min(alone):.3f}, max {max(alone):.3f})"
               f"   fused {rows[-1]['fused_auc_mean']:.3f}", flush=True)
     return {"n": len(y), "splits": splits, "runs": [str(r) for r in runs], "sam": cfg.sam, "margin": cfg.margin,
             "interior": {"n": int(interior.sum()), "malignant": float(y[interior].mean()),
@@ -109,19 +125,26 @@ def away_from_bottom(records, cfg) -> np.ndarray:
     return out
 
 
+def label(i: int, row: dict) -> str:
+    if i < len(REGION_SETS):
+        return " +\n".join(row["regions"])
+    names = {1: {"neck": "the embedding"}.get(row["stages"][0], row["stages"][0]), len(ALL_STAGES): "every stage"}
+    return "m + c + p\nof " + names.get(len(row["stages"]), " +\n".join(row["stages"]))
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(13, 4.5))
+    fig, ax = plt.subplots(figsize=(16, 4.8))
     for i, row in enumerate(result["rows"]):
         jitter = np.linspace(-0.12, 0.12, len(row["probe_auc"]))
         ax.scatter(i + jitter, row["probe_auc"], s=14, color="tab:blue", label="probe alone, one split" if i == 0 else None)
         ax.scatter([i] * len(row["fused_auc"]), list(row["fused_auc"].values()), marker="D", s=30, color="tab:red",
                    label="ResNet18 + probe, one run's folds" if i == 0 else None)
-    ax.set_xticks(range(len(result["rows"])), [" +\n".join(r["regions"]) for r in result["rows"]], fontsize=8)
+    ax.set_xticks(range(len(result["rows"])), [label(i, r) for i, r in enumerate(result["rows"])], fontsize=7)
     ax.set_ylabel("pooled out-of-fold ROC-AUC")
-    ax.set_title(f"SAM probe by region of the embedding, and the decoder's IoU token ({result['n']} lesions, "
+    ax.set_title(f"SAM probe by region of the embedding, the decoder's IoU token, and the encoder stage ({result['n']} lesions, "
                  f"{result['splits']} group 5-fold splits)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

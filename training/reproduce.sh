@@ -57,30 +57,40 @@ $PY -m training train-classifier "${SM[@]}" --sam litemedsam-us --sam-masks "$RU
   --out "$RUNS/us-ft-mask"
 $PY -m training compare "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" "$RUNS/us-sam-mask-ens" "$RUNS/us-ft-mask" \
   "$RUNS/us-sam-mask-scanner" "$RUNS/us-sam-mask-224" --served-as sam --out training/results/us-levers
-# The SAM probe (RESULTS.md, "The SAM probe"): LiteMedSAM's embedding of the lesion (inside the mask,
-# over the crop, behind the lesion) fused with the ResNet18, the probe fitted on clean images or on
-# clean + marked (+ scanner-shifted: served) views, and with the two-seed mean (not served); which regions
-# (and the mask decoder's IoU token), over ten fold splits; the first served probe (mask + crop) and the
-# IoU-token probe (not served: it reads how the box was drawn) for comparison.
+# The SAM probe (RESULTS.md, "The SAM probe"): LiteMedSAM's encoder around the lesion (inside the mask,
+# over the crop, behind the lesion) fused with the ResNet18. First the probe on the image embedding alone
+# (`--stages neck`, served before), fitted on clean images or on clean + marked (+ scanner-shifted) views,
+# and with the two-seed mean; which regions (and the mask decoder's IoU token, and which encoder stages),
+# over ten fold splits; the first served probe (mask + crop) and the IoU-token probe (not served: it reads
+# how the box was drawn) for comparison. Then every stage of the encoder (the default), served.
 $PY -m training probe-regions "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" --rois "$RUNS/rois" \
   --out training/results/us-sam-probe/regions
-$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --marks --out "$RUNS/us-sam-mask-probe"
-$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --mark-augment --scanner --out "$RUNS/us-sam-mask-probe-marks"
-$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --mark-augment --scanner-augment \
+NECK=(--stages neck)
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" "${NECK[@]}" --marks --out "$RUNS/us-sam-mask-probe"
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" "${NECK[@]}" --mark-augment --scanner \
+  --out "$RUNS/us-sam-mask-probe-marks"
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" "${NECK[@]}" --mark-augment --scanner-augment \
   --out "$RUNS/us-sam-mask-probe-marks-scanner"
 for opt in "" --mark-augment; do
-  $PY -m training sam-probe "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" --rois "$RUNS/rois" $opt \
+  $PY -m training sam-probe "$RUNS/us-sam-mask" "$RUNS/us-sam-mask-seed1" --rois "$RUNS/rois" "${NECK[@]}" $opt \
     --out "$RUNS/us-sam-mask-ens-probe${opt:+-marks}"
 done
-$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --regions mask crop --marks --out "$RUNS/us-sam-mask-probe-maskcrop"
-$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --regions mask crop --mark-augment \
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" "${NECK[@]}" --regions mask crop --marks \
+  --out "$RUNS/us-sam-mask-probe-maskcrop"
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" "${NECK[@]}" --regions mask crop --mark-augment \
   --out "$RUNS/us-sam-mask-probe-marks-maskcrop"
-$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --iou-token --marks --scanner --out "$RUNS/us-sam-mask-probe-iou"
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" "${NECK[@]}" --iou-token --marks --scanner \
+  --out "$RUNS/us-sam-mask-probe-iou"
 for run in us-sam-mask us-sam-mask-seed1; do
-  $PY -m training sam-probe "$RUNS/$run" --rois "$RUNS/rois" --iou-token --mark-augment --scanner-augment \
+  $PY -m training sam-probe "$RUNS/$run" --rois "$RUNS/rois" "${NECK[@]}" --iou-token --mark-augment --scanner-augment \
     --out "$RUNS/$run-probe-iou-marks-scanner"
 done
-SERVED_US=${SERVED_US:-sam-mask-probe-marks-scanner}  # RESULTS.md, "The SAM probe"
+$PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --marks --scanner --out "$RUNS/us-sam-mask-probe-stages"
+for run in us-sam-mask us-sam-mask-seed1; do
+  $PY -m training sam-probe "$RUNS/$run" --rois "$RUNS/rois" --mark-augment --scanner-augment \
+    --out "$RUNS/$run-probe-stages-marks-scanner"
+done
+SERVED_US=${SERVED_US:-sam-mask-probe-stages-marks-scanner}  # RESULTS.md, "The SAM probe"
 SERVED_DM=${SERVED_DM:-real}
 $PY -m training export --from "$RUNS/us-$SERVED_US/weights" --from "$RUNS/dm-$SERVED_DM/weights"
 $PY -m training evaluate --weights models/weights --data "$DATA/busi" --out "$RUNS/eval-us"
@@ -93,7 +103,7 @@ for s in 0 1 2 3 4 5; do
   $PY -m training train-classifier "${SM[@]}" --seed $s --out "$RUNS/gpu-base-s$s"
   $PY -m training train-classifier "${SM[@]}" --seed $s --aux-outline 1 --aux-irregularity 0.5 --out "$RUNS/gpu-outline-irr-s$s"
   $PY -m training train-classifier "${SM[@]}" --seed $s --margin 0.25 --out "$RUNS/gpu-margin25-s$s"
-  $PY -m training sam-probe "$RUNS/gpu-base-s$s" --rois "$RUNS/rois" --regions mask crop \
+  $PY -m training sam-probe "$RUNS/gpu-base-s$s" --rois "$RUNS/rois" --regions mask crop --stages neck \
     --out "$RUNS/gpu-base-s$s-probe"
 done
 for s in 0 1 2; do

@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,10 @@ import torch
 from safetensors.torch import save_file
 
 from models.manifest import SamProbeSpec, WeightsError, sha256_file
-from models.sam_probe import ALL_REGIONS, REGIONS, Region, SamProbe, probe_input, probe_size
-from training.roi_sources import SamViews, drawn_box, lesion_rng, lesion_view, outline_from_box
+from models.sam_probe import (ALL_REGIONS, ALL_STAGES, REGIONS, STAGES, Region, SamProbe, Stage, encoder_only,
+                              probe_input, probe_size)
+from training.probe_views import Job, View, view_rows
+from training.roi_sources import SamViews, drawn_box, lesion_rng, lesion_view
 from training.roi_table import RoiRecord
 from training.rois import save_atomic
 from training.train_classifier import TrainConfig, cv_markdown, manifest_metrics, read_oof, report_cv, write_oof
@@ -53,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regions", nargs="+", choices=ALL_REGIONS, default=list(REGIONS),
                    help="where to average SAM's embedding (default: mask crop posterior, served; mask crop = the "
                         "first served probe; see probe-regions)")
+    p.add_argument("--stages", nargs="+", choices=ALL_STAGES, default=list(STAGES),
+                   help="which outputs of SAM's image encoder to average (default: all, as served; neck = the image "
+                        "embedding alone, the probe served before)")
     p.add_argument("--iou-token", action="store_true",
                    help="also read the mask decoder's IoU token for the box of SAM's mask (default: off, as served; "
                         "it reads how the box was drawn, see RESULTS.md)")
@@ -60,10 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin: float,
                    regions: tuple[Region, ...] = REGIONS, seed: int = 0, sam_masks: Path | None = None,
-                   progress: bool = True, iou_token: bool = False) -> np.ndarray:
-    """(N, models.sam_probe.probe_size): SAM `sam_name`'s embedding of each image (cached), averaged over
+                   progress: bool = True, iou_token: bool = False, stages: tuple[Stage, ...] = ("neck",)) -> np.ndarray:
+    """(N, models.sam_probe.probe_size): SAM `sam_name`'s encoder `stages` for each image, averaged over
     each region around the ROI source's lesion mask and box, then (`iou_token`) its decoder's IoU token
-    for that box (models.sam_probe.probe_input)."""
+    for that box (models.sam_probe.probe_input). The image embedding alone comes from its cache; other
+    stages from a fresh encoder pass, whose features are cached."""
     from models.sam import SAM_MODELS, load_sam
     from models.segmentation import Embedding, SamSegmenter
     from training.sam_embeddings import Embeddings
@@ -72,6 +79,9 @@ def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin:
     sam = SamViews(records, seed, sam_name, progress, sam_masks) if source == "sam" else None
     if sam is not None:
         sam.dice()  # outline first: that encoder pass also fills the embeddings' cache
+    if encoder_only(stages):
+        return view_features(records, sam_name, margin, regions, View("clean", source=source, sam=sam),
+                             [source, sam.path.name if sam else None], seed, progress, iou_token, stages)
     emb = Embeddings(records, sam_name, progress)
     segmenter = SamSegmenter(load_sam(sam_name)) if iou_token else None
     out = np.zeros((len(records), probe_size(regions, iou_token)), np.float32)
@@ -89,61 +99,59 @@ SHIFT_SEED = 3  # the scanner-shifted view's draw per lesion
 
 
 def marked_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...] = REGIONS,
-                    seed: int = 0, progress: bool = True, iou_token: bool = False) -> np.ndarray:
+                    seed: int = 0, progress: bool = True, iou_token: bool = False,
+                    stages: tuple[Stage, ...] = ("neck",)) -> np.ndarray:
     """`probe_features` of each image with measurement marks burned in (training.marks; colour and
     caliper box drawn per lesion): the view of a scanner's overlay that the probe learns to look past."""
-    from training.marks import burn_measurement
+    return view_features(records, sam_name, margin, regions, View("marked", partial(burn_marks, seed)),
+                         [MARK_BOX_SEED, MARK_COLOURS], seed, progress, iou_token, stages)
 
-    def marked(r: RoiRecord, rgb: np.ndarray) -> np.ndarray:
-        colour = MARK_COLOURS[int(lesion_rng(r, seed).integers(len(MARK_COLOURS)))]
-        return burn_measurement(rgb, drawn_box(r, rgb.shape[:2], MARK_BOX_SEED), colour)
-    return view_features(records, sam_name, margin, regions, "marked", [MARK_BOX_SEED, MARK_COLOURS], marked, seed,
-                         progress, iou_token)
+
+def burn_marks(seed: int, r: RoiRecord, rgb: np.ndarray) -> np.ndarray:
+    from training.marks import burn_measurement
+    colour = MARK_COLOURS[int(lesion_rng(r, seed).integers(len(MARK_COLOURS)))]
+    return burn_measurement(rgb, drawn_box(r, rgb.shape[:2], MARK_BOX_SEED), colour)
+
+
+def shift_scanner(r: RoiRecord, rgb: np.ndarray) -> np.ndarray:
+    from training.scanner_shifts import random_shift
+    return random_shift(rgb, lesion_rng(r, SHIFT_SEED))
 
 
 def shifted_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...] = REGIONS,
-                     seed: int = 0, progress: bool = True, iou_token: bool = False) -> np.ndarray:
+                     seed: int = 0, progress: bool = True, iou_token: bool = False,
+                     stages: tuple[Stage, ...] = ("neck",)) -> np.ndarray:
     """`probe_features` of each image as another scanner or setting would give it (one random kind and
     strength per lesion, training.scanner_shifts): the view that teaches the probe to look past texture."""
-    from training.scanner_shifts import RANGES, random_shift
-    return view_features(records, sam_name, margin, regions, "shifted", ["scanner", SHIFT_SEED, RANGES],
-                         lambda r, rgb: random_shift(rgb, lesion_rng(r, SHIFT_SEED)), seed, progress, iou_token)
+    from training.scanner_shifts import RANGES
+    return view_features(records, sam_name, margin, regions, View("shifted", shift_scanner),
+                         ["scanner", SHIFT_SEED, RANGES], seed, progress, iou_token, stages)
 
 
 def view_cache(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...], name: str,
-               key: list, seed: int, iou_token: bool) -> Path:
+               key: list, seed: int, iou_token: bool, stages: tuple[Stage, ...] = ("neck",)) -> Path:
     import hashlib
 
     from models.sam import sam_identity
     from training.prepare import cache_root
-    token_key = ["iou_token"] if iou_token else []  # it joined the key later: views cached without it keep their names
+    # the token and the stages joined the key later: views cached without them keep their names
+    later = (["iou_token"] if iou_token else []) + ([["stages", *stages]] if stages != ("neck",) else [])
     digest = hashlib.sha256(json.dumps([sam_name, sam_identity(sam_name), margin, list(regions), seed, *key,
-                                        *token_key]).encode())
+                                        *later]).encode())
     for r in records:
         digest.update(f"{r.image_path}|{r.box}\n".encode())
     return cache_root() / "sam-probe" / f"{name}-{digest.hexdigest()[:20]}.npy"
 
 
-def view_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...], name: str,
-                  key: list, transform, seed: int, progress: bool, iou_token: bool = False) -> np.ndarray:
-    """`probe_features` of each image changed by `transform(record, rgb)`, segmented from the same prompt
-    box as the clean image. Encoded once and cached under `name` and `key`."""
-    from PIL import Image
-    from tqdm import tqdm
-
-    from models.sam import load_sam
-    from models.segmentation import SamSegmenter
-    path = view_cache(records, sam_name, margin, regions, name, key, seed, iou_token)
+def view_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...], view: View,
+                  key: list, seed: int, progress: bool, iou_token: bool = False,
+                  stages: tuple[Stage, ...] = ("neck",), workers: int | None = None) -> np.ndarray:
+    """`probe_features` of every lesion in `view` (training.probe_views), from a fresh encoder pass.
+    Encoded once and cached under the view's name and `key`."""
+    path = view_cache(records, sam_name, margin, regions, view.name, key, seed, iou_token, stages)
     if path.is_file():
         return np.load(path)
-    segmenter = SamSegmenter(load_sam(sam_name))
-    out = np.zeros((len(records), probe_size(regions, iou_token)), np.float32)
-    for i, r in enumerate(tqdm(records, desc=f"{name} images", disable=not progress)):
-        rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
-        shape = rgb.shape[:2]
-        emb = segmenter.encode(transform(r, rgb))
-        box, mask, _ = outline_from_box(segmenter, emb, drawn_box(r, shape, seed), shape)
-        out[i] = probe_input(segmenter, emb, mask, box, margin, regions, iou_token).numpy()
+    out = view_rows(Job(records, view, sam_name, margin, regions, seed, iou_token, stages), progress, workers)
     save_atomic(path, out)
     return out
 
@@ -217,7 +225,8 @@ VIEWS = {"marked": "marks", "shifted": "scanner"}  # view -> its entry in the re
 
 def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out: Path, cfg: TrainConfig,
                  views: dict[str, np.ndarray] | None = None, augment: tuple[str, ...] = (),
-                 regions: tuple[Region, ...] = REGIONS, iou_token: bool = False) -> dict:
+                 regions: tuple[Region, ...] = REGIONS, iou_token: bool = False,
+                 stages: tuple[Stage, ...] = ("neck",)) -> dict:
     """Fused out-of-fold predictions of the runs (each with its own folds' probes) and their report.
     `views`: other views' features (`marked`, `shifted`); each fold's probe is also scored on them (and
     trained on the training lesions' `augment` views too)."""
@@ -260,7 +269,7 @@ def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out:
     report.update(
         regime=f"{cfg.regime}{member} + SAM probe",
         sam_probe={"sam": cfg.sam, "C": C, "alpha": float(np.mean(alphas)), "alphas": alphas, "regions": list(regions),
-                   "iou_token": iou_token,
+                   "stages": list(stages), "iou_token": iou_token,
                    "mark_augment": "marked" in augment, "scanner_augment": "shifted" in augment,
                    **{VIEWS[name]: view_movement(report, parts, float(np.mean(alphas)),
                                                  np.mean([d[name] for d in probe_views], 0), y) for name in views},
@@ -295,7 +304,9 @@ def probe_markdown(report: dict) -> str:
     sp = report["sam_probe"]
     d = sp["fused_minus_resnet"]
     token = " + its decoder's IoU token" if sp["iou_token"] else ""
-    probe = f"SAM probe ({sp['sam']} embedding over {' + '.join(sp['regions'])}{token}, logistic regression C={sp['C']})"
+    stages = sp.get("stages", ["neck"])
+    where = "embedding" if stages == ["neck"] else f"encoder ({' + '.join(stages)})"
+    probe = f"SAM probe ({sp['sam']} {where} over {' + '.join(sp['regions'])}{token}, logistic regression C={sp['C']})"
     rows = [("ResNet18" + (f" (mean of {len(report['member_seeds'])} seeds)" if len(report["member_seeds"]) > 1 else ""),
              sp["resnet"]), (probe, sp["probe"])]
     lines = ["", f"Parts of the fused prediction (alpha {sp['alpha']:.3f}; each part's own temperature):", "",
@@ -331,7 +342,7 @@ def write_weights(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out
     sp = report["sam_probe"]
     spec = SamProbeSpec(file=probe_file, sha256=sha256_file(weights / probe_file), sam=sp["sam"], alpha=sp["alpha"], C=C,
                         mark_augment=sp["mark_augment"], scanner_augment=sp["scanner_augment"],
-                        regions=tuple(sp["regions"]), iou_token=sp["iou_token"])
+                        regions=tuple(sp["regions"]), iou_token=sp["iou_token"], stages=tuple(sp["stages"]))
     return combine_weights(runs, out, report, {"sam_probe": spec, "metrics": {**manifest_metrics(report),
                                                                              "sam_probe": sp}})
 
@@ -342,19 +353,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = run_configs(args.runs)
         records = select(prepared(args.rois), cfg.modality, args.limit)
-        regions = tuple(args.regions)
+        regions, stages = tuple(args.regions), tuple(args.stages)
         x = probe_features(records, "sam", cfg.sam, cfg.margin, regions,
                            sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None, progress=sys.stderr.isatty(),
-                           iou_token=args.iou_token)
+                           iou_token=args.iou_token, stages=stages)
         views, augment = {}, tuple(name for name, flag in (("marked", args.mark_augment),
                                                              ("shifted", args.scanner_augment)) if flag)
         if args.marks or args.mark_augment:
             views["marked"] = marked_features(records, cfg.sam, cfg.margin, regions, progress=sys.stderr.isatty(),
-                                              iou_token=args.iou_token)
+                                              iou_token=args.iou_token, stages=stages)
         if args.scanner or args.scanner_augment:
             views["shifted"] = shifted_features(records, cfg.sam, cfg.margin, regions, progress=sys.stderr.isatty(),
-                                                iou_token=args.iou_token)
-        report = cross_fitted(args.runs, records, x, args.out, cfg, views, augment, regions, args.iou_token)
+                                                iou_token=args.iou_token, stages=stages)
+        report = cross_fitted(args.runs, records, x, args.out, cfg, views, augment, regions, args.iou_token, stages)
         if all((r / "weights" / "manifest.json").is_file() for r in args.runs):
             weights = write_weights(args.runs, records, x, args.out, report, [views[name] for name in augment])
             print(f"weights with the SAM probe: {weights}")

@@ -21,7 +21,8 @@ def served_models(svc: Services = Depends(services)) -> dict:
                     "architecture": e.architecture, "regime": e.regime, "members": e.members,
                     "sam_probe": e.sam_probe and {"sam": e.sam_probe.sam, "alpha": e.sam_probe.alpha,
                                                   "regions": list(e.sam_probe.regions),
-                                                  "iou_token": e.sam_probe.iou_token, "sha256": e.sam_probe.sha256},
+                                                  "stages": list(e.sam_probe.stages), "iou_token": e.sam_probe.iou_token,
+                                                  "sha256": e.sam_probe.sha256},
                     "temperature": e.temperature, "threshold": e.threshold, "metrics": e.metrics}
                    for m, (_, e) in sorted(engine.classifiers.items())]
     sam = [{"name": name, "sha256": s.sam.sha256, "checkpoint": s.sam.checkpoint.name}
