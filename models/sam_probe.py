@@ -67,14 +67,12 @@ def fuse(logits: torch.Tensor, probe_logit: torch.Tensor, alpha: float) -> torch
     return torch.stack([logits[:, 0] - half, logits[:, 1] + half], dim=1)
 
 
-def grid_weights(region: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int],
-                 grid: tuple[int, int]) -> torch.Tensor:
-    """An HxW boolean region as the fraction of each embedding cell it covers (SAM resizes the image to
-    `input_size`, pads it bottom-right to the encoder's square input, and the embedding is `grid`)."""
+def encoder_frame(region: np.ndarray, input_size: tuple[int, int]) -> torch.Tensor:
+    """An HxW boolean region where the encoder sees it: SAM resizes the image to `input_size` and pads it
+    bottom-right to its square input. (1, 1, side, side) float32 coverage."""
     (h2, w2), side = input_size, max(input_size)  # the longest side fills the encoder input
     t = F.interpolate(torch.from_numpy(region.astype(np.float32))[None, None], size=(h2, w2), mode="area")
-    t = F.pad(t, (0, side - w2, 0, side - h2))
-    return F.adaptive_avg_pool2d(t, grid)[0, 0]
+    return F.pad(t, (0, side - w2, 0, side - h2))
 
 
 def band(mask: np.ndarray, box: Box, side: Region) -> np.ndarray:
@@ -122,18 +120,22 @@ def region(name: Region, mask: np.ndarray, box: Box, original_size: tuple[int, i
     return band(mask, box, name)
 
 
-def lesion_features(features: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int],
-                    mask: np.ndarray, box: Box, margin: float = ROI_MARGIN,
+def lesion_features(features: torch.Tensor | list[torch.Tensor], original_size: tuple[int, int],
+                    input_size: tuple[int, int], mask: np.ndarray, box: Box, margin: float = ROI_MARGIN,
                     regions: tuple[Region, ...] = REGIONS) -> torch.Tensor:
-    """(256 x len(regions),) float32 from a (1, C, gh, gw) or (C, gh, gw) embedding: its mean over each
-    region in turn (inside `mask`; over the classifier's square crop around `box`; a `band` beside it)."""
-    emb = features.float().reshape(-1, *features.shape[-2:])
-    grid = tuple(emb.shape[-2:])
+    """(C x len(regions),) float32 from a (1, C, gh, gw) or (C, gh, gw) feature map of the encoder: its
+    mean over each region in turn (inside `mask`; over the classifier's square crop around `box`; a `band`
+    beside it). Several maps (a list): each one's means in turn, every region placed in the encoder's
+    frame once."""
+    maps = features if isinstance(features, list) else [features]
+    frames = [encoder_frame(region(name, mask, box, original_size, margin), input_size) for name in regions]
+    frames = torch.cat(frames, dim=1)  # (1, regions, side, side)
     out = []
-    for name in regions:
-        wts = grid_weights(region(name, mask, box, original_size, margin), original_size, input_size, grid)
-        wts = wts.to(emb.device)
-        out.append((emb * wts).sum((1, 2)) / wts.sum().clamp(min=1e-6))
+    for m in maps:
+        emb = m.float().reshape(-1, m.shape[-2] * m.shape[-1])
+        wts = F.adaptive_avg_pool2d(frames, tuple(m.shape[-2:]))[0].flatten(1).to(emb.device)  # (regions, cells)
+        means = (wts @ emb.T) / wts.sum(1, keepdim=True).clamp(min=1e-6)  # (regions, C)
+        out.append(means.flatten())
     return torch.cat(out).cpu()
 
 
@@ -145,7 +147,7 @@ def probe_input(segmenter: SamSegmenter, embedding: Embedding, mask: np.ndarray,
     if missing:
         raise ValueError(f"the probe reads encoder stages {', '.join(missing)}, which this embedding did not keep")
     maps = [embedding.features if s == "neck" else embedding.stages[s] for s in stages]
-    f = [lesion_features(m, embedding.original_size, embedding.input_size, mask, box, margin, regions) for m in maps]
-    if iou_token:
-        f.append(torch.from_numpy(segmenter.iou_token(embedding, box)))
-    return torch.cat(f)
+    f = lesion_features(maps, embedding.original_size, embedding.input_size, mask, box, margin, regions)
+    if not iou_token:
+        return f
+    return torch.cat([f, torch.from_numpy(segmenter.iou_token(embedding, box))])

@@ -145,13 +145,13 @@ def view_cache(records: list[RoiRecord], sam_name: str, margin: float, regions: 
 
 def view_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...], view: View,
                   key: list, seed: int, progress: bool, iou_token: bool = False,
-                  stages: tuple[Stage, ...] = ("neck",), workers: int | None = None) -> np.ndarray:
+                  stages: tuple[Stage, ...] = ("neck",)) -> np.ndarray:
     """`probe_features` of every lesion in `view` (training.probe_views), from a fresh encoder pass.
     Encoded once and cached under the view's name and `key`."""
     path = view_cache(records, sam_name, margin, regions, view.name, key, seed, iou_token, stages)
     if path.is_file():
         return np.load(path)
-    out = view_rows(Job(records, view, sam_name, margin, regions, seed, iou_token, stages), progress, workers)
+    out = view_rows(Job(records, view, sam_name, margin, regions, seed, iou_token, stages), progress)
     save_atomic(path, out)
     return out
 
