@@ -8,9 +8,10 @@ clean, with white calipers + dotted lines + a measurement label burned in, and w
 in yellow (`training.marks.burn_measurement`). As a yardstick, each is also run clean with the box
 drawn again (another jitter of the same expert box): how much the prediction moves anyway when a
 user draws the box twice; and with the box drawn loose (the drawn box widened by 15% of its size on
-every side): a user who leaves room around the lesion should get the same answer. Reports how far the probability moves, how many decisions flip at the
-served threshold, and the AUC of each variant; writes JSON and a PNG. The served model was trained
-on these lesions: the AUCs are not a validation, the movements are the measurement.
+every side): a user who leaves room around the lesion should get the same answer. Reports how far the
+probability moves, how many decisions flip at the served threshold, and the AUC of each variant; writes
+JSON and a PNG. The served model was trained on these lesions: the AUCs are not a validation, the
+movements are the measurement.
 
     .venv/bin/python bench/marks.py --n 80 --out bench/results/marks.json
 """

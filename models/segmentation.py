@@ -160,7 +160,8 @@ def encoder_stages(encoder: torch.nn.Module, names: tuple[str, ...]) -> dict[str
     found = {f"layer{k}": m for k, m in enumerate(layers)} if isinstance(layers, torch.nn.ModuleList) else {}
     missing = [n for n in names if n not in found]
     if missing:
-        raise ValueError(f"{type(encoder).__name__} has no stage {', '.join(missing)} (it has: {', '.join(found) or 'none'})")
+        raise ValueError(f"{type(encoder).__name__} has no stage {', '.join(missing)} "
+                         f"(it has: {', '.join(found) or 'none'})")
     return {n: found[n] for n in names}
 
 
@@ -184,8 +185,7 @@ class SamSegmenter:
         self.name = sam.name
         self.predictor = SamPredictor(sam.model)
         self.amg = {**AMG_DEFAULTS, **(amg or {})}
-        self.stages = tuple(stages)
-        self._stage_modules = encoder_stages(sam.model.image_encoder, self.stages)
+        self._stage_modules = encoder_stages(sam.model.image_encoder, tuple(stages))
         self._lock = threading.Lock()
 
     def model_input(self, rgb: np.ndarray) -> np.ndarray:

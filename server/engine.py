@@ -171,8 +171,8 @@ class Engine:
                      else timer.stage("encode", lambda: segmenter.encode(rgb)))
 
         def probe_logit() -> torch.Tensor:
-            f = probe_input(segmenter, embedding, seg.mask, seg.box, entry.input.roi_margin, spec.regions, spec.iou_token,
-                            spec.stages)
+            f = probe_input(segmenter, embedding, seg.mask, seg.box, entry.input.roi_margin, spec.regions,
+                            spec.iou_token, spec.stages)
             with torch.inference_mode():
                 return self.probes[modality](f[None].to(self.device))
         return fuse(logits, timer.stage("sam_probe", probe_logit), spec.alpha)

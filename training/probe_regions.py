@@ -98,7 +98,8 @@ def measure(runs: list[Path], rois: Path, splits: int, limit: int | None) -> dic
                      "splits_above_first_set": int(sum(a > b for a, b in zip(alone, first))),
                      "fused_auc": fused, "fused_auc_mean": float(np.mean(list(fused.values()))),
                      "fused_auc_interior": fused_interior})
-        print(f"{' + '.join(regions):24s} {' + '.join(stages):40s} probe alone {np.mean(alone):.3f} (min {min(alone):.3f}, max {max(alone):.3f})"
+        print(f"{' + '.join(regions):24s} {' + '.join(stages):40s} probe alone {np.mean(alone):.3f} "
+              f"(min {min(alone):.3f}, max {max(alone):.3f})"
               f"   fused {rows[-1]['fused_auc_mean']:.3f}", flush=True)
     return {"n": len(y), "splits": splits, "runs": [str(r) for r in runs], "sam": cfg.sam, "margin": cfg.margin,
             "interior": {"n": int(interior.sum()), "malignant": float(y[interior].mean()),
@@ -128,8 +129,10 @@ def away_from_bottom(records, cfg) -> np.ndarray:
 def label(i: int, row: dict) -> str:
     if i < len(REGION_SETS):
         return " +\n".join(row["regions"])
-    names = {1: {"neck": "the embedding"}.get(row["stages"][0], row["stages"][0]), len(ALL_STAGES): "every stage"}
-    return "m + c + p\nof " + names.get(len(row["stages"]), " +\n".join(row["stages"]))
+    stages = row["stages"]
+    what = ("every stage" if len(stages) == len(ALL_STAGES) else "the embedding" if stages == ["neck"]
+            else " +\n".join(stages))
+    return "m + c + p\nof " + what
 
 
 def plot(result: dict, path: Path) -> None:
@@ -144,8 +147,8 @@ def plot(result: dict, path: Path) -> None:
                    label="ResNet18 + probe, one run's folds" if i == 0 else None)
     ax.set_xticks(range(len(result["rows"])), [label(i, r) for i, r in enumerate(result["rows"])], fontsize=7)
     ax.set_ylabel("pooled out-of-fold ROC-AUC")
-    ax.set_title(f"SAM probe by region of the embedding, the decoder's IoU token, and the encoder stage ({result['n']} lesions, "
-                 f"{result['splits']} group 5-fold splits)", fontsize=9)
+    ax.set_title("SAM probe by region of the embedding, the decoder's IoU token, and the encoder stage "
+                 f"({result['n']} lesions, {result['splits']} group 5-fold splits)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
