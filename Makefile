@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export BRANET_DATA ?= ../shared/data
 
-.PHONY: install serve test clean weights
+.PHONY: install serve test clean weights served-weights
 
 install: $(STAMP)
 
@@ -28,3 +28,7 @@ clean:
 # The full offline phase (hours on 2 CPU cores): see training/RESULTS.md.
 weights: $(STAMP)
 	PY=$(PY) training/reproduce.sh
+
+# Only the served weights, trained from scratch and exported to models/weights (70 min on 2 CPU cores).
+served-weights: $(STAMP)
+	PY=$(PY) training/served.sh

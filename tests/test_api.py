@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from models.preprocessing import box_of_mask

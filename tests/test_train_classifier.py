@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.manifest import WeightsError, load_classifier, read_manifest
+from models.manifest import load_classifier, read_manifest
 from training.augment import affine
 from training.train_classifier import TrainConfig, folds_of, select
 from training.prepare import prepared
@@ -175,7 +175,6 @@ def test_sam_mask_channel_model_trains_and_is_served(data_dir, tmp_path):
     import shutil
 
     from fastapi.testclient import TestClient
-    from PIL import Image
 
     from models.manifest import WEIGHTS_DIR
     from server.app import create_app

@@ -34,7 +34,7 @@ def ensemble(runs: list[Path], out: Path) -> dict:
     if any(i != ids[0] for i in ids):
         raise ValueError("the runs were not made on the same lesions in the same order")
     oofs = [read_oof(run / "cv" / "oof.csv") for run in runs]
-    y, fold = oofs[0][0], oofs[0][1]
+    fold = oofs[0][1]
     logits = np.mean([o[2] for o in oofs], axis=0)
     with open(runs[0] / "cv" / "oof.csv", newline="") as f:
         records = [RoiRecord(image_path="", modality=cfg.modality, label=r["label"], source=r["source"],

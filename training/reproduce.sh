@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The full offline phase, as run for training/RESULTS.md: prepare, cross-validate every regime,
-# compare, fit and export the served weights, evaluate them. `make weights` runs it.
-# On the 2-core CPU the served regime (real) takes about 50 min for US and 12 min for DM;
-# the SNGAN regimes add a GAN per fold (see RESULTS.md for measured times).
+# The full offline phase, as run for training/RESULTS.md: the served weights first (served.sh: prepare,
+# train, export, evaluate), then every regime and lever that RESULTS.md compares them with.
+# `make weights` runs it. served.sh took 70 min on the 2-core CPU; each SNGAN regime adds a GAN
+# per fold (see RESULTS.md for measured times).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -11,11 +11,12 @@ RUNS=${RUNS:-runs}
 REGIMES=${REGIMES:-real sngan hybrid}
 export PYTHONUNBUFFERED=1
 
-$PY -m training prepare --data "$DATA" --out "$RUNS/rois"
+PY=$PY RUNS=$RUNS training/served.sh  # prepare, the served US and DM models, export, evaluate
 for m in us dm; do
   # SNGAN per fold: US 30 passes over ~520 ROIs (~500 generator updates), DM 30 x 10 = 300 updates
   gan=(--gan-epochs 30); [ "$m" = dm ] && gan+=(--gan-iters-per-epoch 10)
   for r in $REGIMES; do
+    [ "$m-$r" = dm-real ] && continue  # served.sh trained it
     extra=()
     [ "$r" = real ] && [ "$m" = us ] && $PY -m training train-classifier --rois "$RUNS/rois" --modality us \
       --regime real --seed 1 --out "$RUNS/us-real-seed1"
@@ -39,7 +40,6 @@ done
 # drawn-box and SAM crops of its test lesions (--served-as, default all three).
 $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source expert --out "$RUNS/us-expert-skew" --no-final
 $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source sam --out "$RUNS/us-sam" --no-final
-$PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source sam --mask-channel --out "$RUNS/us-sam-mask"
 $PY -m training compare "$RUNS/us-expert-skew" "$RUNS/us-sam" "$RUNS/us-sam-mask" --out training/results/us-roi-source
 # DM, same protocol (RESULTS.md: none helps; the expert-trained DM model stays served)
 $PY -m training train-classifier --rois "$RUNS/rois" --modality dm --roi-source expert --no-final --out "$RUNS/dm-expert-skew"
@@ -86,15 +86,9 @@ for run in us-sam-mask us-sam-mask-seed1; do
     --out "$RUNS/$run-probe-iou-marks-scanner"
 done
 $PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --marks --scanner --out "$RUNS/us-sam-mask-probe-stages"
-for run in us-sam-mask us-sam-mask-seed1; do
-  $PY -m training sam-probe "$RUNS/$run" --rois "$RUNS/rois" --mark-augment --scanner-augment \
-    --out "$RUNS/$run-probe-stages-marks-scanner"
-done
-SERVED_US=${SERVED_US:-sam-mask-probe-stages-marks-scanner}  # RESULTS.md, "The SAM probe"
-SERVED_DM=${SERVED_DM:-real}
-$PY -m training export --from "$RUNS/us-$SERVED_US/weights" --from "$RUNS/dm-$SERVED_DM/weights"
-$PY -m training evaluate --weights models/weights --data "$DATA/busi" --out "$RUNS/eval-us"
-$PY -m training evaluate --weights models/weights --data "$DATA/mias" --out "$RUNS/eval-dm"
+# served.sh fitted the served probe (us-sam-mask-probe-stages-marks-scanner); the same on seed 1's folds
+$PY -m training sam-probe "$RUNS/us-sam-mask-seed1" --rois "$RUNS/rois" --mark-augment --scanner-augment \
+  --out "$RUNS/us-sam-mask-seed1-probe-stages-marks-scanner"
 # Training-only outline heads, a wider margin, longer training, more seeds (RESULTS.md "Levers on a lent
 # GPU"; ran there with the same cross_validate, seeds 0-5). On this CPU each line is ~25 min of epochs,
 # about 12 hours in all, so they run only with LEVERS=1 and after the served weights are exported.

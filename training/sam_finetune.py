@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from training.evaluate_segmentation import dice_iou
 from training.outline import solidity
-from training.prepare import cache_root, prepared
+from training.prepare import prepared
 from training.roi_sources import box_mask, drawn_box, expert_mask
 from training.roi_table import RoiRecord
 from training.sam_embeddings import Embeddings

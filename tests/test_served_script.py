@@ -1,0 +1,37 @@
+"""training/served.sh trains the served weights from scratch (about 2 hours on the CPU). Here it runs on a few
+lesions per class with --quick configs: every step runs and is timed, and what it exports is the recipe that
+models/weights serves, so the script cannot drift from the served weights unnoticed."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from models.manifest import WEIGHTS_DIR, load_classifier, load_sam_probe, read_manifest
+from training.train_classifier import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK_KEYS = set(TrainConfig.quick_config(modality="us").model_dump(exclude_defaults=True)) | {"member_seeds"}
+FITTED_PROBE_KEYS = {"file", "sha256", "alpha"}
+
+
+def test_served_script_trains_the_served_recipe(data_dir, tmp_path):
+    runs, weights = tmp_path / "runs", tmp_path / "weights"
+    env = {**os.environ, "PY": sys.executable, "BRANET_DATA": str(data_dir), "RUNS": str(runs),
+           "WEIGHTS": str(weights), "LIMIT": "3"}
+    res = subprocess.run(["bash", str(ROOT / "training" / "served.sh")], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    times = [line.split("\t") for line in (runs / "served-time.tsv").read_text().splitlines()[1:]]
+    assert [step for step, _ in times] == ["prepare", "us-classifier", "us-probe", "dm-classifier", "export", "total"]
+    assert all(float(minutes) >= 0 for _, minutes in times)
+
+    trained, served = read_manifest(weights).models, read_manifest(WEIGHTS_DIR).models
+    assert set(trained) == set(served) == {"classifier-us", "classifier-dm"}
+    for name, entry in trained.items():
+        load_classifier(name, weights)  # sha256 and shape verified
+        want = served[name]
+        assert (entry.architecture, entry.input, entry.regime) == (want.architecture, want.input, want.regime)
+        shared = (set(entry.training) & set(want.training)) - QUICK_KEYS
+        assert {k: entry.training[k] for k in shared} == {k: want.training[k] for k in shared}, name
+    probe, want = trained["classifier-us"].sam_probe, served["classifier-us"].sam_probe
+    load_sam_probe(trained["classifier-us"], weights)
+    assert probe.model_dump(exclude=FITTED_PROBE_KEYS) == want.model_dump(exclude=FITTED_PROBE_KEYS)

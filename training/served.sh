@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The served weights from scratch, and nothing else: the budget is 2 hours on the 2-core CPU (issue 9).
+# prepare, the US classifier (ROI source sam + mask channel, 5 folds + final), its SAM probe, the DM
+# classifier, export into $WEIGHTS and evaluate it. `make served-weights` runs it; reproduce.sh runs it first.
+# Each step's wall time goes to $RUNS/served-time.tsv. For a run that shares nothing with earlier ones,
+# point BRANET_CACHE at an empty folder (LiteMedSAM's masks and encoder passes are cached there).
+# LIMIT=N trains on the first N lesions per class with --quick configs and skips the evaluation: a smoke
+# run of this script for the tests, not weights to serve.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+DATA=${BRANET_DATA:-../shared/data}
+RUNS=${RUNS:-runs}
+WEIGHTS=${WEIGHTS:-models/weights}
+QUICK=(); LIMIT_ARGS=()
+[ -n "${LIMIT:-}" ] && QUICK=(--quick --limit "$LIMIT") && LIMIT_ARGS=(--limit "$LIMIT")
+export PYTHONUNBUFFERED=1
+mkdir -p "$RUNS"
+TIMES="$RUNS/served-time.tsv"
+printf 'step\tminutes\n' > "$TIMES"
+START=$SECONDS
+
+step() {  # step NAME COMMAND...: run it and log its wall time
+  local name=$1 t0=$SECONDS; shift
+  "$@"
+  printf '%s\t%.1f\n' "$name" "$(bc -l <<< "($SECONDS - $t0) / 60")" | tee -a "$TIMES"
+}
+
+step prepare $PY -m training prepare --data "$DATA" --out "$RUNS/rois"
+step us-classifier $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source sam --mask-channel \
+  "${QUICK[@]}" --out "$RUNS/us-sam-mask"
+# The probe over every stage of LiteMedSAM's encoder, fitted on clean + marked + scanner-shifted views
+# (RESULTS.md, "The SAM probe")
+step us-probe $PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" --mark-augment --scanner-augment \
+  "${LIMIT_ARGS[@]}" --out "$RUNS/us-sam-mask-probe-stages-marks-scanner"
+step dm-classifier $PY -m training train-classifier --rois "$RUNS/rois" --modality dm --regime real "${QUICK[@]}" \
+  --out "$RUNS/dm-real"
+step export $PY -m training export --from "$RUNS/us-sam-mask-probe-stages-marks-scanner/weights" \
+  --from "$RUNS/dm-real/weights" --to "$WEIGHTS"
+printf 'total\t%.1f\n' "$(bc -l <<< "($SECONDS - $START) / 60")" | tee -a "$TIMES"
+[ -n "${LIMIT:-}" ] && exit 0
+# Not part of the budget: the exported weights run as the server runs them, on the images they were trained
+# on (a check of the export; the CV reports in $RUNS/*/cv are the measurement)
+$PY -m training evaluate --weights "$WEIGHTS" --data "$DATA/busi" --out "$RUNS/eval-us"
+$PY -m training evaluate --weights "$WEIGHTS" --data "$DATA/mias" --out "$RUNS/eval-dm"
