@@ -20,10 +20,15 @@ TIMES="$RUNS/served-time.tsv"
 printf 'step\tminutes\n' > "$TIMES"
 START=$SECONDS
 
+log_minutes() {  # log_minutes NAME SINCE: the minutes since SECONDS was SINCE, one decimal
+  local s=$((SECONDS - $2))
+  printf '%s\t%d.%d\n' "$1" $((s / 60)) $((s % 60 / 6)) | tee -a "$TIMES"
+}
+
 step() {  # step NAME COMMAND...: run it and log its wall time
   local name=$1 t0=$SECONDS; shift
   "$@"
-  printf '%s\t%.1f\n' "$name" "$(bc -l <<< "($SECONDS - $t0) / 60")" | tee -a "$TIMES"
+  log_minutes "$name" "$t0"
 }
 
 step prepare $PY -m training prepare --data "$DATA" --out "$RUNS/rois"
@@ -37,7 +42,7 @@ step dm-classifier $PY -m training train-classifier --rois "$RUNS/rois" --modali
   --out "$RUNS/dm-real"
 step export $PY -m training export --from "$RUNS/us-sam-mask-probe-stages-marks-scanner/weights" \
   --from "$RUNS/dm-real/weights" --to "$WEIGHTS"
-printf 'total\t%.1f\n' "$(bc -l <<< "($SECONDS - $START) / 60")" | tee -a "$TIMES"
+log_minutes total "$START"
 [ -n "${LIMIT:-}" ] && exit 0
 # Not part of the budget: the exported weights run as the server runs them, on the images they were trained
 # on (a check of the export; the CV reports in $RUNS/*/cv are the measurement)
