@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server import errors
+from server import errors, offline_docs, web_app
 from server.body_limit import BodyLimit
 from server.engine import Engine
 from server.metrics import RequestMetrics
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             engine = None
             store.close()
 
-    app = FastAPI(title="BraNet", version="0.2.0", lifespan=lifespan,
+    app = FastAPI(title="BraNet", version="0.2.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"{NOTICE}\n\nBreast ultrasound (us) and mammography (dm): SAM outlines the lesion, "
                               "a ResNet18 says benign or malignant with a calibrated probability. Every /v1 route "
                               "needs `Authorization: Bearer <token>` (`branet users add NAME`).")
@@ -62,6 +62,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(analyses.router)
     analyses.document_request_body(app)
     app.include_router(service.router)
+    offline_docs.install(app)  # /docs and /redoc with local assets only (closed hospital networks)
+    web_app.install(app, settings)  # the web build at /app, / redirects there
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + MULTIPART_ALLOWANCE,
                        message=f"the request is larger than the {settings.max_upload_mb:g} MB upload limit")
     app.add_middleware(RequestMetrics)

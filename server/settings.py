@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, description="torch intra-op threads (default: torch's)")
     device: str = Field("auto", description="cpu, cuda or auto")
     create_dev_user: bool = Field(True, description="on first start, create user 'dev' and print its token")
+    app_dir: Path = Field(Path(__file__).resolve().parents[1] / "mobile" / "dist",
+                          description="the app's web build (Expo export, baseUrl /app) served at /app")
 
     @property
     def max_upload_bytes(self) -> int:
