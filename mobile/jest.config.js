@@ -1,0 +1,4 @@
+module.exports = {
+  preset: 'jest-expo',
+  testPathIgnorePatterns: ['/node_modules/', '/e2e/', '/dist/', '/.cache/'],
+};

@@ -1,0 +1,45 @@
+// Every failure the app can meet, as one error type the screens turn into a translated message.
+export type ErrorKind =
+  | 'network' // no answer at all (offline, wrong server, DNS)
+  | 'cancelled' // the user cancelled the upload
+  | 'signInFailed'
+  | 'tooManyAttempts'
+  | 'sessionExpired'
+  | 'tooLarge'
+  | 'notAnImage'
+  | 'invalidImage'
+  | 'notFound'
+  | 'busy'
+  | 'server';
+
+export class ApiError extends Error {
+  constructor(
+    readonly kind: ErrorKind,
+    message: string,
+    readonly status = 0,
+    readonly code = '',
+    readonly retryAfter: number | null = null,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+/** The app's error for a server answer `{"error": {"code", "message"}}` with this status. */
+export function fromResponse(status: number, body: unknown, retryAfter: string | null): ApiError {
+  const error = (body as { error?: { code?: string; message?: string } } | null)?.error;
+  const code = error?.code ?? '';
+  const message = error?.message ?? `HTTP ${status}`;
+  const seconds = retryAfter !== null && /^\d+$/.test(retryAfter) ? Number(retryAfter) : null;
+  const kind: ErrorKind =
+    code === 'invalid_credentials' ? 'signInFailed'
+    : status === 429 ? 'tooManyAttempts'
+    : status === 401 ? 'sessionExpired'
+    : status === 413 ? 'tooLarge'
+    : status === 415 ? 'notAnImage'
+    : status === 422 ? 'invalidImage'
+    : status === 404 ? 'notFound'
+    : status === 503 ? 'busy'
+    : 'server';
+  return new ApiError(kind, message, status, code, seconds);
+}
