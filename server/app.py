@@ -12,9 +12,11 @@ from fastapi import FastAPI
 from server import errors, offline_docs, web_app
 from server.body_limit import BodyLimit
 from server.engine import Engine
+from server.login_limiter import LoginLimiter
 from server.metrics import RequestMetrics
 from server.pipeline import ImageMemory, Services
-from server.routers import analyses, images, service
+from server.passwords import hash_password, typeable_password
+from server.routers import analyses, auth, images, service
 from server.schemas import NOTICE
 from server.settings import Settings, get_settings
 from server.store import Store
@@ -24,8 +26,10 @@ MULTIPART_ALLOWANCE = 256 * 1024  # part headers and the prompt field around the
 
 def first_start(store: Store, settings: Settings) -> None:
     if settings.create_dev_user and store.user_count() == 0:
-        _, token = store.add_user("dev", admin=True)
-        print(f"branet: created user 'dev'; its token (shown once): {token}", file=sys.stderr, flush=True)
+        password = typeable_password()
+        _, token = store.add_user("dev", admin=True, password_hash=hash_password(password))
+        print(f"branet: created user 'dev' (admin); its password (shown once): {password}\n"
+              f"branet: its token (shown once): {token}", file=sys.stderr, flush=True)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -55,13 +59,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     app = FastAPI(title="BraNet", version="0.2.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"{NOTICE}\n\nBreast ultrasound (us) and mammography (dm): SAM outlines the lesion, "
-                              "a ResNet18 says benign or malignant with a calibrated probability. Every /v1 route "
-                              "needs `Authorization: Bearer <token>` (`branet users add NAME`).")
+                              "a ResNet18 says benign or malignant with a calibrated probability. Every /v1 route but "
+                              "sign-in and /v1/config needs `Authorization: Bearer <token>`: an API token "
+                              "(`branet users add NAME`) or a session token (`POST /v1/auth/sessions`).")
     errors.install(app)
     app.include_router(images.router)
     app.include_router(analyses.router)
     analyses.document_request_body(app)
     app.include_router(service.router)
+    app.include_router(auth.router)
+    app.state.login_limiter = LoginLimiter(settings.login_max_failures, settings.login_lockout_s,
+                                           settings.login_delay_s)  # failed sign-ins, in memory
     offline_docs.install(app)  # /docs and /redoc with local assets only (closed hospital networks)
     web_app.install(app, settings)  # the web build at /app, / redirects there
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + MULTIPART_ALLOWANCE,

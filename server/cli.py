@@ -27,18 +27,71 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class PasswordError(Exception):
+    pass
+
+
+def _read_password(name: str, from_stdin: bool) -> str:
+    """One line of stdin (--password-stdin), or typed twice at a terminal; the rules checked."""
+    import getpass
+
+    from server import passwords
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("the same again: ") != password:
+            raise PasswordError("the two passwords differ")
+    else:
+        raise PasswordError("no terminal to ask for a password: pass --password-stdin (one line on stdin) "
+                            "or --no-password (a token-only user)")
+    try:
+        passwords.check_rules(password)
+    except ValueError as e:
+        raise PasswordError(str(e)) from None
+    return password
+
+
 def _users_add(args: argparse.Namespace) -> int:
+    from server.passwords import hash_password
     from server.settings import get_settings
     from server.store import Store
+    try:
+        password = None if args.no_password else _read_password(args.name, args.password_stdin)
+    except PasswordError as e:
+        print(f"branet: {e}", file=sys.stderr)
+        return 2
     store = Store(get_settings().home)
     try:
-        _, token = store.add_user(args.name, admin=args.admin)
+        _, token = store.add_user(args.name, admin=args.admin,
+                                  password_hash=None if password is None else hash_password(password))
     except ValueError as e:
         print(f"branet: {e}", file=sys.stderr)
         return 1
     finally:
         store.close()
-    print(token)  # alone on stdout, for scripts: TOKEN=$(branet users add alice)
+    print(token)  # alone on stdout, for scripts: TOKEN=$(branet users add alice --no-password)
+    return 0
+
+
+def _users_passwd(args: argparse.Namespace) -> int:
+    from server.passwords import hash_password
+    from server.settings import get_settings
+    from server.store import Store
+    try:
+        password = _read_password(args.name, args.password_stdin)
+    except PasswordError as e:
+        print(f"branet: {e}", file=sys.stderr)
+        return 2
+    store = Store(get_settings().home)
+    try:
+        changed = store.set_password(args.name, hash_password(password))
+    finally:
+        store.close()
+    if not changed:
+        print(f"branet: no user {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"branet: password of {args.name!r} set; its sign-in sessions are ended", file=sys.stderr)
     return 0
 
 
@@ -88,10 +141,19 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(run=_serve)
     users = sub.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
-    add = users.add_parser("add", help="create a user and print its token (alone on stdout)")
+    add = users.add_parser("add", help="create a user with a sign-in password and print its API token "
+                                       "(alone on stdout)")
     add.add_argument("name")
     add.add_argument("--admin", action="store_true")
+    source = add.add_mutually_exclusive_group()
+    source.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin "
+                                                                      "(else: typed twice at the terminal)")
+    source.add_argument("--no-password", action="store_true", help="a token-only user: no sign-in")
     add.set_defaults(run=_users_add)
+    passwd = users.add_parser("passwd", help="set a user's sign-in password (ends its sessions)")
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true", help="read it from one line of stdin")
+    passwd.set_defaults(run=_users_passwd)
     analyze = sub.add_parser("analyze", help="analyse an image on a server; writes IMAGE.overlay.png")
     analyze.add_argument("image", type=Path)
     analyze.add_argument("--modality", choices=["us", "dm"], required=True)

@@ -127,6 +127,28 @@ class ServedSamProbe(BaseModel):
     sha256: str
 
 
+class ModelQuality(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"cv_auc": 0.942, "cv_auc_ci": [0.920, 0.959], "sensitivity": 0.90, "specificity": 0.812, "folds": 5,
+         "roi_source": "sam"}]})
+    cv_auc: float = Field(description="ROC AUC of the out-of-fold predictions")
+    cv_auc_ci: tuple[float, float] = Field(description="its 95% confidence interval [low, high]")
+    sensitivity: float = Field(description="out of fold, at the served threshold")
+    specificity: float = Field(description="out of fold, at the served threshold")
+    folds: int = Field(description="cross-validation folds")
+    roi_source: str = Field(description="what placed the crops it was measured on: expert, box or sam")
+
+    @classmethod
+    def from_metrics(cls, metrics: dict) -> "ModelQuality | None":
+        """From a manifest's metrics; None when any of them is missing."""
+        keys = ("oof_roc_auc", "oof_roc_auc_ci", "oof_sensitivity", "oof_specificity", "cv_folds", "roi_source")
+        if any(metrics.get(k) is None for k in keys):
+            return None
+        return cls(cv_auc=metrics["oof_roc_auc"], cv_auc_ci=metrics["oof_roc_auc_ci"],
+                   sensitivity=metrics["oof_sensitivity"], specificity=metrics["oof_specificity"],
+                   folds=metrics["cv_folds"], roi_source=metrics["roi_source"])
+
+
 class ServedClassifier(BaseModel):
     modality: Modality
     name: str
@@ -138,6 +160,8 @@ class ServedClassifier(BaseModel):
     sam_probe: ServedSamProbe | None = None
     temperature: float
     threshold: float
+    quality: ModelQuality | None = Field(description="measured out-of-fold in cross-validation; null when the "
+                                                     "manifest does not say")
     metrics: dict
 
 
@@ -152,3 +176,52 @@ class ModelsOut(BaseModel):
     classifiers: list[ServedClassifier]
     sam: list[ServedSam]
     routes: dict[str, dict[str, str]] = Field(description="SAM model per modality and prompt kind")
+
+
+# sign-in and what the app needs to know before it
+Role = Literal["admin", "clinician"]
+
+
+class SignInRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"username": "alice", "password": "k7dq-m2xa-9fhe"}]})
+    username: str = Field(min_length=1, max_length=200)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class UserOut(BaseModel):
+    name: str
+    role: Role
+
+
+class SessionOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"token": "bns_Xk2...", "expires_at": "2026-11-26T06:00:00.000+00:00",
+         "user": {"name": "alice", "role": "clinician"}}]})
+    token: str = Field(description="send as `Authorization: Bearer <token>` until expires_at")
+    expires_at: str = Field(description="ISO-8601, UTC")
+    user: UserOut
+
+
+class MeOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "alice", "role": "clinician", "auth": "session", "expires_at": "2026-11-26T06:00:00.000+00:00"}]})
+    name: str
+    role: Role
+    auth: Literal["session", "token"] = Field(description="signed in (session) or an API token")
+    expires_at: str | None = Field(description="when the session ends (ISO-8601, UTC); null for an API token")
+
+
+class ConfigOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"auth": "local", "max_upload_mb": 10.0, "max_upload_bytes": 10485760,
+         "accepted_types": ["image/png", "image/jpeg"], "modalities": ["us", "dm"], "min_side": 16,
+         "version": "0.2.0", "notice": NOTICE}]})
+    auth: Literal["local"] = Field(description="how users sign in: local = user name and password on this server")
+    max_upload_mb: float
+    max_upload_bytes: int
+    accepted_types: list[str] = Field(description="image types accepted by upload (decided by content)")
+    modalities: list[Modality]
+    min_side: int = Field(description="smallest accepted image side in pixels")
+    version: str = Field(description="server version")
+    notice: str = NOTICE

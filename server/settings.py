@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")
     min_side: int = Field(16, ge=1, description="smallest accepted image side in pixels")
     max_aspect: float = Field(8.0, ge=1, description="largest accepted long/short side ratio")
+    session_hours: float = Field(12.0, gt=0, description="lifetime of a sign-in session token")
+    login_max_failures: int = Field(5, ge=1, description="failed sign-ins per account name, and per client "
+                                                         "address, before it is locked")
+    login_lockout_s: float = Field(300.0, gt=0, description="window over which failed sign-ins are counted")
+    login_delay_s: float = Field(0.2, ge=0, description="added wait per recent failure before answering one "
+                                                        "(capped at 2 s)")
     sam_routes: dict[Modality, dict[PromptKind, str]] = Field(
         default_factory=dict,
         description="SAM model per modality and prompt kind (JSON), over the defaults: box and mask -> the SAM the "

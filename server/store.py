@@ -30,6 +30,11 @@ CREATE TABLE IF NOT EXISTS analyses (seq INTEGER PRIMARY KEY AUTOINCREMENT, id T
                                      user_id TEXT NOT NULL REFERENCES users(id), image_id TEXT NOT NULL,
                                      created TEXT NOT NULL, summary TEXT NOT NULL, result TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS analyses_by_user ON analyses (user_id, seq);
+CREATE TABLE IF NOT EXISTS passwords (user_id TEXT PRIMARY KEY REFERENCES users(id), hash TEXT NOT NULL,
+                                      updated TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (hash TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id),
+                                     created TEXT NOT NULL, expires TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires);
 """
 
 
@@ -38,6 +43,12 @@ class User:
     id: str
     name: str
     is_admin: bool = False
+
+
+@dataclass(frozen=True)
+class Session:
+    user: User
+    expires_at: str  # ISO-8601 UTC, as `now()` writes it
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,12 @@ class ImageRecord:
 
 class UserStore(Protocol):
     def user_for_token(self, token: str) -> User | None: ...
+    def password_of(self, name: str) -> tuple[User, str | None] | None: ...
+    def set_password(self, name: str, password_hash: str) -> bool: ...
+    def rehash_password(self, user: User, password_hash: str) -> None: ...
+    def add_session(self, user: User, lifetime: dt.timedelta) -> tuple[str, str]: ...
+    def session_for_token(self, token: str) -> Session | None: ...
+    def end_session(self, token: str) -> bool: ...
 
 
 class HistoryStore(Protocol):
@@ -66,8 +83,8 @@ class HistoryStore(Protocol):
     def delete_analysis(self, user: User, analysis_id: str) -> bool: ...
 
 
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+def now(at: dt.datetime | None = None) -> str:
+    return (at or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="milliseconds")
 
 
 def hash_token(token: str) -> str:
@@ -113,8 +130,9 @@ class Store:
         return _Tx()
 
     # users and tokens
-    def add_user(self, name: str, admin: bool = False) -> tuple[User, str]:
-        """Create a user and return it with its token; the token itself is never stored."""
+    def add_user(self, name: str, admin: bool = False, password_hash: str | None = None) -> tuple[User, str]:
+        """Create a user and return it with its API token; the token itself is never stored.
+        Without `password_hash` the user can only use the token (no sign-in)."""
         user = User(uuid.uuid4().hex, name, admin)
         token = "bn_" + secrets.token_urlsafe(32)
         with self._tx() as db:
@@ -122,6 +140,8 @@ class Store:
                 raise ValueError(f"user {name!r} exists already")
             db.execute("INSERT INTO users VALUES (?, ?, ?, ?)", (user.id, name, int(admin), now()))
             db.execute("INSERT INTO tokens VALUES (?, ?, ?)", (hash_token(token), user.id, now()))
+            if password_hash is not None:
+                db.execute("INSERT INTO passwords VALUES (?, ?, ?)", (user.id, password_hash, now()))
         return user, token
 
     def user_count(self) -> int:
@@ -133,6 +153,50 @@ class Store:
             row = self._db.execute("SELECT u.id, u.name, u.is_admin FROM tokens t JOIN users u ON u.id = t.user_id "
                                    "WHERE t.hash = ?", (hash_token(token),)).fetchone()
         return User(row["id"], row["name"], bool(row["is_admin"])) if row else None
+
+    # passwords and sign-in sessions
+    def password_of(self, name: str) -> tuple[User, str | None] | None:
+        """The user called `name` and its password hash (None: token-only user); None if no such user."""
+        with self._lock:
+            row = self._db.execute("SELECT u.id, u.name, u.is_admin, p.hash FROM users u "
+                                   "LEFT JOIN passwords p ON p.user_id = u.id WHERE u.name = ?", (name,)).fetchone()
+        return (User(row["id"], row["name"], bool(row["is_admin"])), row["hash"]) if row else None
+
+    def set_password(self, name: str, password_hash: str) -> bool:
+        """Set (or replace) the password and end the user's sessions; False if there is no such user."""
+        with self._tx() as db:
+            row = db.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return False
+            db.execute("INSERT INTO passwords VALUES (?, ?, ?) ON CONFLICT (user_id) DO UPDATE "
+                       "SET hash = excluded.hash, updated = excluded.updated", (row["id"], password_hash, now()))
+            db.execute("DELETE FROM sessions WHERE user_id = ?", (row["id"],))
+        return True
+
+    def rehash_password(self, user: User, password_hash: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE passwords SET hash = ?, updated = ? WHERE user_id = ?", (password_hash, now(), user.id))
+
+    def add_session(self, user: User, lifetime: dt.timedelta) -> tuple[str, str]:
+        """A new session token (stored hashed) and its expiry; expired sessions of anyone are removed."""
+        token = "bns_" + secrets.token_urlsafe(32)
+        start = dt.datetime.now(dt.timezone.utc)
+        expires = now(start + lifetime)
+        with self._tx() as db:
+            db.execute("DELETE FROM sessions WHERE expires <= ?", (now(start),))
+            db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)", (hash_token(token), user.id, now(start), expires))
+        return token, expires
+
+    def session_for_token(self, token: str) -> Session | None:
+        """The session of a token, expired or not (the caller says which and ends it)."""
+        with self._lock:
+            row = self._db.execute("SELECT u.id, u.name, u.is_admin, s.expires FROM sessions s "
+                                   "JOIN users u ON u.id = s.user_id WHERE s.hash = ?", (hash_token(token),)).fetchone()
+        return Session(User(row["id"], row["name"], bool(row["is_admin"])), row["expires"]) if row else None
+
+    def end_session(self, token: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM sessions WHERE hash = ?", (hash_token(token),)).rowcount > 0
 
     # images
     def add_image(self, user: User, sha256: str, modality: str, width: int, height: int, png: bytes) -> ImageRecord:

@@ -37,7 +37,10 @@ def api(tmp_path_factory):
     from server.settings import Settings
 
     home = tmp_path_factory.mktemp("home")
-    app = create_app(Settings(home=home, create_dev_user=False, amg_points_per_side=4))
+    # Schemathesis signs in with made-up names from one address ("testclient"): no lockout, no delay here
+    # (tests/test_auth.py checks both on apps of its own, with the defaults).
+    app = create_app(Settings(home=home, create_dev_user=False, amg_points_per_side=4,
+                              login_max_failures=1_000_000, login_delay_s=0))
     with TestClient(app) as client:
         client.home = home
         client.store = app.state.users

@@ -49,9 +49,11 @@ def test_cli_refuses_to_serve_without_a_manifest(tmp_path):
 
 def test_users_add_prints_the_token_alone(tmp_path):
     env = {**os.environ, "BRANET_HOME": str(tmp_path)}
-    res = subprocess.run(BRANET + ["users", "add", "alice", "--admin"], capture_output=True, text=True, env=env)
+    res = subprocess.run(BRANET + ["users", "add", "alice", "--admin", "--no-password"], capture_output=True,
+                         text=True, env=env)
     assert res.returncode == 0 and re.fullmatch(r"bn_[A-Za-z0-9_-]{40,}\n", res.stdout)
-    again = subprocess.run(BRANET + ["users", "add", "alice"], capture_output=True, text=True, env=env)
+    again = subprocess.run(BRANET + ["users", "add", "alice", "--no-password"], capture_output=True, text=True,
+                           env=env)
     assert again.returncode == 1 and "exists already" in again.stderr
     db = (tmp_path / "branet.sqlite3").read_bytes()
     assert res.stdout.strip().encode() not in db  # only the hash is stored

@@ -8,7 +8,7 @@ from server.deps import services
 from server.errors import COMMON_ERRORS
 from server.metrics import exposition
 from server.pipeline import Services
-from server.schemas import ModelsOut
+from server.schemas import ModelQuality, ModelsOut
 
 router = APIRouter()
 
@@ -23,7 +23,8 @@ def served_models(svc: Services = Depends(services)) -> dict:
                                                   "regions": list(e.sam_probe.regions),
                                                   "stages": list(e.sam_probe.stages), "iou_token": e.sam_probe.iou_token,
                                                   "sha256": e.sam_probe.sha256},
-                    "temperature": e.temperature, "threshold": e.threshold, "metrics": e.metrics}
+                    "temperature": e.temperature, "threshold": e.threshold,
+                    "quality": ModelQuality.from_metrics(e.metrics), "metrics": e.metrics}
                    for m, (_, e) in sorted(engine.classifiers.items())]
     sam = [{"name": name, "sha256": s.sam.sha256, "checkpoint": s.sam.checkpoint.name}
            for name, s in sorted(engine.segmenters.items())]
