@@ -1,7 +1,9 @@
 """Upload -> stored image -> SAM mask -> ROI -> calibrated classification -> stored analysis.
 
 Route handlers call these; each step that fails raises ApiError before anything is stored, and an
-analysis is stored only once every part of it exists.
+analysis is stored only once every part of it exists. With a request key (the client's Idempotency-Key)
+a store that finds the key already used raises DuplicateRequest with the first request's row, and
+nothing of this request is kept: the route answers with that row.
 """
 from __future__ import annotations
 
@@ -107,21 +109,23 @@ async def decode_upload(services: Services, data: bytes, timer: Timer) -> Decode
     return await services.engine.run(timer.stage, "decode_upload", lambda: decode(data, services.settings))
 
 
-async def store_image(services: Services, user: User, decoded: DecodedImage, modality: str, timer: Timer) -> ImageRecord:
+async def store_image(services: Services, user: User, decoded: DecodedImage, modality: str, timer: Timer,
+                      request_key: str | None = None) -> ImageRecord:
     record = await run_in_threadpool(timer.stage, "store", lambda: services.history.add_image(
-        user, decoded.sha256, modality, decoded.width, decoded.height, decoded.png))
+        user, decoded.sha256, modality, decoded.width, decoded.height, decoded.png, request_key))
     services.images.put(record.id, decoded.rgb)
     return record
 
 
-async def upload(services: Services, user: User, data: bytes, modality: str) -> ImageRecord:
+async def upload(services: Services, user: User, data: bytes, modality: str,
+                 request_key: str | None = None) -> ImageRecord:
     """Decode, compute the box route's embedding (so the first prompt is fast), then store."""
     timer = Timer()
     decoded = await decode_upload(services, data, timer)
     if services.settings.embed_on_upload:
         engine = services.engine
         await engine.run(engine.embedding, decoded.sha256, decoded.rgb, engine.route(modality, "box"), timer)
-    return await store_image(services, user, decoded, modality, timer)
+    return await store_image(services, user, decoded, modality, timer, request_key)
 
 
 async def stored_source(services: Services, record: ImageRecord) -> Source:
@@ -154,7 +158,8 @@ async def segment(services: Services, record: ImageRecord, prompt: Prompt) -> di
     return segmentation_out(seg, timer.ms)
 
 
-async def analyze(services: Services, user: User, source: Source, prompt: Prompt, timer: Timer) -> dict:
+async def analyze(services: Services, user: User, source: Source, prompt: Prompt, timer: Timer,
+                  request_key: str | None = None) -> dict:
     """Segment + classify; the result (and a new image) is stored only once all of it exists."""
     start = time.perf_counter() - sum(timer.ms.values()) / 1000  # upload stages already ran
     engine = services.engine
@@ -184,8 +189,8 @@ async def analyze(services: Services, user: User, source: Source, prompt: Prompt
     summary = {k: body[k] for k in ("id", "image_id", "created", "modality", "label", "p_malignant")}
     summary["classifier"] = entry.name
     try:
-        await run_in_threadpool(services.history.add_analysis, user, record.id, summary, body)
-    except BaseException:
+        await run_in_threadpool(services.history.add_analysis, user, record.id, summary, body, request_key)
+    except BaseException:  # DuplicateRequest included: the image uploaded with a lost race goes too
         if source.record is None:
             await run_in_threadpool(services.history.delete_image, user, record.id)
         raise

@@ -3,6 +3,9 @@
 `Store` is the embedded default behind two interfaces, `UserStore` (for auth) and `HistoryStore`;
 the Firebase issue provides other implementations of the same protocols. Writes are all-or-nothing:
 an image file is written under a temporary name and renamed only once its row is committed.
+
+Images and analyses may carry the client's `Idempotency-Key` (`request_key`, unique per user and table):
+a second insert with a key the user already used raises `DuplicateRequest` with the row that has it.
 """
 from __future__ import annotations
 
@@ -25,16 +28,25 @@ CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, user_id TEXT NOT NULL 
                                    created TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id),
                                    sha256 TEXT NOT NULL, modality TEXT NOT NULL, width INTEGER NOT NULL,
-                                   height INTEGER NOT NULL, file TEXT NOT NULL, created TEXT NOT NULL);
+                                   height INTEGER NOT NULL, file TEXT NOT NULL, created TEXT NOT NULL,
+                                   request_key TEXT);
 CREATE TABLE IF NOT EXISTS analyses (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
                                      user_id TEXT NOT NULL REFERENCES users(id), image_id TEXT NOT NULL,
-                                     created TEXT NOT NULL, summary TEXT NOT NULL, result TEXT NOT NULL);
+                                     created TEXT NOT NULL, summary TEXT NOT NULL, result TEXT NOT NULL,
+                                     request_key TEXT);
 CREATE INDEX IF NOT EXISTS analyses_by_user ON analyses (user_id, seq);
 CREATE TABLE IF NOT EXISTS passwords (user_id TEXT PRIMARY KEY REFERENCES users(id), hash TEXT NOT NULL,
                                       updated TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (hash TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id),
                                      created TEXT NOT NULL, expires TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires);
+"""
+# Columns added after the first release: (table, column, declaration), added to older databases on open.
+ADDED_COLUMNS = [("images", "request_key", "TEXT"), ("analyses", "request_key", "TEXT")]
+# Created once the added columns exist (NULL keys never collide: SQLite treats NULLs as distinct).
+INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS images_by_request_key ON images (user_id, request_key);
+CREATE UNIQUE INDEX IF NOT EXISTS analyses_by_request_key ON analyses (user_id, request_key);
 """
 
 
@@ -63,6 +75,15 @@ class ImageRecord:
     created: str
 
 
+class DuplicateRequest(Exception):
+    """The user already used this request key on this table; `existing` is what the first request stored
+    (an ImageRecord for images, the result dict for analyses)."""
+
+    def __init__(self, existing: Any):
+        super().__init__("request key already used")
+        self.existing = existing
+
+
 class UserStore(Protocol):
     def user_for_token(self, token: str) -> User | None: ...
     def password_of(self, name: str) -> tuple[User, str | None] | None: ...
@@ -74,10 +95,14 @@ class UserStore(Protocol):
 
 
 class HistoryStore(Protocol):
-    def add_image(self, user: User, sha256: str, modality: str, width: int, height: int, png: bytes) -> ImageRecord: ...
+    def add_image(self, user: User, sha256: str, modality: str, width: int, height: int, png: bytes,
+                  request_key: str | None = None) -> ImageRecord: ...
     def get_image(self, user: User, image_id: str) -> ImageRecord | None: ...
+    def image_for_key(self, user: User, request_key: str) -> ImageRecord | None: ...
     def delete_image(self, user: User, image_id: str) -> None: ...
-    def add_analysis(self, user: User, image_id: str, summary: dict, result: dict) -> str: ...
+    def add_analysis(self, user: User, image_id: str, summary: dict, result: dict,
+                     request_key: str | None = None) -> str: ...
+    def analysis_for_key(self, user: User, request_key: str) -> dict | None: ...
     def list_analyses(self, user: User, limit: int, before: int | None) -> tuple[list[dict], int | None]: ...
     def get_analysis(self, user: User, analysis_id: str) -> dict | None: ...
     def delete_analysis(self, user: User, analysis_id: str) -> bool: ...
@@ -103,10 +128,18 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._migrate()
         self._remove_orphans()
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        with self._tx() as db:
+            for table, column, declaration in ADDED_COLUMNS:
+                if column not in {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        self._db.executescript(INDEXES)
 
     def _remove_orphans(self) -> None:
         # A crash between writing a file and committing its row leaves a `.part` file: never shown, removed here.
@@ -199,7 +232,9 @@ class Store:
             return db.execute("DELETE FROM sessions WHERE hash = ?", (hash_token(token),)).rowcount > 0
 
     # images
-    def add_image(self, user: User, sha256: str, modality: str, width: int, height: int, png: bytes) -> ImageRecord:
+    def add_image(self, user: User, sha256: str, modality: str, width: int, height: int, png: bytes,
+                  request_key: str | None = None) -> ImageRecord:
+        """Store a new image; DuplicateRequest (nothing written) when the user already used `request_key` here."""
         image_id = uuid.uuid4().hex
         folder = self.images_dir / user.id
         folder.mkdir(parents=True, exist_ok=True)
@@ -209,22 +244,38 @@ class Store:
         record = ImageRecord(image_id, user.id, sha256, modality, width, height, final, now())
         try:
             with self._tx() as db:
-                db.execute("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           (image_id, user.id, sha256, modality, width, height,
-                            str(final.relative_to(self.home)), record.created))
+                existing = self._image_for_key(db, user, request_key) if request_key is not None else None
+                if existing is None:
+                    db.execute("INSERT INTO images (id, user_id, sha256, modality, width, height, file, created, "
+                               "request_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               (image_id, user.id, sha256, modality, width, height,
+                                str(final.relative_to(self.home)), record.created, request_key))
+            if existing is not None:
+                raise DuplicateRequest(existing)
             os.replace(part, final)
         except BaseException:
             part.unlink(missing_ok=True)
             raise
         return record
 
+    def _record(self, row: sqlite3.Row) -> ImageRecord:
+        return ImageRecord(row["id"], row["user_id"], row["sha256"], row["modality"], row["width"], row["height"],
+                           self.home / row["file"], row["created"])
+
+    def _image_for_key(self, db: sqlite3.Connection, user: User, request_key: str) -> ImageRecord | None:
+        row = db.execute("SELECT * FROM images WHERE user_id = ? AND request_key = ?",
+                         (user.id, request_key)).fetchone()
+        return self._record(row) if row else None
+
+    def image_for_key(self, user: User, request_key: str) -> ImageRecord | None:
+        """The image this user stored with this request key (Idempotency-Key), if any."""
+        with self._lock:
+            return self._image_for_key(self._db, user, request_key)
+
     def get_image(self, user: User, image_id: str) -> ImageRecord | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM images WHERE id = ? AND user_id = ?", (image_id, user.id)).fetchone()
-        if row is None:
-            return None
-        return ImageRecord(row["id"], row["user_id"], row["sha256"], row["modality"], row["width"], row["height"],
-                           self.home / row["file"], row["created"])
+        return self._record(row) if row else None
 
     def delete_image(self, user: User, image_id: str) -> None:
         record = self.get_image(user, image_id)
@@ -235,11 +286,29 @@ class Store:
         record.file.unlink(missing_ok=True)
 
     # analyses
-    def add_analysis(self, user: User, image_id: str, summary: dict, result: dict) -> str:
+    def add_analysis(self, user: User, image_id: str, summary: dict, result: dict,
+                     request_key: str | None = None) -> str:
+        """Store a result; DuplicateRequest (nothing written) when the user already used `request_key` here."""
         with self._tx() as db:
-            db.execute("INSERT INTO analyses (id, user_id, image_id, created, summary, result) VALUES (?, ?, ?, ?, ?, ?)",
-                       (result["id"], user.id, image_id, result["created"], json.dumps(summary), json.dumps(result)))
+            existing = self._analysis_for_key(db, user, request_key) if request_key is not None else None
+            if existing is None:
+                db.execute("INSERT INTO analyses (id, user_id, image_id, created, summary, result, request_key) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", (result["id"], user.id, image_id, result["created"],
+                                                            json.dumps(summary), json.dumps(result), request_key))
+        if existing is not None:
+            raise DuplicateRequest(existing)
         return result["id"]
+
+    @staticmethod
+    def _analysis_for_key(db: sqlite3.Connection, user: User, request_key: str) -> dict[str, Any] | None:
+        row = db.execute("SELECT result FROM analyses WHERE user_id = ? AND request_key = ?",
+                         (user.id, request_key)).fetchone()
+        return json.loads(row["result"]) if row else None
+
+    def analysis_for_key(self, user: User, request_key: str) -> dict[str, Any] | None:
+        """The result this user stored with this request key (Idempotency-Key), if any."""
+        with self._lock:
+            return self._analysis_for_key(self._db, user, request_key)
 
     def list_analyses(self, user: User, limit: int, before: int | None = None) -> tuple[list[dict], int | None]:
         """Newest first; returns the page and the cursor of the next one (None at the end)."""

@@ -6,12 +6,12 @@ from starlette.datastructures import UploadFile
 
 from server import pipeline
 from server.auth import current_user
-from server.deps import services
+from server.deps import idempotency_key, services
 from server.engine import Timer
 from server.errors import COMMON_ERRORS, ApiError, ErrorResponse
 from server.pipeline import Services
 from server.schemas import AnalysisOut, AnalysisPage, AnalysisRequest
-from server.store import User
+from server.store import DuplicateRequest, User
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"], responses=COMMON_ERRORS)
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "no such analysis (of this user)"}}
@@ -71,20 +71,32 @@ async def _from_json(request: Request, svc: Services, user: User):
 
 @router.post("", status_code=201, response_model=AnalysisOut, openapi_extra=REQUEST_BODY,
              summary="Segment and classify: an uploaded image_id (JSON) or a file in the same call (multipart)",
-             responses={**NOT_FOUND, 413: {"model": ErrorResponse, "description": "file too large"},
+             responses={**NOT_FOUND, 201: {"description": "analysed and stored"},
+                        200: {"model": AnalysisOut, "description": "a repeat of an Idempotency-Key this user already "
+                                                                  "used here: the stored analysis (same id and "
+                                                                  "body), nothing new run or stored"},
+                        413: {"model": ErrorResponse, "description": "file too large"},
                         415: {"model": ErrorResponse, "description": "not a PNG/JPEG or not JSON/multipart"},
                         503: {"model": ErrorResponse, "description": "queue full, see Retry-After"}})
-async def create_analysis(request: Request, user: User = Depends(current_user),
-                          svc: Services = Depends(services)) -> dict:
+async def create_analysis(request: Request, response: Response, key: str | None = Depends(idempotency_key),
+                          user: User = Depends(current_user), svc: Services = Depends(services)) -> dict:
     timer = Timer()
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        source, prompt = await _from_multipart(request, svc, user, timer)
-    elif content_type.startswith("application/json"):
-        source, prompt = await _from_json(request, svc, user)
-    else:
+    multipart = content_type.startswith("multipart/form-data")
+    if not multipart and not content_type.startswith("application/json"):
         raise ApiError(415, "unsupported_media_type", "send application/json {image_id, prompt} or multipart/form-data")
-    return await pipeline.analyze(svc, user, source, prompt, timer)
+    if key is not None and (stored := svc.history.analysis_for_key(user, key)) is not None:
+        response.status_code = 200  # a retry: the key identifies the request, nothing is run again
+        return stored
+    if multipart:
+        source, prompt = await _from_multipart(request, svc, user, timer)
+    else:
+        source, prompt = await _from_json(request, svc, user)
+    try:
+        return await pipeline.analyze(svc, user, source, prompt, timer, key)
+    except DuplicateRequest as first:  # a concurrent repeat stored its result first: answer with that one
+        response.status_code = 200
+        return first.existing
 
 
 @router.get("", response_model=AnalysisPage, summary="Your analyses, newest first")
