@@ -5,7 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export BRANET_DATA ?= ../shared/data
 
-.PHONY: install serve test clean weights served-weights
+.PHONY: install serve test clean weights served-weights app mobile-test chromium api-types
+
+# The app (mobile/): npm packages when the lock file changes, the web export (served at /app) when a source does.
+APP_SOURCES := $(shell find mobile/app mobile/src -type f 2>/dev/null) mobile/app.json mobile/package-lock.json
+NODE_STAMP := mobile/node_modules/.installed
+APP_BUILD := mobile/dist/index.html
 
 install: $(STAMP)
 
@@ -16,14 +21,39 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m models.fetch_mobilesam
 	touch $(STAMP)
 
-serve: $(STAMP)
+$(NODE_STAMP): mobile/package.json mobile/package-lock.json
+	@command -v npm >/dev/null || { echo "BraNet's app needs Node.js 20 and npm"; exit 1; }
+	cd mobile && npm ci --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+$(APP_BUILD): $(NODE_STAMP) $(APP_SOURCES)
+	cd mobile && rm -rf dist && npx expo export --platform web --output-dir dist
+	touch $(APP_BUILD)
+
+app: $(APP_BUILD)
+
+serve: $(STAMP) app
 	$(VENV)/bin/branet serve --host 127.0.0.1 --port 8000
 
-test: $(STAMP)
+# Debian's chromium for the browser tests (CI runs as root; playwright-core cannot download browsers here).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# The app's own checks: types (strict), lint, unit and component tests, and the native (Android) bundle compiles.
+mobile-test: $(NODE_STAMP)
+	cd mobile && npx tsc --noEmit && npx eslint . && npx jest --ci
+	cd mobile && rm -rf .cache/android-export && npx expo export --platform android --output-dir .cache/android-export >/dev/null
+
+test: $(STAMP) app chromium mobile-test
 	$(PY) -m pytest -q
 
+# After a change to the server's API: the app's OpenAPI copy and its generated types.
+api-types: $(STAMP) $(NODE_STAMP)
+	$(PY) mobile/scripts/openapi.py
+	cd mobile && npx openapi-typescript src/api/openapi.json -o src/api/schema.ts
+
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) .cache .pytest_cache mobile/node_modules mobile/dist mobile/.cache
 
 # The full offline phase (hours on 2 CPU cores): see training/RESULTS.md.
 weights: $(STAMP)

@@ -7,7 +7,10 @@ the Swagger UI and ReDoc bundles come from the pinned `fastapi-offline` package,
 server/static/. Swagger UI's online validator badge (an image from validator.swagger.io) is switched off."""
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from functools import lru_cache
+from importlib.resources import files
+
+from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -17,10 +20,24 @@ STATIC_URL = "/static-docs"
 # (fastapi_offline/static/: swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js).
 PACKAGES = [("server", "static"), ("fastapi_offline", "static")]
 FAVICON = "branet-icon.png"
+# ReDoc's sidebar always draws its maker's logo from a CDN (seen in a real browser with the internet
+# cut off): the bundle is served with that one address pointing at our own icon instead.
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+REDOC_JS = "redoc.offline.js"
+
+
+@lru_cache(maxsize=1)
+def redoc_bundle() -> bytes:
+    source = files("fastapi_offline").joinpath("static", "redoc.standalone.js").read_text(encoding="utf-8")
+    return source.replace(REDOC_LOGO, f"{STATIC_URL}/{FAVICON}").encode()
 
 
 def install(app: FastAPI) -> None:
     """Call on an app created with docs_url=None, redoc_url=None."""
+    @app.get(f"{STATIC_URL}/{REDOC_JS}", include_in_schema=False)
+    def redoc_js() -> Response:
+        return Response(redoc_bundle(), media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
+
     app.mount(STATIC_URL, StaticFiles(packages=PACKAGES), name="docs-assets")
     swagger_parameters = {"validatorUrl": None, **(app.swagger_ui_parameters or {})}
     oauth2_redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
@@ -45,5 +62,5 @@ def install(app: FastAPI) -> None:
         root = request.scope.get("root_path", "")
         return get_redoc_html(
             openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{STATIC_URL}/redoc.standalone.js",
+            redoc_js_url=f"{root}{STATIC_URL}/{REDOC_JS}",
             redoc_favicon_url=f"{root}{STATIC_URL}/{FAVICON}", with_google_fonts=False)

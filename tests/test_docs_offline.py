@@ -66,7 +66,7 @@ def test_every_referenced_asset_is_served_here(api, page):
                         if urlsplit(u).scheme not in ("", "data")]
             assert not external, external
     js = {url for kind, url in refs if kind == "script"}
-    assert any(url.endswith("/swagger-ui-bundle.js" if page == "/docs" else "/redoc.standalone.js") for url in js)
+    assert any(url.endswith("/swagger-ui-bundle.js" if page == "/docs" else "/redoc.offline.js") for url in js)
 
 
 def test_swagger_oauth2_redirect_is_served_here(api):
@@ -80,3 +80,8 @@ def test_the_project_icon_replaces_fastapis(api):
         icons = [url for kind, url in _references(api.get(page).text) if kind == "icon"]
         assert icons == ["/static-docs/branet-icon.png"], icons
         assert api.get(icons[0]).content.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_redoc_bundle_no_longer_names_its_cdn_logo(api):
+    body = api.get("/static-docs/redoc.offline.js").text
+    assert "cdn.redoc.ly" not in body and "/static-docs/branet-icon.png" in body

@@ -20,7 +20,7 @@ export default function SignIn() {
   const [error, setError] = useState<string | null>(null);
   const [check, setCheck] = useState<'idle' | 'checking' | 'ok' | 'fail'>('idle');
 
-  if (session.signedIn) return <Redirect href="/history" />;
+  if (session.signedIn) return <Redirect href="/new" />;
 
   const input = [styles.input, { color: palette.text, borderColor: palette.border, backgroundColor: palette.card }];
   const checkServer = async () => {

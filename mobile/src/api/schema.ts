@@ -176,6 +176,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/images/{image_id}/image.png": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Your stored image as a grayscale PNG (as the classifier reads it) */
+        get: operations["get_image_png_v1_images__image_id__image_png_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/images/{image_id}/segment": {
         parameters: {
             query?: never;
@@ -1011,7 +1028,10 @@ export interface operations {
     create_analysis_v1_analyses_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Optional. A key the client makes for one request (1-128 characters of A-Z a-z 0-9 _ -) and sends again with every retry of it (after a network failure). The key identifies the request, per user and per route: a repeat of a key this user already used here answers 200 with what the first request stored (the same id), does no new work and stores nothing, whatever else the repeat sends. Deleting what the first request created frees its key. */
+                "Idempotency-Key"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1032,7 +1052,16 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description a repeat of an Idempotency-Key this user already used here: the stored analysis (same id and body), nothing new run or stored */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AnalysisOut"];
+                };
+            };
+            /** @description analysed and stored */
             201: {
                 headers: {
                     [name: string]: unknown;
@@ -1363,7 +1392,10 @@ export interface operations {
     upload_image_v1_images_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Optional. A key the client makes for one request (1-128 characters of A-Z a-z 0-9 _ -) and sends again with every retry of it (after a network failure). The key identifies the request, per user and per route: a repeat of a key this user already used here answers 200 with what the first request stored (the same id), does no new work and stores nothing, whatever else the repeat sends. Deleting what the first request created frees its key. */
+                "Idempotency-Key"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1373,7 +1405,16 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description a repeat of an Idempotency-Key this user already used here: the first upload's image, nothing new */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ImageOut"];
+                };
+            };
+            /** @description stored (the image is new) */
             201: {
                 headers: {
                     [name: string]: unknown;
@@ -1420,6 +1461,55 @@ export interface operations {
             };
             /** @description queue full, see Retry-After */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    get_image_png_v1_images__image_id__image_png_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the stored image, 8-bit gray */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": unknown;
+                };
+            };
+            /** @description missing or unknown token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description no such image (of this user) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description invalid request */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -1,0 +1,156 @@
+// End to end in a real browser against a real `branet serve` (started by tests/test_app_e2e.py):
+// sign in with a password, upload a real BUSI image, draw a box, see the outline, classify, find the
+// result in history, open it, delete it; a wrong password and an oversized file give their messages.
+// Phone and tablet viewports; a screenshot of every step in $OUT. Then /docs and /redoc, offline.
+//
+// env: BASE_URL, USERNAME, PASSWORD, IMAGE (PNG path), IMAGE_W, IMAGE_H, BOX ("x0,y0,x1,y1" in image
+// pixels), BIG_FILE (a file over the upload limit), OUT (screenshot folder)
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { launch } from './browser.mjs';
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`set ${name}`);
+  return value;
+};
+const BASE = env('BASE_URL');
+const OUT = env('OUT');
+const [X0, Y0, X1, Y1] = env('BOX').split(',').map(Number);
+const IMAGE_W = Number(env('IMAGE_W'));
+mkdirSync(OUT, { recursive: true });
+
+const VIEWPORTS = { phone: { width: 390, height: 844 }, tablet: { width: 1024, height: 1366 } };
+const TIMEOUT = 60_000;
+
+async function step(page, name, fn) {
+  const started = Date.now();
+  try {
+    await fn();
+  } finally {
+    await page.screenshot({ path: join(OUT, `${name}.png`), fullPage: true });
+  }
+  console.log(`ok ${name} (${Date.now() - started} ms)`);
+}
+
+const byTest = (page, id) => page.getByTestId(id).first();
+
+async function chooseFile(page, path) {
+  const [chooser] = await Promise.all([page.waitForEvent('filechooser', { timeout: TIMEOUT }), byTest(page, 'pick-file').click()]);
+  await chooser.setFiles(path);
+}
+
+async function appFlow(open, label, viewport) {
+  const page = await open(viewport);
+  page.setDefaultTimeout(TIMEOUT);
+  const s = (name, fn) => step(page, `${label}-${name}`, fn);
+
+  await s('01-sign-in', async () => {
+    await page.goto(`${BASE}/app`);
+    await byTest(page, 'username').waitFor();
+  });
+  await s('02-wrong-password', async () => {
+    await byTest(page, 'username').fill(env('USERNAME'));
+    await byTest(page, 'password').fill('not-the-password');
+    await byTest(page, 'sign-in').click();
+    await page.getByText('Wrong user name or password.').waitFor();
+  });
+  await s('03-signed-in', async () => {
+    await byTest(page, 'password').fill(env('PASSWORD'));
+    await byTest(page, 'sign-in').click();
+    await byTest(page, 'pick-file').waitFor();
+  });
+  await s('04-oversized-file', async () => {
+    await chooseFile(page, env('BIG_FILE'));
+    await page.getByText('The file is larger than 10 MB.').waitFor();
+  });
+  await s('05-uploaded', async () => {
+    await chooseFile(page, env('IMAGE'));
+    await byTest(page, 'canvas-image').waitFor();
+    await page.waitForFunction(() => {
+      const img = document.querySelector('[data-testid="canvas-image"] img') ?? document.querySelector('[data-testid="canvas-image"]');
+      return img && img.getBoundingClientRect().width > 50;
+    });
+  });
+  await s('06-box-and-outline', async () => {
+    const canvas = byTest(page, 'image-canvas');
+    await canvas.scrollIntoViewIfNeeded();
+    const frame = await canvas.boundingBox();
+    const scale = frame.width / IMAGE_W;
+    const at = (x, y) => [frame.x + x * scale, frame.y + y * scale];
+    await page.mouse.move(...at(X0, Y0));
+    await page.mouse.down();
+    await page.mouse.move(...at((X0 + X1) / 2, (Y0 + Y1) / 2), { steps: 4 });
+    await page.mouse.move(...at(X1, Y1), { steps: 4 });
+    await page.mouse.up();
+    await byTest(page, 'canvas-box').waitFor();
+    await byTest(page, 'canvas-overlay-0').waitFor();
+    await byTest(page, 'segmentation-info').waitFor();
+  });
+  await s('07-classified', async () => {
+    await byTest(page, 'classify').click();
+    await byTest(page, 'result-label').waitFor();
+    const label = await byTest(page, 'result-label').innerText();
+    assert.match(label, /^(Benign|Malignant)$/);
+    assert.equal(await byTest(page, 'notice').innerText(), 'Research use only. Not for clinical diagnosis.');
+    await byTest(page, 'threshold-mark').waitFor();
+    assert.match(await byTest(page, 'model-quality').innerText(), /AUC 0\.\d\d/);
+    await byTest(page, 'heatmap-toggle').click();
+    await byTest(page, 'heatmap-image').waitFor();
+  });
+  await s('08-history', async () => {
+    await page.goto(`${BASE}/app/history`);
+    await byTest(page, 'history-item').waitFor();
+    assert.equal(await page.getByTestId('history-item').count(), 1);
+  });
+  await s('09-detail', async () => {
+    await byTest(page, 'history-item').click();
+    await byTest(page, 'result-label').waitFor();
+    await byTest(page, 'canvas-overlay-0').waitFor();
+  });
+  await s('10-deleted', async () => {
+    await byTest(page, 'delete').click();
+    await byTest(page, 'confirm-delete').click();
+    await byTest(page, 'history-empty').waitFor();
+  });
+  await s('11-signed-out', async () => {
+    await page.goto(`${BASE}/app/profile`);
+    await byTest(page, 'profile-user').waitFor();
+    assert.match(await byTest(page, 'profile-user').innerText(), new RegExp(env('USERNAME')));
+    await byTest(page, 'sign-out').click();
+    await byTest(page, 'username').waitFor();
+  });
+  await page.context().close();
+}
+
+async function docs(open) {
+  const page = await open(VIEWPORTS.tablet);
+  page.setDefaultTimeout(TIMEOUT);
+  await step(page, 'docs-swagger', async () => {
+    await page.goto(`${BASE}/docs`);
+    await page.locator('.opblock-summary-path', { hasText: '/v1/analyses' }).first().waitFor();
+    const healthz = page.locator('.opblock-summary', { hasText: '/healthz' }).first();
+    await healthz.click();
+    await page.getByRole('button', { name: 'Try it out' }).first().click();
+    await page.getByRole('button', { name: 'Execute' }).first().click();
+    await page.locator('.response-col_status', { hasText: '200' }).first().waitFor();
+  });
+  await step(page, 'docs-redoc', async () => {
+    await page.goto(`${BASE}/redoc`);
+    await page.getByText('/v1/analyses').first().waitFor();
+  });
+  await page.context().close();
+}
+
+const { browser, page: open, outside } = await launch();
+try {
+  await appFlow(open, 'phone', VIEWPORTS.phone);
+  await appFlow(open, 'tablet', VIEWPORTS.tablet);
+  await docs(open);
+} finally {
+  await browser.close();
+}
+assert.deepEqual(outside, [], `requests to outside addresses: ${outside.join(', ')}`);
+console.log('e2e passed');

@@ -1,0 +1,87 @@
+"""The app end to end in Debian's chromium (playwright-core) against a real `branet serve` with the
+real models and the web export in mobile/dist: mobile/e2e/app.e2e.mjs drives it (phone and tablet),
+then /docs and /redoc; any request to a non-loopback address fails the run. Screenshots of every
+step land in .cache/test-output/app-e2e/. `make test` builds the export and installs chromium first."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.preprocessing import box_of_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+MOBILE = ROOT / "mobile"
+OUT = ROOT / ".cache" / "test-output" / "app-e2e"
+PASSWORD = "correct horse 42"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    for needed, how in [(MOBILE / "dist" / "index.html", "make app"), (MOBILE / "node_modules" / "playwright-core", "make app"),
+                        (Path(shutil.which("chromium") or "/nonexistent"), "make chromium")]:
+        if not needed.exists():
+            pytest.fail(f"{needed} is missing: run `{how}` (make test does)")
+    home = tmp_path_factory.mktemp("e2e-home")
+    env = {**os.environ, "BRANET_HOME": str(home), "BRANET_CREATE_DEV_USER": "false", "BRANET_APP_DIR": str(MOBILE / "dist")}
+    branet = str(Path(sys.executable).with_name("branet"))
+    subprocess.run([branet, "users", "add", "clinician", "--password-stdin"], input=PASSWORD + "\n", text=True,
+                   env=env, check=True, capture_output=True)
+    port = free_port()
+    log = (home / "server.log").open("w")
+    proc = subprocess.Popen([branet, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).json().get("ready"):
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {(home / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield base, home
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_the_app_in_a_real_browser(server, busi_dir, tmp_path):
+    base, home = server
+    folder = busi_dir / "malignant"
+    image = folder / "malignant (1).png"
+    mask = np.asarray(Image.open(folder / "malignant (1)_mask.png").convert("L")) > 0
+    width, height = Image.open(image).size
+    big = tmp_path / "too-big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(10 * 1024 * 1024 + 1024))
+    env = {**os.environ, "BASE_URL": base, "USERNAME": "clinician", "PASSWORD": PASSWORD, "IMAGE": str(image),
+           "IMAGE_W": str(width), "IMAGE_H": str(height), "BOX": ",".join(str(int(v)) for v in box_of_mask(mask)),
+           "BIG_FILE": str(big), "OUT": str(OUT)}
+    run = subprocess.run(["node", "e2e/app.e2e.mjs"], cwd=MOBILE, env=env, capture_output=True, text=True, timeout=900)
+    print(run.stdout)
+    assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}\nserver log:\n{(home / 'server.log').read_text()[-3000:]}"
+    shots = sorted(p.name for p in OUT.glob("*.png"))
+    assert {"phone-07-classified.png", "tablet-07-classified.png", "docs-swagger.png", "docs-redoc.png"} <= set(shots)
+
+
+def test_the_app_types_match_the_server_api():
+    """The app's OpenAPI copy (its types are generated from it) is the server's: they cannot drift."""
+    run = subprocess.run([sys.executable, str(MOBILE / "scripts" / "openapi.py"), "--check"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
