@@ -77,7 +77,8 @@ for (const c of CASES) {
   let n0 = Date.now();
   await chooser.setFiles(c.path);
   await imgLoaded('canvas-image');
-  const image = { total: Date.now() - t0, api: waited(await since(n0), (x) => x.path === '/v1/images' || x.path.endsWith('/image.png')) };
+  const shown = Date.now() - t0;
+  const image = { total: shown, api: waited(await since(n0), (x) => x.path === '/v1/images' || x.path.endsWith('/image.png')) };
 
   const outlines = [];
   let previous = null;
@@ -95,11 +96,20 @@ for (const c of CASES) {
 
   n0 = Date.now();
   t0 = Date.now();
+  const marks = {};
+  const onResponse = (res) => { const u = new URL(res.url()); if (u.pathname.startsWith('/v1/')) marks[`${res.request().method()} ${u.pathname.replace(/[0-9a-f]{32}/, 'ID')}`] = Date.now() - t0; };
+  page.on('response', onResponse);
   await byTest('classify').click();
+  await page.waitForURL(/analysis/);
+  marks.url = Date.now() - t0;
   await byTest('result-label').waitFor();
+  const total = Date.now() - t0;
+  marks.label = total;
+  page.off('response', onResponse);
+  if (process.env.DEBUG_MARKS) console.error(JSON.stringify(marks));
   const post = (await since(n0)).filter((x) => x.method === 'POST' && x.path === '/v1/analyses');
   const classify = {
-    total: Date.now() - t0,
+    total,
     api: waited(await since(n0), (x) => (x.method === 'POST' && x.path === '/v1/analyses') || (x.method === 'GET' && /^\/v1\/analyses\/[0-9a-f]+$/.test(x.path))),
     server: post.at(-1)?.timings ?? null,
   };

@@ -4,6 +4,7 @@ import { useEffect, useState } from 'react';
 import { ActivityIndicator } from 'react-native';
 
 import type { Analysis, ServedClassifier } from '../../src/api/client';
+import { forget, recall } from '../../src/api/recent';
 import { ImageCanvas } from '../../src/components/ImageCanvas';
 import { ResultCard } from '../../src/components/ResultCard';
 import { Body, Button, Card, Message, Page, Row } from '../../src/components/ui';
@@ -17,7 +18,7 @@ export default function AnalysisDetail() {
   const { t, language } = useI18n();
   const router = useRouter();
   const { client, handleError } = useSession();
-  const [analysis, setAnalysis] = useState<Analysis | null>(null);
+  const [analysis, setAnalysis] = useState<Analysis | null>(() => recall(id));
   const [classifier, setClassifier] = useState<ServedClassifier | null>(null);
   const [uri, setUri] = useState<string | null>(null);
   const [outline, setOutline] = useState<string | null>(null);
@@ -29,11 +30,9 @@ export default function AnalysisDetail() {
     let live = true;
     void (async () => {
       try {
-        const result = await client.analysis(id);
+        const result = recall(id) ?? (await client.analysis(id));
         if (!live) return;
         setAnalysis(result);
-        const seg = result.segmentation;
-        setOutline(overlayUri(maskFromRle(seg.mask_rle.size, seg.mask_rle.counts), [231, 76, 60]));
         const [image, models] = await Promise.all([client.imageUri(result.image_id), client.models()]);
         if (!live) return;
         setUri(image);
@@ -49,10 +48,19 @@ export default function AnalysisDetail() {
     };
   }, [client, id, handleError, t]);
 
+  // The outline is drawn after the result is on screen: the label should not wait for it.
+  useEffect(() => {
+    if (!analysis) return;
+    const seg = analysis.segmentation;
+    const timer = setTimeout(() => setOutline(overlayUri(maskFromRle(seg.mask_rle.size, seg.mask_rle.counts), [231, 76, 60])), 0);
+    return () => clearTimeout(timer);
+  }, [analysis]);
+
   const remove = async () => {
     setDeleting(true);
     try {
       await client.deleteAnalysis(id);
+      forget(id);
       router.replace('/history');
     } catch (err) {
       handleError(err);

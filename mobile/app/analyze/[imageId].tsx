@@ -5,6 +5,7 @@ import { useEffect, useMemo, useRef, useState } from 'react';
 import { ActivityIndicator } from 'react-native';
 
 import { requestKey, type Segmentation } from '../../src/api/client';
+import { remember } from '../../src/api/recent';
 import { ImageCanvas, type DrawMode } from '../../src/components/ImageCanvas';
 import { Body, Button, Card, Message, Notice, Page, Row } from '../../src/components/ui';
 import { maskFromRle, overlayUri } from '../../src/image/mask';
@@ -99,6 +100,7 @@ export default function Analyze() {
     setError(null);
     try {
       const analysis = await client.analyze(params.imageId, chosen, classifyKey.current.key);
+      remember(analysis);
       router.push({ pathname: '/analysis/[id]', params: { id: analysis.id } });
     } catch (err) {
       handleError(err);
