@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from models.preprocessing import box_of_mask
-from training.datasets import cbis_ddsm, discover, folders, imaging, inbreast, udiat, vindr
+from training.datasets import busbra, cbis_ddsm, discover, folders, imaging, inbreast, udiat, vindr
 from training.prepare import prepare
 from training.roi_table import read_table
 
@@ -425,7 +425,7 @@ def test_folders_whole_image_rois_and_modality(tmp_path):
 
 # ---------------------------------------------------------------- layouts do not claim each other
 
-def test_each_layout_is_found_by_its_adapter_only(tmp_path, busi_dir, mias_dir):
+def test_each_layout_is_found_by_its_adapter_only(tmp_path, busi_dir, mias_dir, busbra_dir):
     roots = {
         "cbis_ddsm": make_cbis(tmp_path / "cbis"),
         "inbreast": make_inbreast(tmp_path / "inbreast"),
@@ -441,13 +441,103 @@ def test_each_layout_is_found_by_its_adapter_only(tmp_path, busi_dir, mias_dir):
     roots["mias"] = tmp_path / "mias"
     (roots["mias"] / "all-mias").mkdir(parents=True)
     shutil.copy(mias_dir / "Info.txt", roots["mias"] / "Info.txt")
+    roots["busbra"] = busbra_copy(busbra_dir, tmp_path / "busbra", ["bus_0001-l"])
     found = [(a.NAME, r) for a, r in discover(tmp_path)]
     assert sorted(found) == sorted(roots.items())
 
 
-def test_shared_data_is_still_only_busi_and_mias(data_dir):
+def test_shared_data_is_busi_busbra_and_mias(data_dir):
     assert [(a.NAME, r) for a, r in discover(data_dir)] == [
-        ("busi", data_dir / "busi" / "Dataset_BUSI_with_GT"), ("mias", data_dir / "mias")]
+        ("busi", data_dir / "busi" / "Dataset_BUSI_with_GT"), ("busbra", data_dir / "busbra" / "BUSBRA"),
+        ("mias", data_dir / "mias")]
+
+
+# ---------------------------------------------------------------- BUS-BRA (real files)
+
+@pytest.fixture(scope="session")
+def busbra_dir(data_dir) -> Path:
+    return data_dir / "busbra" / "BUSBRA"
+
+
+def busbra_rows(busbra_dir: Path) -> dict[str, dict[str, str]]:
+    with open(busbra_dir / "bus_data.csv", newline="") as f:
+        return {r["ID"]: r for r in csv.DictReader(f)}
+
+
+def busbra_copy(busbra_dir: Path, root: Path, ids: list[str], extra_rows: list[dict] = ()) -> Path:
+    """A small BUS-BRA in its own layout: the real files and CSV rows of `ids` (+ `extra_rows`)."""
+    (root / "Images").mkdir(parents=True)
+    (root / "Masks").mkdir()
+    table = busbra_rows(busbra_dir)
+    for i in ids:
+        shutil.copy(busbra_dir / "Images" / f"{i}.png", root / "Images")
+        shutil.copy(busbra_dir / "Masks" / busbra.mask_name(i), root / "Masks")
+    with open(busbra_dir / "bus_data.csv", newline="") as f:
+        header = next(csv.reader(f))
+    with open(root / "bus_data.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerows([table[i] for i in ids] + list(extra_rows))
+    return root
+
+
+def test_busbra_reads_the_real_set(busbra_dir):
+    records, warnings = run(busbra, busbra_dir)
+    assert warnings == []
+    assert len(records) == 902 and sum(r.label == "malignant" for r in records) == 285
+    assert {r.source for r in records} == {"busbra"} and {r.modality for r in records} == {"us"}
+    table = busbra_rows(busbra_dir)
+    # one group per patient (Case): 488, and both views of a patient share it
+    assert len({r.group for r in records}) == 488
+    for r in records:
+        row = table[r.lesion_id.removeprefix("busbra:")]
+        assert r.group == f"busbra:{row['Case']}" and r.label == row["Pathology"]
+        assert Path(r.image_path).name == f"{row['ID']}.png"
+    first = {r.lesion_id: r for r in records}["busbra:bus_0001-l"]
+    with Image.open(busbra_dir / "Masks" / "mask_0001-l.png") as m:
+        assert first.box == box_of_mask(np.asarray(m.convert("L")) > 0) == busbra.bbox_of_csv("[91,24,103,79]")
+    assert first.note == "invasive ductal carcinoma; BI-RADS 4"
+
+
+def test_busbra_bad_input_is_named_and_the_rest_is_read(tmp_path, busbra_dir):
+    good = ["bus_0001-l", "bus_0001-r", "bus_0002-l", "bus_0003-l"]
+    table = busbra_rows(busbra_dir)
+    root = busbra_copy(busbra_dir, tmp_path / "data" / "BUSBRA",
+                       good + ["bus_0002-r", "bus_0004-l", "bus_0005-l", "bus_0006-s"],
+                       extra_rows=[table["bus_0007-l"]])  # a row whose image is not there
+    (root / "Masks" / "mask_0002-r.png").unlink()                          # image without its mask
+    resized = root / "Masks" / "mask_0004-l.png"                           # mask of another size
+    with Image.open(resized) as m:
+        m.resize((m.width // 2, m.height // 2)).save(resized)
+    text = (root / "bus_data.csv").read_text()
+    for i, new in (("bus_0005-l", "borderline"), ("bus_0003-l", "Malignant ")):  # unknown; case and space
+        old = table[i]["Pathology"]
+        text = text.replace(f"{i},{table[i]['Case']},{table[i]['Histology']},{old},",
+                            f"{i},{table[i]['Case']},{table[i]['Histology']},{new},")
+    text = text.replace('"[91,24,103,79]"', '"[9,24,103,79]"')              # BBOX far from the mask: kept
+    (root / "bus_data.csv").write_text(text)
+    shutil.copy(busbra_dir / "Images" / "bus_0008-l.png", root / "Images")  # an image with no CSV row
+
+    assert [(a.NAME, r) for a, r in discover(tmp_path / "data")] == [("busbra", root)]
+    records, summary = prepare(tmp_path / "data", tmp_path / "out", log=lambda m: None)
+    ids = [r.lesion_id for r in records]
+    assert ids == ["busbra:bus_0001-l", "busbra:bus_0001-r", "busbra:bus_0002-l", "busbra:bus_0003-l",
+                   "busbra:bus_0006-s"]
+    assert {r.lesion_id: r.label for r in records}["busbra:bus_0003-l"] == "malignant"
+    ws = summary.warnings
+    assert warned(ws, "mask_0002-r.png", "not found", "bus_0002-r.png")
+    assert warned(ws, "mask_0004-l.png", "mask is", "but image bus_0004-l.png is")
+    assert warned(ws, "bus_data.csv:", "bus_0005-l", "unknown Pathology 'borderline'")
+    assert warned(ws, "bus_0007-l.png", "not found", "bus_data.csv:10")
+    assert warned(ws, "bus_0008-l.png", "not listed")
+    assert warned(ws, "bus_0001-l BBOX [9,24,103,79]", "mask_0001-l.png", "the mask's box is used")
+    assert len(ws) == 6, ws
+    assert read_table(tmp_path / "out" / "rois.csv") == records
+    # prepare --sources: only the named layouts; an unknown name is an error naming the known ones
+    with pytest.raises(ValueError, match=r"no busi dataset under .*data \(it holds: busbra\)"):
+        prepare(tmp_path / "data", tmp_path / "none", log=lambda m: None, sources=["busi"])
+    with pytest.raises(ValueError, match="unknown source nope .*busbra"):
+        prepare(tmp_path / "data", tmp_path / "none", log=lambda m: None, sources=["nope"])
 
 
 # ---------------------------------------------------------------- BUSI with broken files (real images)

@@ -17,6 +17,8 @@ def real_table(data_dir, tmp_path_factory):
 def test_real_counts_match_the_published_sets(real_table):
     out, records, summary = real_table
     assert summary.counts["busi"] == {"benign": 437, "malignant": 210, "normal": 133}
+    assert summary.counts["busbra"] == {"benign": 617, "malignant": 285}  # GE Logiq 7 part: 902 images
+    assert summary.groups["busbra"] == 488  # patients
     # mini-MIAS here: 123 abnormal rows, 4 without coordinates; the 205 absent images are skipped.
     assert summary.counts["mias"]["benign"] + summary.counts["mias"]["malignant"] == 119
     assert any("mdb059" in w and "no coordinates" in w for w in summary.warnings)

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from training.datasets import discover, known_layouts
+from training.datasets import adapters, discover, known_layouts
 from training.roi_table import RoiRecord, Summary, read_table, summarize, summary_markdown, write_summary, write_table
 
 
@@ -19,13 +19,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=Path(os.environ.get("BRANET_DATA", "../shared/data")),
                    help="folder holding one or more datasets (default: $BRANET_DATA or ../shared/data)")
     p.add_argument("--out", type=Path, required=True, help="output folder for rois.csv and summary")
+    p.add_argument("--sources", nargs="+", default=None, metavar="NAME",
+                   help=f"read only these layouts (default: every one found; known: {known_layouts()})")
 
 
-def prepare(data: Path, out: Path, log=print) -> tuple[list[RoiRecord], Summary]:
+def prepare(data: Path, out: Path, log=print, sources: list[str] | None = None) -> tuple[list[RoiRecord], Summary]:
     data = Path(data)
     if not data.is_dir():
         raise LayoutError(f"data folder not found: {data}")
     found = discover(data)
+    if sources is not None:
+        unknown = sorted(set(sources) - {a.NAME for a in adapters()})
+        if unknown:
+            raise LayoutError(f"unknown source {', '.join(unknown)} (known: {known_layouts()})")
+        kept = [(a, r) for a, r in found if a.NAME in sources]
+        if found and not kept:
+            raise LayoutError(f"no {', '.join(sources)} dataset under {data} "
+                              f"(it holds: {', '.join(sorted({a.NAME for a, _ in found}))})")
+        found = kept
     if not found:
         raise LayoutError(f"no dataset in a known layout under {data} (known: {known_layouts()})")
     records: list[RoiRecord] = []
@@ -52,12 +63,20 @@ def prepared(data: Path, log=print) -> list[RoiRecord]:
     data = Path(data)
     if (data / "rois.csv").is_file():
         return read_table(data / "rois.csv")
-    key = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:16]
+    # The adapters' code is part of the key: a new or changed adapter (e.g. BUS-BRA) must not be
+    # answered with a table prepared before it existed.
+    key = hashlib.sha256(str(data.resolve()).encode() + _adapters_digest()).hexdigest()[:16]
     out = cache_root() / "prepared" / key
     if (out / "rois.csv").is_file() and (out / "rois.csv").stat().st_mtime >= _newest_mtime(data):
         return read_table(out / "rois.csv")
     prepare(data, out, log)
     return read_table(out / "rois.csv")  # the same record values (float boxes) as every later cached read
+
+
+def _adapters_digest() -> bytes:
+    from training import datasets, roi_table
+    files = sorted(Path(datasets.__file__).parent.glob("*.py")) + [Path(roi_table.__file__)]
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).digest()
 
 
 def _newest_mtime(data: Path) -> float:
@@ -66,7 +85,7 @@ def _newest_mtime(data: Path) -> float:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        _, summary = prepare(args.data, args.out)
+        _, summary = prepare(args.data, args.out, sources=args.sources)
     except LayoutError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -31,7 +31,8 @@ step() {  # step NAME COMMAND...: run it and log its wall time
   log_minutes "$name" "$t0"
 }
 
-step prepare $PY -m training prepare --data "$DATA" --out "$RUNS/rois"
+# BUSI and mini-MIAS only: the served recipe as measured; BUS-BRA (issue 21) joins it once its ablation chooses
+step prepare $PY -m training prepare --data "$DATA" --sources busi mias --out "$RUNS/rois"
 step us-classifier $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source sam --mask-channel \
   "${QUICK[@]}" --out "$RUNS/us-sam-mask"
 # The probe over every stage of LiteMedSAM's encoder, fitted on clean + marked + scanner-shifted views

@@ -11,6 +11,7 @@ from types import ModuleType
 
 ADAPTER_MODULES = [
     "training.datasets.busi",
+    "training.datasets.busbra",
     "training.datasets.mias",
     "training.datasets.cbis_ddsm",
     "training.datasets.inbreast",
