@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -18,11 +17,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.utils.amg import mask_to_rle_pytorch
 
+from models.guarded_image import ImageRejected, open_checked
 from models.preprocessing import box_of_mask
 from models.sam import LoadedSam
 
@@ -60,6 +59,17 @@ class Prompt(BaseModel):
                                              description="[x, y, label]: label 1 = lesion, 0 = background")
     mask: str | None = Field(None, description="PNG (base64) of the image's size; non-zero = lesion",
                              max_length=16_000_000)
+    _drawn: np.ndarray | None = PrivateAttr(None)  # the mask already decoded (decode_mask_png), off the model's thread
+
+    def with_drawn(self, mask: np.ndarray) -> "Prompt":
+        """This mask prompt carrying its decoded mask, so `predict` does not decode it again."""
+        prompt = self.model_copy()
+        prompt._drawn = mask
+        return prompt
+
+    @property
+    def drawn(self) -> np.ndarray | None:
+        return self._drawn
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Prompt":
@@ -105,13 +115,18 @@ class Segmentation:
 
 
 def decode_mask_png(data: str, width: int, height: int) -> np.ndarray:
+    """A drawn ROI: a base64 PNG of exactly the image's size (checked from its header before anything is
+    decoded, so its cost is bounded by the image's own size), non-zero = lesion."""
     try:
-        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
-        image.load()
-    except (binascii.Error, ValueError, OSError) as err:
-        raise PromptError(f"prompt mask is not a base64 PNG: {err}") from err
-    if image.size != (width, height):
-        raise PromptError(f"prompt mask is {image.size[0]}x{image.size[1]}, the image is {width}x{height}")
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise PromptError("prompt mask is not a base64 PNG: the text is not valid base64") from None
+    try:
+        image, _ = open_checked(raw, width * height, "prompt mask", formats=("png",), size=(width, height))
+    except ImageRejected as err:
+        if err.code == "unsupported_media_type":
+            raise PromptError("prompt mask is not a base64 PNG (of the image's size)") from None
+        raise PromptError(err.message) from None
     mask = np.asarray(image.convert("L")) > 0
     if not mask.any():
         raise PromptError("prompt mask is empty: draw over the lesion")
@@ -210,7 +225,10 @@ class SamSegmenter:
         if prompt.kind == "box":
             box = check_box(prompt.box, width, height)
         elif prompt.kind == "mask":
-            drawn = box_of_mask(decode_mask_png(prompt.mask, width, height))
+            mask = prompt.drawn
+            if mask is None or mask.shape != (height, width):
+                mask = decode_mask_png(prompt.mask, width, height)
+            drawn = box_of_mask(mask)
             box = np.asarray(drawn, dtype=np.float32)
         elif prompt.kind == "points":
             coords, labels = check_points(prompt.points, width, height)

@@ -17,7 +17,7 @@ import numpy as np
 from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from models.segmentation import NoLesionFound, Prompt, PromptError, Segmentation, mask_rle
+from models.segmentation import NoLesionFound, Prompt, PromptError, Segmentation, decode_mask_png, mask_rle
 from server import render
 from server.engine import Engine, Timer
 from server.errors import ApiError
@@ -142,6 +142,19 @@ def _segment(services: Services, source: Source, prompt: Prompt, timer: Timer) -
         raise ApiError(422, "no_lesion_found", str(err)) from err
 
 
+async def drawn(prompt: Prompt, source: Source) -> Prompt:
+    """A mask prompt with its mask decoded here, in the thread pool, not on the one inference thread (its
+    header is checked against the image's size first, so one prompt costs at most one image's decode)."""
+    if prompt.kind != "mask":
+        return prompt
+    height, width = source.rgb.shape[:2]
+    try:
+        mask = await run_in_threadpool(decode_mask_png, prompt.mask, width, height)
+    except PromptError as err:
+        raise ApiError(422, "invalid_prompt", str(err)) from None
+    return prompt.with_drawn(mask)
+
+
 SAM_STAGES = ("encode", "decode", "auto_segment")
 
 
@@ -153,7 +166,8 @@ def segmentation_out(seg: Segmentation, timings: dict[str, float]) -> dict:
 
 async def segment(services: Services, record: ImageRecord, prompt: Prompt) -> dict:
     timer = Timer()
-    seg = await services.engine.run(_segment, services, await stored_source(services, record), prompt, timer)
+    source = await stored_source(services, record)
+    seg = await services.engine.run(_segment, services, source, await drawn(prompt, source), timer)
     observe_stages(timer.ms)
     return segmentation_out(seg, timer.ms)
 
@@ -163,6 +177,7 @@ async def analyze(services: Services, user: User, source: Source, prompt: Prompt
     """Segment + classify; the result (and a new image) is stored only once all of it exists."""
     start = time.perf_counter() - sum(timer.ms.values()) / 1000  # upload stages already ran
     engine = services.engine
+    prompt = await drawn(prompt, source)
 
     def job():
         seg = _segment(services, source, prompt, timer)

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from models import guarded_image
 from models.preprocessing import to_gray
 from server.errors import ApiError
 from server.settings import Settings
 
-MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
+MAGIC = {guarded_image.PNG_MAGIC: "png", guarded_image.JPEG_MAGIC: "jpeg"}
 
 
 @dataclass
@@ -39,10 +39,15 @@ class DecodedImage:
 
 
 def sniff(data: bytes) -> str:
-    for magic, fmt in MAGIC.items():
-        if data.startswith(magic):
-            return fmt
-    raise ApiError(415, "unsupported_media_type", "the file is not a PNG or JPEG image (checked by its content)")
+    fmt = guarded_image.sniff(data)
+    if fmt is None:
+        raise ApiError(415, "unsupported_media_type", "the file is not a PNG or JPEG image (checked by its content)")
+    return fmt
+
+
+def rejected(err: guarded_image.ImageRejected) -> ApiError:
+    """Our message for a refused image; 415 when it is not a PNG/JPEG at all, else 422."""
+    return ApiError(415 if err.code == "unsupported_media_type" else 422, err.code, err.message)
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -60,25 +65,15 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 def decode(data: bytes, settings: Settings) -> DecodedImage:
     if not data:
         raise ApiError(422, "empty_file", "the uploaded file is empty")
-    fmt = sniff(data)
+    sniff(data)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > settings.max_pixels:
-                raise ApiError(422, "too_many_pixels",
-                               f"image is {width}x{height} = {width * height} pixels, the limit is {settings.max_pixels}")
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            rgb = _to_rgb(image)
-    except ApiError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ApiError(422, "too_many_pixels", f"image has too many pixels, the limit is {settings.max_pixels} "
-                                                "(decompression-bomb guard)") from err
-    except (OSError, ValueError, SyntaxError, EOFError) as err:  # Pillow's ways of saying corrupt/truncated
-        raise ApiError(422, "corrupt_image", f"the {fmt.upper()} data cannot be decoded (truncated or corrupt): {err}") from err
+        image, fmt = guarded_image.open_checked(data, settings.max_pixels)
+        image = ImageOps.exif_transpose(image)
+        rgb = _to_rgb(image)
+    except guarded_image.ImageRejected as err:
+        raise rejected(err) from None
+    except Exception as err:  # EXIF or an odd mode that Pillow cannot convert; its text stays out of the answer
+        raise ApiError(422, "corrupt_image", "the image data cannot be decoded (truncated or corrupt)") from err
     height, width = rgb.shape[:2]
     if min(width, height) < settings.min_side:
         raise ApiError(422, "image_too_small", f"image is {width}x{height}; each side needs at least {settings.min_side} pixels")

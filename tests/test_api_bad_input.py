@@ -5,7 +5,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import sqlite3
+import struct
+import time
+import zlib
 
 import numpy as np
 import pytest
@@ -45,9 +49,40 @@ def analyze(api, headers, data: bytes, prompt=None, modality="us"):
     return api.post("/v1/analyses", files={"file": ("scan.png", data)}, data=form, headers=headers)
 
 
+def png_declaring(width: int, height: int, rows: int = 4) -> bytes:
+    """A real PNG (valid chunks and CRCs) whose IHDR declares width x height one-bit pixels, with the
+    compressed data of only its first rows: a few hundred bytes that say "decode 900 M pixels"."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, grayscale, deflate, no interlace
+    idat = zlib.compress((b"\0" + b"\xff" * ((width + 7) // 8)) * rows)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def bomb() -> bytes:
-    # 30000 x 30000 one-bit pixels: a few kB of PNG, 900 M pixels once decoded.
-    return encode(Image.new("1", (30000, 30000)), optimize=True)
+    return png_declaring(30000, 30000)
+
+
+def jpeg_bomb() -> bytes:
+    """A real JPEG whose frame header (SOF0) is rewritten to declare 30000 x 30000."""
+    data = bytearray(encode(scan(), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", 30000, 30000)
+    return bytes(data)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def noisy_mask(size=(200, 150)) -> bytes:
+    """A mask PNG of the image's size whose compressed data is large enough to cut in the middle."""
+    rng = np.random.default_rng(1)
+    return encode(Image.fromarray((rng.random(size[::-1]) > 0.5).astype(np.uint8) * 255))
+
+
+# Pillow's own texts: object addresses, its internal wording. None of it may reach a client.
+PILLOW_TEXT = re.compile(r"\b0x[0-9a-f]{6,}|<_io|BytesIO|PIL|cannot identify|bytes not processed|DecompressionBomb")
 
 
 BAD_UPLOADS = {
@@ -56,7 +91,8 @@ BAD_UPLOADS = {
     "empty": (lambda: b"", 422, "empty"),
     "truncated png": (lambda: encode(scan())[:400], 422, "truncated or corrupt"),
     "corrupt jpeg": (lambda: encode(scan(), "JPEG")[:3] + bytes(range(256)) * 8, 422, "cannot be decoded"),
-    "decompression bomb": (bomb, 422, "pixels, the limit is"),
+    "decompression bomb": (bomb, 422, "30000x30000 = 900000000 pixels, the limit is 40000000"),
+    "jpeg decompression bomb": (jpeg_bomb, 422, "30000x30000 = 900000000 pixels, the limit is"),
     "1x1": (lambda: encode(Image.new("L", (1, 1))), 422, "at least 16 pixels"),
     "huge aspect ratio": (lambda: encode(Image.new("L", (2000, 40))), 422, "long side may be at most"),
 }
@@ -69,6 +105,7 @@ def test_bad_uploads_are_refused_and_nothing_is_stored(api, alice, case):
     for res in (upload(api, alice, make()), analyze(api, alice, make(), {"box": [10, 10, 50, 50]})):
         assert res.status_code == status, res.text
         assert message in res.json()["error"]["message"]
+        assert not PILLOW_TEXT.search(res.text), res.text
     assert stored(api) == before
     assert api.get("/healthz").status_code == 200
 
@@ -103,9 +140,16 @@ BAD_PROMPTS = {
     "two kinds": ({"box": [1, 1, 9, 9], "points": [[5, 5, 1]]}, "not box and points"),
     "unknown key": ({"polygon": [[1, 1]]}, "polygon"),
     "not json": ("{box: [1,2", "prompt is not valid"),
-    "mask wrong size": ({"mask": base64.b64encode(encode(Image.new("L", (20, 20), 255))).decode()}, "is 20x20, the image is 200x150"),
-    "mask empty": ({"mask": base64.b64encode(encode(Image.new("L", (200, 150)))).decode()}, "prompt mask is empty"),
+    "mask wrong size": ({"mask": b64(encode(Image.new("L", (20, 20), 255)))}, "is 20x20, the image is 200x150"),
+    "mask larger than the image": ({"mask": b64(encode(Image.new("L", (400, 300), 255)))},
+                                   "prompt mask is 400x300, the image is 200x150"),
+    "mask bomb": ({"mask": b64(bomb())}, "prompt mask is 30000x30000, the image is 200x150"),
+    "mask truncated": ({"mask": b64(noisy_mask()[:800])}, "prompt mask's PNG data cannot be decoded (truncated"),
+    "mask header cut": ({"mask": b64(noisy_mask()[:20])}, "its header gives no size"),
+    "mask jpeg": ({"mask": b64(encode(scan(), "JPEG"))}, "not a base64 PNG"),
+    "mask empty": ({"mask": b64(encode(Image.new("L", (200, 150))))}, "prompt mask is empty"),
     "mask not png": ({"mask": "bm90IGEgcG5n"}, "not a base64 PNG"),
+    "mask not base64": ({"mask": "not base64!"}, "not a base64 PNG"),
 }
 
 
@@ -116,7 +160,29 @@ def test_bad_prompts_are_422_naming_the_problem(api, alice, case):
     res = analyze(api, alice, encode(scan()), prompt)
     assert res.status_code == 422, res.text
     assert message in res.json()["error"]["message"]
+    assert not PILLOW_TEXT.search(res.text), res.text
     assert stored(api) == before
+
+
+def test_mask_prompts_on_a_stored_image_are_checked_before_decoding(api, alice):
+    """The segment route (a stored image, JSON prompt) refuses a bomb mask from its header, at once,
+    with our message; a good mask of the image's size still outlines the lesion."""
+    image_id = upload(api, alice, encode(scan())).json()["image_id"]
+    url = f"/v1/images/{image_id}/segment"
+    start = time.perf_counter()
+    res = api.post(url, json={"prompt": {"mask": b64(bomb())}}, headers=alice)
+    assert res.status_code == 422, res.text
+    assert res.json()["error"] == {"code": "invalid_prompt",
+                                   "message": "the prompt mask is 30000x30000, the image is 200x150"}
+    assert time.perf_counter() - start < 5
+    res = api.post("/v1/analyses", json={"image_id": image_id, "prompt": {"mask": b64(noisy_mask()[:800])}},
+                   headers=alice)
+    assert res.status_code == 422 and not PILLOW_TEXT.search(res.text), res.text
+    drawn = np.zeros((150, 200), np.uint8)
+    drawn[55:95, 75:125] = 255
+    res = api.post(url, json={"prompt": {"mask": b64(encode(Image.fromarray(drawn)))}}, headers=alice)
+    assert res.status_code == 200, res.text
+    assert res.json()["prompt"] == "mask"
 
 
 def test_bad_json_requests_and_modalities(api, alice):
