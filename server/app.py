@@ -16,6 +16,7 @@ from server.login_limiter import LoginLimiter
 from server.metrics import RequestMetrics
 from server.pipeline import ImageMemory, Services
 from server.passwords import hash_password, typeable_password
+from server.request_context import RequestContext
 from server.routers import analyses, auth, images, service
 from server.schemas import NOTICE
 from server.settings import Settings, get_settings
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + MULTIPART_ALLOWANCE,
                        message=f"the request is larger than the {settings.max_upload_mb:g} MB upload limit")
     app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestContext)  # outermost: X-Request-ID on every answer, JSON 500 for the unhandled
     return app
 
 

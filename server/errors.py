@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from server.body_limit import BodyTooLarge
 
 CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-         413: "too_large", 415: "unsupported_media_type", 422: "invalid", 503: "busy"}
+         413: "too_large", 415: "unsupported_media_type", 422: "invalid", 500: "internal", 503: "busy"}
 
 
 class ApiError(Exception):
