@@ -45,6 +45,30 @@ def mias_copy(mias_dir, tmp_path_factory) -> Path:
     return root
 
 
+BUSBRA_PICK = {"benign": 3, "malignant": 3}  # the first images of each class by ID
+
+
+@pytest.fixture(scope="module")
+def busbra_copy(data_dir, tmp_path_factory) -> Path:
+    """A few real BUS-BRA images in the dataset's own layout (Images, Masks, bus_data.csv)."""
+    src = data_dir / "busbra" / "BUSBRA"
+    root = tmp_path_factory.mktemp("busbra_small") / "BUSBRA"
+    (root / "Images").mkdir(parents=True)
+    (root / "Masks").mkdir()
+    with open(src / "bus_data.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        header, table = reader.fieldnames, list(reader)
+    picked = [r for label, k in BUSBRA_PICK.items() for r in [r for r in table if r["Pathology"] == label][:k]]
+    with open(root / "bus_data.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerows(picked)
+    for r in picked:
+        shutil.copy(src / "Images" / f"{r['ID']}.png", root / "Images")
+        shutil.copy(src / "Masks" / f"mask_{r['ID'].removeprefix('bus_')}.png", root / "Masks")
+    return root.parent
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     import torch
@@ -77,7 +101,7 @@ def check_outputs(out: Path, modality: str, n: int, sha: str, roi_source: str) -
     assert rep["model"] == f"classifier-{modality}" and rep["model_sha256"] == sha
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["lesion_id", "image_path", "label", "p_malignant"] and len(rows) == n
+    assert list(rows[0]) == ["lesion_id", "source", "image_path", "label", "p_malignant"] and len(rows) == n
     y = [int(r["label"] == "malignant") for r in rows]
     p = [float(r["p_malignant"]) for r in rows]
     assert all(0.0 <= v <= 1.0 for v in p)
@@ -90,6 +114,15 @@ def check_outputs(out: Path, modality: str, n: int, sha: str, roi_source: str) -
     assert "roc.png" in md and "predictions.csv" in md and "| true malignant |" in md
     if rep["roc_auc_ci"]:
         assert f"{rep['roc_auc_ci'][0]:.3f}" in md
+    # per site (source): each row is binary_report of that site's predictions alone, at the same threshold
+    sites = [r["source"] for r in rows]
+    assert set(rep["per_site"]) == set(sites) == set(rep["data"]["sources"])
+    for site, row in rep["per_site"].items():
+        mine = [i for i, s in enumerate(sites) if s == site]
+        alone = binary_report([y[i] for i in mine], [p[i] for i in mine], threshold=rep["threshold"])
+        assert row == {k: alone[k] for k in row}, site
+        assert row["n"] == len(mine)
+    assert ("| site |" in md) == (len(rep["per_site"]) > 1)
     return rep
 
 
@@ -112,6 +145,24 @@ def test_mias_end_to_end(mias_copy, weights, tmp_path):
     assert res.returncode == 0, res.stderr
     rep = check_outputs(out, "dm", 4, read_manifest(weights).models["classifier-dm"].sha256, "expert")
     assert rep["data"]["counts"] == {"benign": 2, "malignant": 2} and rep["data"]["sources"] == ["mias"]
+
+
+def test_two_sites_report_per_site_rows(busi_copy, busbra_copy, weights, tmp_path):
+    from models.manifest import read_manifest
+    both = tmp_path / "two-sites"
+    shutil.copytree(busi_copy, both / "busi")
+    shutil.copytree(busbra_copy, both / "busbra")
+    out = tmp_path / "eval-sites"
+    res = evaluate("--weights", weights, "--data", both, "--out", out, "--roi-source", "expert")
+    assert res.returncode == 0, res.stderr
+    rep = check_outputs(out, "us", 18, read_manifest(weights).models["classifier-us"].sha256, "expert")
+    assert rep["data"]["sources"] == ["busbra", "busi"]
+    assert {s: (row["n"], row["n_malignant"]) for s, row in rep["per_site"].items()} == {
+        "busbra": (6, 3), "busi": (12, 6)}
+    for row in rep["per_site"].values():  # AUC with its CI, sensitivity/specificity at 0.4, ECE
+        assert row["roc_auc"] is not None and len(row["roc_auc_ci"]) == 2 and row["ece"] is not None
+    md = (out / "report.md").read_text()
+    assert "| busbra | 6 (3) |" in md and "| busi | 12 (6) |" in md and "at 0.400" in md
 
 
 # Bad input runs in-process: the exit paths are the same code, without a torch import per case.

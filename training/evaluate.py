@@ -1,10 +1,12 @@
 """`evaluate`: served weights on a dataset folder -> report.json, report.md, predictions.csv, plots.
 
 DATA is a prepared folder (with rois.csv) or any folder of known datasets (e.g. BUSI, mini-MIAS), prepared
-on the fly into the cache. `--roi-source` says where each crop comes from (training/roi_sources.py):
-`sam` (default) is what the server does, SAM's mask from a box drawn around the lesion (the expert
-box, jittered); `box` is that drawn box alone; `expert` the dataset's own annotation, which measures
-the classifier alone and is optimistic.
+on the fly into the cache. A folder of several sets (sources: sites, e.g. BUSI and BUS-BRA) is also
+reported per site (`per_site` in report.json, a table in report.md, one ROC curve each).
+`--roi-source` says where each crop comes from (training/roi_sources.py): `sam` (default) is what the
+server does, SAM's mask from a box drawn around the lesion (the expert box, jittered); `box` is that
+drawn box alone; `expert` the dataset's own annotation, which measures the classifier alone and is
+optimistic.
 
 Exit status 2: missing or unknown data folder, no lesions of the modality, missing/corrupt weights.
 """
@@ -132,6 +134,7 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 def report_markdown(rep: dict[str, Any]) -> str:
+    from training.metrics import site_table
     ci = rep["roc_auc_ci"]
     ci_txt = f"{ci[0]:.3f} to {ci[1]:.3f}" if ci else "undefined"
     (tn, fp), (fn, tp) = rep["confusion_matrix"]
@@ -156,6 +159,8 @@ def report_markdown(rep: dict[str, Any]) -> str:
             ("accuracy", "accuracy"), ("sensitivity", "sensitivity (malignant recall)"),
             ("specificity", "specificity (benign recall)"), ("ppv", "PPV"), ("npv", "NPV"),
             ("f1", "F1 (malignant)"), ("mcc", "MCC"), ("ece", "ECE (10 bins)"))],
+        *(["", f"Per site (source), at the served threshold {rep['threshold']:g}:", "",
+           *site_table(rep["per_site"], rep["threshold"])] if len(rep["per_site"]) > 1 else []),
         "",
         "Confusion matrix (rows: true class, columns: predicted):",
         "",
@@ -178,7 +183,7 @@ def report_markdown(rep: dict[str, Any]) -> str:
 
 def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, model: str | None = None,
              n_boot: int = 1000, seed: int = 0, roi_source: str = "sam") -> dict[str, Any]:
-    from training.metrics import binary_report
+    from training.metrics import binary_report, per_site
     from training.plots import plot_confusion, plot_reliability, plot_roc
     from training.roi_sources import SAM_FOR_BOXES
 
@@ -197,6 +202,8 @@ def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, 
         "model_sha256": entry.sha256,
         "modality": modality,
         **metrics,
+        # Each source is a site (hospital, scanner): the pooled figures can hide one that fails.
+        "per_site": per_site([r.source for r in records], y, p, entry.threshold, n_boot=n_boot, seed=seed),
         "temperature": entry.temperature,
         "data": {"folder": str(Path(data).resolve()), "sources": sorted(by_source),
                  "counts": dict(sorted(sum(by_source.values(), Counter()).items())),
@@ -211,11 +218,14 @@ def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["lesion_id", "image_path", "label", "p_malignant"])
+        w.writerow(["lesion_id", "source", "image_path", "label", "p_malignant"])
         # repr keeps every bit of the float, so metrics recomputed from this file match report.json.
-        w.writerows([r.lesion_id, r.image_path, r.label, repr(pi)] for r, pi in zip(records, p))
+        w.writerows([r.lesion_id, r.source, r.image_path, r.label, repr(pi)] for r, pi in zip(records, p))
     title = f"{name} on {', '.join(sorted(by_source))} ({modality}, n={len(records)})"
-    plot_roc([(name, y, p)], out / PLOTS["roc"], f"ROC: {title}")
+    sites = sorted(by_source)
+    site_curves = [(s, [yi for yi, r in zip(y, records) if r.source == s],
+                    [pi for pi, r in zip(p, records) if r.source == s]) for s in sites] if len(sites) > 1 else []
+    plot_roc([(name if not site_curves else "all sites", y, p), *site_curves], out / PLOTS["roc"], f"ROC: {title}")
     plot_confusion(metrics["confusion_matrix"], out / PLOTS["confusion"],
                    f"{name}, threshold {entry.threshold:g}")
     plot_reliability(y, p, out / PLOTS["reliability"], f"Reliability: {title}")

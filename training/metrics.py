@@ -148,6 +148,39 @@ def cv_summary(fold_reports: list[dict[str, Any]], y_all: ArrayLike, p_all: Arra
     return out
 
 
+# What each site's row carries (evaluate's report, the CV reports, the held-out site).
+SITE_KEYS = ("n", "n_malignant", "roc_auc", "roc_auc_ci", "sensitivity", "specificity", "ece", "confusion_matrix")
+
+
+def per_site(sites: Sequence[str], y_true: ArrayLike, p: ArrayLike, threshold: float, n_boot: int = 1000,
+             seed: int = 0, n_bins: int = 10) -> dict[str, dict[str, Any]]:
+    """SITE_KEYS of binary_report for each site (source) on its own cases, at the one shared threshold."""
+    y, q = _as_arrays(y_true, p)
+    s = np.asarray(sites)
+    if s.shape != y.shape:
+        raise ValueError(f"{s.size} sites for {y.size} cases")
+    out = {}
+    for site in sorted(set(s.tolist())):
+        rep = binary_report(y[s == site], q[s == site], threshold, n_boot=n_boot, seed=seed, n_bins=n_bins)
+        out[site] = {k: rep[k] for k in SITE_KEYS}
+    return out
+
+
+def site_table(rows: dict[str, dict[str, Any]], threshold: float) -> list[str]:
+    """Markdown table of per_site rows."""
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [f"| site | n (malignant) | ROC AUC [95% CI] | sensitivity / specificity at {threshold:.3f} | ECE |",
+             "|---|---|---|---|---|"]
+    for site, m in rows.items():
+        ci = m["roc_auc_ci"]
+        ci_txt = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        lines.append(f"| {site} | {m['n']} ({m['n_malignant']}) | {f(m['roc_auc'])}{ci_txt} | "
+                     f"{f(m['sensitivity'])} / {f(m['specificity'])} | {f(m['ece'])} |")
+    return lines
+
+
 def threshold_for_sensitivity(y: ArrayLike, p: ArrayLike, target: float = 0.90) -> float:
     """The largest threshold t with sensitivity(p >= t) >= target: the k-th highest malignant score."""
     yy, q = _as_arrays(y, p)
