@@ -17,6 +17,7 @@ from server.metrics import RequestMetrics
 from server.pipeline import ImageMemory, Services
 from server.passwords import hash_password, typeable_password
 from server.request_context import RequestContext
+from server.security import SecurityHeaders
 from server.routers import analyses, auth, images, service
 from server.schemas import NOTICE
 from server.settings import Settings, get_settings
@@ -76,7 +77,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + MULTIPART_ALLOWANCE,
                        message=f"the request is larger than the {settings.max_upload_mb:g} MB upload limit")
     app.add_middleware(RequestMetrics)
-    app.add_middleware(RequestContext)  # outermost: X-Request-ID on every answer, JSON 500 for the unhandled
+    app.add_middleware(RequestContext)  # X-Request-ID on every answer, JSON 500 for the unhandled
+    app.add_middleware(SecurityHeaders)  # outermost: nosniff, CSP, no-store on every answer, 413s and 500s too
+    app.state.metrics_mode = settings.metrics
     return app
 
 

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     queue_size: int = Field(16, ge=1, description="inference jobs waiting before 503")
     torch_threads: int | None = Field(None, description="torch intra-op threads (default: torch's)")
     device: str = Field("auto", description="cpu, cuda or auto")
+    metrics: Literal["loopback", "token", "open"] = Field(
+        "loopback", description="who may read /metrics: clients on 127.0.0.1/::1, an admin's bearer token, or anyone")
     create_dev_user: bool = Field(True, description="on first start, create user 'dev' and print its token")
     app_dir: Path = Field(Path(__file__).resolve().parents[1] / "mobile" / "dist",
                           description="the app's web build (Expo export, baseUrl /app) served at /app")

@@ -8,6 +8,7 @@ import sqlite3
 import uuid
 
 import pytest
+from fastapi.testclient import TestClient
 
 
 @pytest.fixture
@@ -59,3 +60,63 @@ def test_every_answer_has_a_request_id(api, alice):
     assert api.get("/healthz", headers={"X-Request-ID": "client-trace-0001"}).headers["x-request-id"] == "client-trace-0001"
     replaced = api.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"}).headers["x-request-id"]
     assert replaced != "bad id\twith spaces" and len(replaced) == 32
+
+
+API_CSP = "default-src 'none'"
+PAGE_CSP = "default-src 'self'"
+
+
+def _check(res, csp: str, no_store: bool) -> None:
+    where = f"{res.request.method} {res.request.url.path} -> {res.status_code}"
+    assert res.headers.get("x-content-type-options") == "nosniff", where
+    assert res.headers.get("x-frame-options") == "DENY", where
+    assert res.headers.get("content-security-policy", "").startswith(csp), where
+    assert "frame-ancestors 'none'" in res.headers["content-security-policy"], where
+    assert ("no-store" in res.headers.get("cache-control", "")) == no_store, (where, res.headers.get("cache-control"))
+
+
+def test_security_headers_on_every_answer(api, alice):
+    from tests.test_api_bad_input import encode, scan
+    image = api.post("/v1/images", files={"file": ("s.png", encode(scan()))}, data={"modality": "us"}, headers=alice)
+    assert image.status_code == 201, image.text
+    image_id = image.json()["image_id"]
+    patient = [image, api.get(f"/v1/images/{image_id}/image.png", headers=alice), api.get("/v1/analyses", headers=alice),
+               api.get("/v1/me", headers=alice), api.get("/v1/me"), api.get("/v1/analyses/nope", headers=alice),
+               api.get("/v1/models", headers=alice),
+               api.post("/v1/images", content=b"x", headers={**alice, "Content-Length": str(11 * 2**20),
+                                                             "Content-Type": "multipart/form-data; boundary=b"})]
+    assert [r.status_code for r in patient] == [201, 200, 200, 200, 401, 404, 200, 413]
+    for res in patient:
+        _check(res, API_CSP, no_store=True)
+    assert patient[1].headers["cache-control"] == "private, no-store"  # the route's own, stricter value is kept
+    for res in (api.get("/v1/config"), api.get("/healthz"), api.get("/openapi.json"), api.get("/metrics"),
+                api.get("/no/such/route")):
+        _check(res, API_CSP, no_store=False)
+    for url in ("/docs", "/redoc", "/static-docs/swagger-ui.css", "/app/", "/app/history"):
+        res = api.get(url)
+        assert res.status_code in (200, 503), (url, res.status_code)  # 503: the app is not built here
+        _check(res, PAGE_CSP, no_store=False)
+
+
+def test_metrics_access_follows_the_setting(api, alice, monkeypatch):
+    from server.settings import Settings
+    local = TestClient(api.app, client=("127.0.0.1", 50000))
+    ipv6 = TestClient(api.app, client=("::1", 50000))
+    admin = {"Authorization": f"Bearer {api.store.add_user(f'admin-{uuid.uuid4().hex[:8]}', admin=True)[1]}"}
+    assert api.app.state.metrics_mode == "loopback"  # the default
+    refused = api.get("/metrics", headers=admin)  # "testclient" is not a loopback address, a token does not help
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    assert "loopback" in refused.json()["error"]["message"]
+    assert local.get("/metrics").status_code == 200 and ipv6.get("/metrics").status_code == 200
+    assert "branet_queue_depth" in local.get("/metrics").text
+    monkeypatch.setenv("BRANET_METRICS", "token")
+    assert Settings().metrics == "token"
+    try:  # the running app's setting, as create_app copies it from Settings
+        api.app.state.metrics_mode = "token"
+        assert local.get("/metrics").status_code == 401  # loopback is not enough: a token is needed
+        assert api.get("/metrics", headers=alice).status_code == 403  # a clinician's token is not
+        assert api.get("/metrics", headers=admin).status_code == 200
+        api.app.state.metrics_mode = "open"
+        assert api.get("/metrics").status_code == 200
+    finally:
+        api.app.state.metrics_mode = "loopback"

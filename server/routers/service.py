@@ -5,10 +5,11 @@ from fastapi import APIRouter, Depends, Response
 
 from server.auth import current_user
 from server.deps import services
-from server.errors import COMMON_ERRORS
+from server.errors import COMMON_ERRORS, ErrorResponse
 from server.metrics import exposition
 from server.pipeline import Services
 from server.schemas import ModelQuality, ModelsOut
+from server.security import metrics_access
 
 router = APIRouter()
 
@@ -45,8 +46,11 @@ def readyz(response: Response, svc: Services = Depends(services)) -> dict:
     return {"ready": engine.ready, "classifiers": sorted(engine.classifiers), "sam": sorted(engine.segmenters)}
 
 
-@router.get("/metrics", tags=["service"], response_class=Response, summary="Prometheus metrics",
-            responses={200: {"content": {"text/plain": {}}}})
+@router.get("/metrics", tags=["service"], response_class=Response, dependencies=[Depends(metrics_access)],
+            summary="Prometheus metrics (BRANET_METRICS: loopback clients, an admin's token, or open)",
+            responses={200: {"content": {"text/plain": {}}},
+                       401: {"model": ErrorResponse, "description": "BRANET_METRICS=token and no valid token"},
+                       403: {"model": ErrorResponse, "description": "not a loopback client, or not an admin"}})
 def metrics(svc: Services = Depends(services)) -> Response:
     body, content_type = exposition(svc.engine)
     return Response(body, media_type=content_type)
