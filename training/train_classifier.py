@@ -9,6 +9,10 @@ test lesion leaks into its synthetic pretraining data. Every fold is evaluated a
 nothing is chosen on the test fold. Temperature and decision threshold are fitted on the pooled
 out-of-fold predictions and shipped with the final model (trained on all lesions).
 
+With several sites (sources, e.g. BUSI and BUS-BRA), folds are stratified by site and label and the CV
+report has per-site rows; `--holdout-site SITE` trains and calibrates on the other sites and tests on SITE
+(OUT/holdout/).
+
 Outputs under --out: cv/ (per-fold history and curves, oof.csv, report.json/.md, ROC, confusion and
 reliability plots) and weights/ (classifier-<modality>.safetensors + manifest.json, ready for
 `evaluate --weights` and `export`).
@@ -119,6 +123,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run only these folds (0-based), e.g. in parallel processes; rerun without it to report")
     p.add_argument("--report-only", action="store_true", help="rebuild cv/report.* and plots from cv/oof.csv")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    p.add_argument("--holdout-site", default=None, metavar="SITE",
+                   help="out-of-site test: cross-validate and fit on the other site(s) (sources), temperature and "
+                        "threshold from their out-of-fold predictions, then score SITE (e.g. busbra, busi) under "
+                        "OUT/holdout; SITE is never trained or calibrated on")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -266,10 +274,14 @@ def train_one(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, gan_dir
 # ------------------------------------------------------------------------------------ cross-validation
 
 def folds_of(records: list[RoiRecord], cfg: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    y = np.array([r.target for r in records])
+    """Group-aware folds (a group, e.g. a BUS-BRA patient `busbra:<Case>`, never straddles folds),
+    stratified by site (source) and label, so every fold holds each site's share of each class.
+    One site: stratified by label alone, the very splits of the single-site runs."""
+    sites = {s: i for i, s in enumerate(sorted({r.source for r in records}))}
+    strata = np.array([2 * sites[r.source] + r.target for r in records])
     groups = np.array([r.group for r in records])
     splitter = StratifiedGroupKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.seed)
-    return list(splitter.split(np.zeros(len(y)), y, groups))
+    return list(splitter.split(np.zeros(len(strata)), strata, groups))
 
 
 def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path,
@@ -357,6 +369,11 @@ def write_oof(path: Path, records: list[RoiRecord], fold_of: np.ndarray, logits:
             w.writerow([r.lesion_id, r.group, r.source, r.label, r.target, int(k), float(lg[0]), float(lg[1])])
 
 
+def read_oof_sources(path: Path) -> list[str]:
+    with open(path, newline="") as f:
+        return [r["source"] for r in csv.DictReader(f)]
+
+
 def read_oof(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -368,9 +385,10 @@ def read_oof(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def report_cv(cv_dir: Path, cfg: TrainConfig) -> dict:
     """Fold metrics, pooled out-of-fold metrics, temperature and threshold, plots: from oof.csv alone."""
-    from training.metrics import binary_report, cv_summary, fit_temperature, threshold_for_sensitivity
+    from training.metrics import binary_report, cv_summary, fit_temperature, per_site, threshold_for_sensitivity
     from training.plots import plot_confusion, plot_curves, plot_reliability, plot_roc
     y, fold, logits = read_oof(cv_dir / "oof.csv")
+    sites = read_oof_sources(cv_dir / "oof.csv")
     p_raw = _softmax_p(logits)
     temperature = fit_temperature(y, logits)
     p = _softmax_p(logits, temperature)
@@ -387,6 +405,9 @@ def report_cv(cv_dir: Path, cfg: TrainConfig) -> dict:
         "summary": summary, "fold_reports": fold_reports,
         "at_0.5": binary_report(y, p, threshold=0.5, n_boot=0),
         "cross_fitted": cross_fitted_operating_point(y, fold, logits, cfg.target_sensitivity),
+        # Each site's out-of-fold predictions at the pooled temperature and threshold: the threshold must
+        # hold its sensitivity on every site, not only pooled.
+        "per_site": per_site(sites, y, p, threshold),
     }
     # The same fold models, the test lesions cropped by each ROI source, the temperature and threshold
     # of the training source: what the model does when serving crops differ from training crops.
@@ -456,8 +477,17 @@ def cv_markdown(report: dict) -> str:
         f"{report['cross_fitted']['accuracy']:.3f} |",
         f"| ECE before / after temperature {report['temperature']:.2f} | "
         f"{report['ece_uncalibrated']:.3f} / {pooled['ece']:.3f} |",
-        "", *served_as_markdown(report),
+        "", *per_site_markdown(report), *served_as_markdown(report),
         "![ROC](roc.png) ![confusion](confusion.png) ![reliability](reliability.png)", ""])
+
+
+def per_site_markdown(report: dict) -> list[str]:
+    from training.metrics import site_table
+    rows = report.get("per_site", {})
+    if len(rows) < 2:
+        return []
+    return [f"Out-of-fold predictions per site (source), temperature and threshold {report['threshold']:.3f} "
+            "fitted on all sites pooled:", "", *site_table(rows, report["threshold"]), ""]
 
 
 def served_as_markdown(report: dict) -> list[str]:
@@ -523,10 +553,68 @@ def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, ou
     return weights
 
 
+# ---------------------------------------------------------------------------------------- held-out site
+
+def holdout_report(held: list[RoiRecord], weights: Path, cfg: TrainConfig, cv: dict, out: Path,
+                   crop_kw: dict) -> dict:
+    """The final model of the training sites on the held-out site, at the temperature and threshold fitted
+    on the training sites' out-of-fold predictions: report.json/.md, predictions.csv, ROC and reliability."""
+    from models.manifest import load_classifier
+    from training.metrics import SITE_KEYS, binary_report
+    from training.plots import plot_confusion, plot_reliability, plot_roc
+    name = f"classifier-{cfg.modality}"
+    model, entry = load_classifier(name, weights)
+    logits = logits_of(model, load_inputs(held, cfg.roi_source, cfg.channels, **crop_kw))
+    p = _softmax_p(logits, cv["temperature"])
+    y = np.array([r.target for r in held])
+    site = held[0].source
+    trained_on = sorted(entry.data["sources"])
+    report = {
+        "site": site, "trained_on": trained_on, "modality": cfg.modality, "regime": cfg.regime,
+        "roi_source": cfg.roi_source, "channels": cfg.channels, "model_sha256": entry.sha256,
+        "temperature": cv["temperature"], "threshold": cv["threshold"],
+        "calibration": f"temperature and threshold fitted on the out-of-fold predictions of {', '.join(trained_on)} "
+                       f"(sensitivity >= {cfg.target_sensitivity} there); {site} never trained or calibrated on",
+        **binary_report(y, p, cv["threshold"]),
+        "training_sites_cv": {"pooled": {k: cv["summary"]["pooled"][k] for k in SITE_KEYS},
+                              "per_site": cv.get("per_site", {})},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["lesion_id", "source", "label", "logit_benign", "logit_malignant", "p_malignant"])
+        w.writerows([r.lesion_id, r.source, r.label, float(lg[0]), float(lg[1]), repr(float(pi))]
+                    for r, lg, pi in zip(held, logits, p))
+    title = f"{cfg.modality.upper()} trained on {', '.join(trained_on)}, tested on {site}"
+    plot_roc([(site, y, p)], out / "roc.png", title)
+    plot_confusion(report["confusion_matrix"], out / "confusion.png", f"{title}, threshold {cv['threshold']:.3f}")
+    plot_reliability(y, p, out / "reliability.png", title)
+    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    (out / "report.md").write_text(holdout_markdown(report))
+    return report
+
+
+def holdout_markdown(rep: dict) -> str:
+    from training.metrics import site_table
+    rows = {f"{rep['site']} (held out)": {k: rep[k] for k in ("n", "n_malignant", "roc_auc", "roc_auc_ci",
+                                                              "sensitivity", "specificity", "ece")},
+            **{f"{s} (out of fold)": m for s, m in rep["training_sites_cv"]["per_site"].items()}}
+    return "\n".join([
+        f"# {rep['modality'].upper()} classifier out of site: trained on {', '.join(rep['trained_on'])}, "
+        f"tested on {rep['site']}", "",
+        f"ROI source `{rep['roi_source']}`, regime `{rep['regime']}`, ResNet18 alone (no SAM probe). "
+        f"{rep['calibration']}: temperature {rep['temperature']:.3f}, threshold {rep['threshold']:.3f}.", "",
+        *site_table(rows, rep["threshold"]), "",
+        "![ROC](roc.png) ![confusion](confusion.png) ![reliability](reliability.png)", ""])
+
+
 def select(records: list[RoiRecord], modality: str, limit: int | None) -> list[RoiRecord]:
+    """The lesions of `modality`; with `limit`, the first N per class of each site (source)."""
     chosen = lesions(records, modality)
     if limit:
-        chosen = [r for r in chosen if r.label == "benign"][:limit] + [r for r in chosen if r.label == "malignant"][:limit]
+        sites = sorted({r.source for r in chosen}, key=[r.source for r in chosen].index)
+        chosen = [r for s in sites for label in ("benign", "malignant")
+                  for r in [r for r in chosen if r.source == s and r.label == label][:limit]]
     return chosen
 
 
@@ -539,6 +627,20 @@ def run(args: argparse.Namespace) -> int:
         print(cv_markdown(report_cv(args.out / "cv", cfg)))
         return 0
     records = select(prepared(args.rois), cfg.modality, args.limit)
+    held: list[RoiRecord] = []
+    if args.holdout_site:
+        sites = sorted({r.source for r in records})
+        if args.holdout_site not in sites or len(sites) < 2:
+            print(f"error: --holdout-site {args.holdout_site}: the {cfg.modality} lesions of {args.rois} come from "
+                  f"{', '.join(sites) or 'no site'}; name one of them, with another site left to train on",
+                  file=sys.stderr)
+            return 2
+        if args.no_cv:
+            print("error: --holdout-site needs the cross-validation: the held-out site's temperature and threshold "
+                  "come from the training sites' out-of-fold predictions", file=sys.stderr)
+            return 2
+        held = [r for r in records if r.source == args.holdout_site]
+        records = [r for r in records if r.source != args.holdout_site]
     if len({r.target for r in records}) < 2:
         print(f"error: {args.rois} holds no benign and malignant {cfg.modality} lesions to train on", file=sys.stderr)
         return 2
@@ -564,6 +666,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if cv:
         print((args.out / "cv" / "report.md").read_text())
-    if not args.no_final:
+    if held:  # the protocol needs the model of all training sites, --no-final or not
+        weights = final_fit(records, images, cfg, args.out, cv, args.gan_dir, outlines)
+        print(f"final weights (trained on {', '.join(sorted({r.source for r in records}))}): {weights}")
+        holdout_report(held, weights, cfg, cv, args.out / "holdout", crop_kw)
+        print((args.out / "holdout" / "report.md").read_text())
+    elif not args.no_final:
         print(f"final weights: {final_fit(records, images, cfg, args.out, cv, args.gan_dir, outlines)}")
     return 0

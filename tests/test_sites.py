@@ -1,0 +1,110 @@
+"""Two sites (BUSI, Cairo; BUS-BRA, Rio de Janeiro) in training: patient-grouped folds within each site,
+per-site out-of-fold reports, and the --holdout-site protocol, with --quick on a few real lesions per site."""
+import csv
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.metrics import SITE_KEYS, binary_report
+from training.prepare import prepared
+from training.train_classifier import TrainConfig, _softmax_p, folds_of, read_oof, select
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--modality", "us", "--quick", "--limit", "4", "--roi-source", "expert", "--served-as", "--threads", "1"]
+
+
+def train(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training", "train-classifier", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+
+
+def oof_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_folds_group_patients_within_each_site(data_dir):
+    records = select(prepared(data_dir, log=lambda *a: None), "us", None)
+    assert Counter(r.source for r in records) == {"busi": 647, "busbra": 902}
+    assert all(r.group == f"busbra:{r.group.split(':')[1]}" for r in records if r.source == "busbra")
+    folds = folds_of(records, TrainConfig(modality="us"))
+    seen = set()
+    for train_idx, test_idx in folds:
+        assert not {records[i].group for i in train_idx} & {records[i].group for i in test_idx}
+        for site, share in (("busi", 647 / 1549), ("busbra", 902 / 1549)):  # stratified by site and label
+            here = [records[i] for i in test_idx if records[i].source == site]
+            assert abs(len(here) / len(test_idx) - share) < 0.05
+            assert 0.25 < np.mean([r.target for r in here]) < 0.40  # 0.32 malignant in each site
+        seen |= set(test_idx.tolist())
+    assert seen == set(range(len(records)))
+    # BUS-BRA's -l and -r views of one patient land in one fold
+    fold_of = {records[i].lesion_id: k for k, (_, test) in enumerate(folds) for i in test}
+    assert fold_of["busbra:bus_0001-l"] == fold_of["busbra:bus_0001-r"]
+
+
+@pytest.fixture(scope="module")
+def two_site_cv(data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("two-sites")
+    res = train("--rois", data_dir, *QUICK, "--no-final", "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_cv_reports_each_site(two_site_cv):
+    rows = oof_rows(two_site_cv / "cv" / "oof.csv")
+    assert Counter(r["source"] for r in rows) == {"busi": 8, "busbra": 8}  # --limit: 4 per class per site
+    by_group = {}
+    for r in rows:
+        assert by_group.setdefault(r["group"], r["fold"]) == r["fold"]  # no patient straddles folds
+    assert {r["group"] for r in rows if r["source"] == "busbra"} == {"busbra:1", "busbra:2", "busbra:3", "busbra:4"}
+    report = json.loads((two_site_cv / "cv" / "report.json").read_text())
+    y, _, logits = read_oof(two_site_cv / "cv" / "oof.csv")  # float32, as the report read them
+    p = _softmax_p(logits, report["temperature"])
+    assert set(report["per_site"]) == {"busi", "busbra"}
+    for site, row in report["per_site"].items():
+        mine = np.array([r["source"] == site for r in rows])
+        alone = binary_report(y[mine], p[mine], report["threshold"])
+        assert row == {k: alone[k] for k in SITE_KEYS}, site
+    md = (two_site_cv / "cv" / "report.md").read_text()
+    assert "| busbra | 8 (4) |" in md and "| busi | 8 (4) |" in md
+
+
+def test_holdout_site_trains_and_calibrates_on_the_other_site(data_dir, tmp_path):
+    out = tmp_path / "holdout-busbra"
+    res = train("--rois", data_dir, *QUICK, "--holdout-site", "busbra", "--no-final", "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert {r["source"] for r in oof_rows(out / "cv" / "oof.csv")} == {"busi"}  # busbra never trained on
+    cv = json.loads((out / "cv" / "report.json").read_text())
+    rep = json.loads((out / "holdout" / "report.json").read_text())
+    assert rep["site"] == "busbra" and rep["trained_on"] == ["busi"] and rep["n"] == 8 and rep["n_malignant"] == 4
+    # the operating point is the training site's, fitted on its out-of-fold predictions
+    assert rep["threshold"] == cv["threshold"] and rep["temperature"] == cv["temperature"]
+    manifest = json.loads((out / "weights" / "manifest.json").read_text())
+    assert list(manifest["models"]["classifier-us"]["data"]["sources"]) == ["busi"]
+    with open(out / "holdout" / "predictions.csv", newline="") as f:
+        preds = list(csv.DictReader(f))
+    assert {r["source"] for r in preds} == {"busbra"} and len(preds) == 8
+    again = binary_report([int(r["label"] == "malignant") for r in preds], [float(r["p_malignant"]) for r in preds],
+                          rep["threshold"])
+    for k in ("roc_auc", "roc_auc_ci", "sensitivity", "specificity", "ece", "confusion_matrix"):
+        assert rep[k] == again[k], k
+    md = (out / "holdout" / "report.md").read_text()
+    assert "tested on busbra" in md and "| busbra (held out) | 8 (4) |" in md
+    for png in ("roc.png", "reliability.png", "confusion.png"):
+        assert (out / "holdout" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_holdout_site_must_be_one_of_several(data_dir, tmp_path, capsys):
+    from training.__main__ import main
+    code = main(["train-classifier", "--rois", str(data_dir), *QUICK, "--holdout-site", "udiat", "--out",
+                 str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--holdout-site udiat" in err and "busbra, busi" in err
+    code = main(["train-classifier", "--rois", str(data_dir / "busi"), *QUICK, "--holdout-site", "busi", "--out",
+                 str(tmp_path / "o")])
+    assert code == 2 and "another site left to train on" in capsys.readouterr().err
