@@ -18,6 +18,7 @@ from server.pipeline import ImageMemory, Services
 from server.passwords import hash_password, typeable_password
 from server.request_context import RequestContext
 from server.security import SecurityHeaders
+from server.upload_auth import UploadAuth
 from server.routers import analyses, auth, images, service
 from server.schemas import NOTICE
 from server.settings import Settings, get_settings
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     web_app.install(app, settings)  # the web build at /app, / redirects there
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + MULTIPART_ALLOWANCE,
                        message=f"the request is larger than the {settings.max_upload_mb:g} MB upload limit")
+    app.add_middleware(UploadAuth)  # 401 for an upload without a valid token before its body is read
     app.add_middleware(RequestMetrics)
     app.add_middleware(RequestContext)  # X-Request-ID on every answer, JSON 500 for the unhandled
     app.add_middleware(SecurityHeaders)  # outermost: nosniff, CSP, no-store on every answer, 413s and 500s too
