@@ -4,6 +4,7 @@ It never serves an unverified network: the lifespan loads every classifier and S
 checked) before the first request, and a WeightsError stops the start naming the file."""
 from __future__ import annotations
 
+import ipaddress
 import sys
 from contextlib import asynccontextmanager
 
@@ -27,16 +28,34 @@ from server.store import Store
 MULTIPART_ALLOWANCE = 256 * 1024  # part headers and the prompt field around the image
 
 
-def first_start(store: Store, settings: Settings) -> None:
-    if settings.create_dev_user and store.user_count() == 0:
-        password = typeable_password()
-        _, token = store.add_user("dev", admin=True, password_hash=hash_password(password))
-        print(f"branet: created user 'dev' (admin); its password (shown once): {password}\n"
-              f"branet: its token (shown once): {token}", file=sys.stderr, flush=True)
+def loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
-    """`engine`: already loaded (the CLI loads it first, to refuse to start before binding the port)."""
+def first_start(store: Store, settings: Settings, host: str | None) -> None:
+    """User `dev` (admin) on the very first start, only when the server binds a loopback address (`host`;
+    None: not known, as under a plain ASGI server) and BRANET_CREATE_DEV_USER allows it; its password and
+    token go to the terminal (stderr) once, never to a log file of ours or an answer."""
+    if not (settings.create_dev_user and store.user_count() == 0):
+        return
+    if not loopback(host):
+        print(f"branet: no users yet and the server binds {host or 'an unknown address'}: user 'dev' is created "
+              "only on a loopback bind; add users with `branet users add NAME`", file=sys.stderr, flush=True)
+        return
+    password = typeable_password()
+    _, token = store.add_user("dev", admin=True, password_hash=hash_password(password))
+    print(f"branet: created user 'dev' (admin); its password (shown once): {password}\n"
+          f"branet: its token (shown once): {token}", file=sys.stderr, flush=True)
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None, host: str | None = None) -> FastAPI:
+    """`engine`: already loaded (the CLI loads it first, to refuse to start before binding the port);
+    `host`: the address the server binds (user `dev` is created only on a loopback one)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -49,7 +68,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             engine = Engine(settings)
             engine.load()  # WeightsError stops the start-up with the missing file's name
         store = Store(settings.home)
-        first_start(store, settings)
+        first_start(store, settings, host)
         app.state.users = store
         app.state.services = Services(settings, engine, store, ImageMemory())
         try:

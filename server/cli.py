@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import create_app
-    uvicorn.run(create_app(settings, engine), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(create_app(settings, engine, host=args.host), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
@@ -95,6 +95,42 @@ def _users_passwd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _users_list(args: argparse.Namespace) -> int:
+    from server.settings import get_settings
+    from server.store import Store
+    store = Store(get_settings().home)
+    try:
+        users = store.list_users()
+    finally:
+        store.close()
+    rows = [("name", "role", "created", "password", "tokens", "sessions")]
+    rows += [(u["name"], u["role"], u["created"], "yes" if u["has_password"] else "no", str(u["tokens"]),
+              str(u["sessions"])) for u in users]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _users_revoke(args: argparse.Namespace, new_token: bool = False) -> int:
+    from server.settings import get_settings
+    from server.store import Store
+    store = Store(get_settings().home)
+    try:
+        result = store.revoke(args.name, new_token=new_token)
+    finally:
+        store.close()
+    if result is None:
+        print(f"branet: no user {args.name!r}", file=sys.stderr)
+        return 1
+    tokens, sessions, token = result
+    print(f"branet: revoked {tokens} API token(s) and {sessions} session(s) of {args.name!r}"
+          + ("; its new API token is on stdout" if token else ""), file=sys.stderr)
+    if token:
+        print(token)  # alone on stdout, for scripts: TOKEN=$(branet users rotate alice)
+    return 0
+
+
 def _analyze(args: argparse.Namespace) -> int:
     import httpx
     if not args.token:
@@ -154,6 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     passwd.add_argument("name")
     passwd.add_argument("--password-stdin", action="store_true", help="read it from one line of stdin")
     passwd.set_defaults(run=_users_passwd)
+    listing = users.add_parser("list", help="every user: role, created, password or not, API tokens, active sessions")
+    listing.set_defaults(run=_users_list)
+    revoke = users.add_parser("revoke", help="end every API token and sign-in session of a user, at once")
+    revoke.add_argument("name")
+    revoke.set_defaults(run=_users_revoke)
+    rotate = users.add_parser("rotate", help="revoke, then print one new API token (alone on stdout)")
+    rotate.add_argument("name")
+    rotate.set_defaults(run=lambda a: _users_revoke(a, new_token=True))
     analyze = sub.add_parser("analyze", help="analyse an image on a server; writes IMAGE.overlay.png")
     analyze.add_argument("image", type=Path)
     analyze.add_argument("--modality", choices=["us", "dm"], required=True)

@@ -187,6 +187,35 @@ class Store:
                                    "WHERE t.hash = ?", (hash_token(token),)).fetchone()
         return User(row["id"], row["name"], bool(row["is_admin"])) if row else None
 
+    def list_users(self) -> list[dict[str, Any]]:
+        """Every user with its role, creation time, whether it has a password, and how many API tokens and
+        unexpired sign-in sessions it holds."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT u.name, u.is_admin, u.created, "
+                "EXISTS (SELECT 1 FROM passwords p WHERE p.user_id = u.id) AS has_password, "
+                "(SELECT COUNT(*) FROM tokens t WHERE t.user_id = u.id) AS tokens, "
+                "(SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.id AND s.expires > ?) AS sessions "
+                "FROM users u ORDER BY u.name", (now(),)).fetchall()
+        return [{"name": r["name"], "role": "admin" if r["is_admin"] else "clinician", "created": r["created"],
+                 "has_password": bool(r["has_password"]), "tokens": r["tokens"], "sessions": r["sessions"]}
+                for r in rows]
+
+    def revoke(self, name: str, new_token: bool = False) -> tuple[int, int, str | None] | None:
+        """Delete every API token and session of `name` in one transaction (they stop working at once);
+        with `new_token`, one new API token is issued in the same transaction. Returns (tokens revoked,
+        sessions revoked, the new token or None), or None when there is no such user."""
+        token = "bn_" + secrets.token_urlsafe(32) if new_token else None
+        with self._tx() as db:
+            row = db.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return None
+            tokens = db.execute("DELETE FROM tokens WHERE user_id = ?", (row["id"],)).rowcount
+            sessions = db.execute("DELETE FROM sessions WHERE user_id = ?", (row["id"],)).rowcount
+            if token is not None:
+                db.execute("INSERT INTO tokens VALUES (?, ?, ?)", (hash_token(token), row["id"], now()))
+        return tokens, sessions, token
+
     # passwords and sign-in sessions
     def password_of(self, name: str) -> tuple[User, str | None] | None:
         """The user called `name` and its password hash (None: token-only user); None if no such user."""

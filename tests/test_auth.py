@@ -136,14 +136,14 @@ def test_cli_passwd_sets_a_new_password_and_ends_sessions(fresh, clock, cli_home
 def test_first_start_prints_a_typeable_password_for_dev(tmp_path, capsys):
     store = Store(tmp_path)
     try:
-        first_start(store, Settings(home=tmp_path))
+        first_start(store, Settings(home=tmp_path), "127.0.0.1")
         err = capsys.readouterr().err
         password = re.search(r"password \(shown once\): (\S+)", err).group(1)
         assert re.fullmatch(r"[a-z0-9]{4}-[a-z0-9]{4}-[a-z0-9]{4}", password)
         assert re.search(r"token \(shown once\): bn_\S+", err)
         user, password_hash = store.password_of("dev")
         assert user.is_admin and passwords.verify(password_hash, password)
-        first_start(store, Settings(home=tmp_path))
+        first_start(store, Settings(home=tmp_path), "127.0.0.1")
         assert capsys.readouterr().err == ""  # once
     finally:
         store.close()
