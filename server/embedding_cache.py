@@ -1,4 +1,7 @@
-"""LRU cache of SAM image embeddings, bounded in bytes, keyed by (image sha256, SAM model)."""
+"""LRU cache of SAM image embeddings, bounded in bytes, keyed by (image key, SAM model).
+
+The server's image key is (user id, sha256) (server.pipeline.cache_key): one user's upload never makes
+another user's identical upload faster."""
 from __future__ import annotations
 
 import threading

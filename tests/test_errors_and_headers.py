@@ -120,3 +120,24 @@ def test_metrics_access_follows_the_setting(api, alice, monkeypatch):
         assert api.get("/metrics").status_code == 200
     finally:
         api.app.state.metrics_mode = "loopback"
+
+
+def test_the_embedding_cache_does_not_tell_one_user_about_anothers_uploads(api, alice, bob):
+    """Bob uploading the very image Alice uploaded is encoded afresh (a real encode, as for anything new to
+    him), then his re-prompt is cached; nothing in his answers reveals that Alice had it."""
+    from tests.test_api_bad_input import encode, scan
+    data = encode(scan((180, 140)))
+    box = {"box": [50, 40, 130, 100]}
+    first = api.post("/v1/analyses", files={"file": ("a.png", data)}, data={"modality": "us", "prompt": json.dumps(box)},
+                     headers=alice)
+    assert first.status_code == 201, first.text
+    assert first.json()["timings_ms"]["encode"] > 0
+    again = api.post("/v1/analyses", json={"image_id": first.json()["image_id"], "prompt": box}, headers=alice)
+    assert again.json()["timings_ms"]["encode"] == 0  # her own image: cached
+    theirs = api.post("/v1/analyses", files={"file": ("a.png", data)},
+                      data={"modality": "us", "prompt": json.dumps(box)}, headers=bob)
+    assert theirs.status_code == 201, theirs.text
+    assert theirs.json()["timings_ms"]["encode"] > 0  # a real encode, as if nobody had uploaded it
+    upload = api.post("/v1/images", files={"file": ("a.png", data)}, data={"modality": "us"}, headers=bob).json()
+    seg = api.post(f"/v1/images/{upload['image_id']}/segment", json={"prompt": box}, headers=bob).json()
+    assert seg["timings_ms"]["encode"] == 0  # his own upload's embedding is reused

@@ -55,7 +55,7 @@ async def _from_multipart(request: Request, svc: Services, user: User, timer: Ti
     prompt_field = form.get("prompt")
     prompt = pipeline.parse_prompt(prompt_field if isinstance(prompt_field, str) else None)
     decoded = await pipeline.decode_upload(svc, await pipeline.read_upload(file, svc.settings), timer)
-    return pipeline.Source(decoded.sha256, modality, decoded.rgb, decoded=decoded), prompt
+    return pipeline.Source(pipeline.cache_key(user.id, decoded.sha256), modality, decoded.rgb, decoded=decoded), prompt
 
 
 async def _from_json(request: Request, svc: Services, user: User):
