@@ -66,8 +66,8 @@ def server(tmp_path_factory):
 def test_the_app_in_a_real_browser(server, busi_dir, tmp_path):
     base, home = server
     folder = busi_dir / "malignant"
-    image = folder / "malignant (1).png"
-    mask = np.asarray(Image.open(folder / "malignant (1)_mask.png").convert("L")) > 0
+    image = folder / "malignant (6).png"
+    mask = np.asarray(Image.open(folder / "malignant (6)_mask.png").convert("L")) > 0
     width, height = Image.open(image).size
     big = tmp_path / "too-big.png"
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(10 * 1024 * 1024 + 1024))
@@ -78,7 +78,7 @@ def test_the_app_in_a_real_browser(server, busi_dir, tmp_path):
     print(run.stdout)
     assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}\nserver log:\n{(home / 'server.log').read_text()[-3000:]}"
     shots = sorted(p.name for p in OUT.glob("*.png"))
-    assert {"phone-07-classified.png", "tablet-07-classified.png", "docs-swagger.png", "docs-redoc.png"} <= set(shots)
+    assert {"phone-08-classified.png", "tablet-08-classified.png", "docs-swagger.png", "docs-redoc.png"} <= set(shots)
 
 
 def test_the_app_types_match_the_server_api():

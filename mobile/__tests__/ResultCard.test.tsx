@@ -60,3 +60,13 @@ test('no recorded quality says so instead of inventing one', () => {
   show('en', { ...byModality('us'), quality: null });
   expect(screen.getByTestId('model-quality')).toHaveTextContent('No measured quality is recorded for this model.');
 });
+
+test('while the served models load, the quality line says so instead of "none recorded"', () => {
+  render(
+    <I18nProvider initial="en">
+      <ResultCard analysis={analysis} classifier={undefined} />
+    </I18nProvider>,
+  );
+  expect(screen.getByTestId('model-quality-loading')).toHaveTextContent('Loading…');
+  expect(screen.queryByTestId('model-quality')).toBeNull();
+});

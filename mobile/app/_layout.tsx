@@ -1,4 +1,4 @@
-import { Stack } from 'expo-router';
+import { Stack, useRouter, useSegments } from 'expo-router';
 import { StatusBar } from 'expo-status-bar';
 
 import { I18nProvider, useI18n } from '../src/i18n';
@@ -15,12 +15,25 @@ function LanguageFromSession() {
   return null;
 }
 
+/** Wherever the user is, a session that ends (sign-out, expiry, revoked) leads back to sign-in. */
+function SignInGuard() {
+  const { restored, signedIn } = useSession();
+  const segments = useSegments();
+  const router = useRouter();
+  const onSignIn = segments[0] === 'sign-in';
+  useEffect(() => {
+    if (restored && !signedIn && !onSignIn) router.replace('/sign-in');
+  }, [restored, signedIn, onSignIn, router]);
+  return null;
+}
+
 function Screens() {
   const palette = usePalette();
   const { t } = useI18n();
   return (
     <>
       <LanguageFromSession />
+      <SignInGuard />
       <StatusBar style="auto" />
       <Stack
         screenOptions={{

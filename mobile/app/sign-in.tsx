@@ -1,7 +1,7 @@
 // Module 1: which server, who you are.
 import { Redirect } from 'expo-router';
 import { useState } from 'react';
-import { Platform, StyleSheet, TextInput } from 'react-native';
+import { StyleSheet, TextInput } from 'react-native';
 
 import { Client } from '../src/api/client';
 import { Body, Button, Card, Message, Notice, Page, Row, Title } from '../src/components/ui';
@@ -46,20 +46,16 @@ export default function SignIn() {
     <Page>
       <Title>{t('app.name')}</Title>
       <Card>
-        {Platform.OS !== 'web' || server !== (typeof window !== 'undefined' ? window.location.origin : '') ? (
-          <>
-            <Body>{t('signIn.server')}</Body>
-            <TextInput value={server} onChangeText={(v) => { setServer(v); setCheck('idle'); }} style={input}
-              accessibilityLabel={t('signIn.server')} autoCapitalize="none" autoCorrect={false} keyboardType="url"
-              inputMode="url" testID="server-input" />
-            <Row>
-              <Button variant="secondary" label={t(check === 'checking' ? 'signIn.checking' : 'signIn.check')}
-                onPress={checkServer} busy={check === 'checking'} testID="check-server" />
-              {check === 'ok' ? <Message kind="info" text={t('signIn.reachable')} testID="server-ok" /> : null}
-              {check === 'fail' ? <Message text={t('signIn.unreachable')} testID="server-fail" /> : null}
-            </Row>
-          </>
-        ) : null}
+        <Body>{t('signIn.server')}</Body>
+        <TextInput value={server} onChangeText={(v) => { setServer(v); setCheck('idle'); }} style={input}
+          accessibilityLabel={t('signIn.server')} autoCapitalize="none" autoCorrect={false} keyboardType="url"
+          inputMode="url" testID="server-input" />
+        <Row>
+          <Button variant="secondary" label={t(check === 'checking' ? 'signIn.checking' : 'signIn.check')}
+            onPress={checkServer} busy={check === 'checking'} testID="check-server" />
+          {check === 'ok' ? <Message kind="info" text={t('signIn.reachable')} testID="server-ok" /> : null}
+          {check === 'fail' ? <Message text={t('signIn.unreachable')} testID="server-fail" /> : null}
+        </Row>
         {session.config && session.config.auth !== 'local' ? <Message kind="warning" text={t('signIn.firebase')} /> : null}
         <Body>{t('signIn.username')}</Body>
         <TextInput value={username} onChangeText={setUsername} style={input} accessibilityLabel={t('signIn.username')}

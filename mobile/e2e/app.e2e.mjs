@@ -1,7 +1,7 @@
 // End to end in a real browser against a real `branet serve` (started by tests/test_app_e2e.py):
 // sign in with a password, upload a real BUSI image, draw a box, see the outline, classify, find the
 // result in history, open it, delete it; a wrong password and an oversized file give their messages.
-// Phone and tablet viewports; a screenshot of every step in $OUT. Then /docs and /redoc, offline.
+// Phone (light) and tablet (dark) viewports; a screenshot of every step in $OUT. Then /docs and /redoc, offline.
 //
 // env: BASE_URL, USERNAME, PASSWORD, IMAGE (PNG path), IMAGE_W, IMAGE_H, BOX ("x0,y0,x1,y1" in image
 // pixels), BIG_FILE (a file over the upload limit), OUT (screenshot folder)
@@ -42,14 +42,30 @@ async function chooseFile(page, path) {
   await chooser.setFiles(path);
 }
 
-async function appFlow(open, label, viewport) {
-  const page = await open(viewport);
+async function drag(page, box) {
+  const canvas = byTest(page, 'image-canvas');
+  await canvas.scrollIntoViewIfNeeded();
+  const frame = await canvas.boundingBox();
+  const scale = frame.width / IMAGE_W;
+  const at = (x, y) => [frame.x + x * scale, frame.y + y * scale];
+  await page.mouse.move(...at(box[0], box[1]));
+  await page.mouse.down();
+  await page.mouse.move(...at((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), { steps: 4 });
+  await page.mouse.move(...at(box[2], box[3]), { steps: 4 });
+  await page.mouse.up();
+}
+
+async function appFlow(open, label, viewport, colorScheme) {
+  const page = await open(viewport, colorScheme);
   page.setDefaultTimeout(TIMEOUT);
   const s = (name, fn) => step(page, `${label}-${name}`, fn);
 
   await s('01-sign-in', async () => {
     await page.goto(`${BASE}/app`);
     await byTest(page, 'username').waitFor();
+    assert.equal(await byTest(page, 'server-input').inputValue(), BASE);
+    await byTest(page, 'check-server').click();
+    await byTest(page, 'server-ok').waitFor();
   });
   await s('02-wrong-password', async () => {
     await byTest(page, 'username').fill(env('USERNAME'));
@@ -74,51 +90,48 @@ async function appFlow(open, label, viewport) {
       return img && img.getBoundingClientRect().width > 50;
     });
   });
-  await s('06-box-and-outline', async () => {
-    const canvas = byTest(page, 'image-canvas');
-    await canvas.scrollIntoViewIfNeeded();
-    const frame = await canvas.boundingBox();
-    const scale = frame.width / IMAGE_W;
-    const at = (x, y) => [frame.x + x * scale, frame.y + y * scale];
-    await page.mouse.move(...at(X0, Y0));
-    await page.mouse.down();
-    await page.mouse.move(...at((X0 + X1) / 2, (Y0 + Y1) / 2), { steps: 4 });
-    await page.mouse.move(...at(X1, Y1), { steps: 4 });
-    await page.mouse.up();
+  await s('07-box-and-outline', async () => {
+    await drag(page, [X0, Y0, X1, Y1]);
     await byTest(page, 'canvas-box').waitFor();
     await byTest(page, 'canvas-overlay-0').waitFor();
     await byTest(page, 'segmentation-info').waitFor();
   });
-  await s('07-classified', async () => {
+  await s('08-classified', async () => {
     await byTest(page, 'classify').click();
     await byTest(page, 'result-label').waitFor();
     const label = await byTest(page, 'result-label').innerText();
     assert.match(label, /^(Benign|Malignant)$/);
     assert.equal(await byTest(page, 'notice').innerText(), 'Research use only. Not for clinical diagnosis.');
     await byTest(page, 'threshold-mark').waitFor();
-    assert.match(await byTest(page, 'model-quality').innerText(), /AUC 0\.\d\d/);
+    await page.getByTestId('model-quality').filter({ hasText: /AUC 0\.\d\d \(95% CI/ }).waitFor();
     await byTest(page, 'heatmap-toggle').click();
     await byTest(page, 'heatmap-image').waitFor();
   });
-  await s('08-history', async () => {
+  await s('09-history', async () => {
     await page.goto(`${BASE}/app/history`);
     await byTest(page, 'history-item').waitFor();
     assert.equal(await page.getByTestId('history-item').count(), 1);
   });
-  await s('09-detail', async () => {
+  await s('10-detail', async () => {
     await byTest(page, 'history-item').click();
     await byTest(page, 'result-label').waitFor();
     await byTest(page, 'canvas-overlay-0').waitFor();
   });
-  await s('10-deleted', async () => {
+  await s('11-deleted', async () => {
     await byTest(page, 'delete').click();
     await byTest(page, 'confirm-delete').click();
     await byTest(page, 'history-empty').waitFor();
   });
-  await s('11-signed-out', async () => {
+  await s('12-profile-in-spanish', async () => {
     await page.goto(`${BASE}/app/profile`);
     await byTest(page, 'profile-user').waitFor();
     assert.match(await byTest(page, 'profile-user').innerText(), new RegExp(env('USERNAME')));
+    await byTest(page, 'language-es').click();
+    await page.getByText('Cerrar sesión').waitFor();
+    assert.equal(await byTest(page, 'notice').innerText(), 'Solo para investigación. No apto para diagnóstico clínico.');
+  });
+  await s('13-signed-out', async () => {
+    await byTest(page, 'language-en').click();
     await byTest(page, 'sign-out').click();
     await byTest(page, 'username').waitFor();
   });
@@ -146,8 +159,8 @@ async function docs(open) {
 
 const { browser, page: open, outside } = await launch();
 try {
-  await appFlow(open, 'phone', VIEWPORTS.phone);
-  await appFlow(open, 'tablet', VIEWPORTS.tablet);
+  await appFlow(open, 'phone', VIEWPORTS.phone, 'light');
+  await appFlow(open, 'tablet', VIEWPORTS.tablet, 'dark');
   await docs(open);
 } finally {
   await browser.close();

@@ -11,8 +11,10 @@ export async function launch() {
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
   const outside = [];
-  async function page(viewport) {
-    const context = await browser.newContext({ viewport, deviceScaleFactor: 1, isMobile: viewport.width < 600, hasTouch: viewport.width < 600 });
+  async function page(viewport, colorScheme = 'light') {
+    const context = await browser.newContext({
+      viewport, colorScheme, deviceScaleFactor: 1, isMobile: viewport.width < 600, hasTouch: viewport.width < 600,
+    });
     await context.route('**/*', (route) => {
       const url = new URL(route.request().url());
       if (url.protocol === 'data:' || url.protocol === 'blob:' || LOCAL.has(url.hostname)) return route.continue();

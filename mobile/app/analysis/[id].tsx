@@ -19,7 +19,7 @@ export default function AnalysisDetail() {
   const router = useRouter();
   const { client, handleError } = useSession();
   const [analysis, setAnalysis] = useState<Analysis | null>(() => recall(id));
-  const [classifier, setClassifier] = useState<ServedClassifier | null>(null);
+  const [classifier, setClassifier] = useState<ServedClassifier | null | undefined>(undefined);
   const [uri, setUri] = useState<string | null>(null);
   const [outline, setOutline] = useState<string | null>(null);
   const [confirming, setConfirming] = useState(false);

@@ -154,7 +154,12 @@ export default function Analyze() {
             disabled={busy !== null} testID="auto" />
         </Row>
         {busy === 'outline' ? <Message kind="info" text={t('roi.outlining')} testID="outlining" /> : null}
-        {busy === 'auto' ? <Message kind="info" text={`${t('roi.autoRunning', { s: elapsed })} ${t('roi.autoSlow')}`} testID="auto-running" /> : null}
+        {busy === 'auto' ? (
+          <Row>
+            <ActivityIndicator />
+            <Message kind="info" text={`${t('roi.autoRunning', { s: elapsed })} ${t('roi.autoSlow')}`} testID="auto-running" />
+          </Row>
+        ) : null}
         {looseness > roiModel.LOOSE_BOX ? <Message kind="warning" text={t('roi.looseBox', { times: looseness.toFixed(1) })} testID="loose-box" /> : null}
         {!segmentation && !busy ? <Body muted>{t('roi.noOutline')}</Body> : null}
         {segmentation ? (

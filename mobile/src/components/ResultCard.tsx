@@ -32,8 +32,10 @@ export function ProbabilityBar({ p, threshold }: { p: number; threshold: number 
   );
 }
 
-export function QualityLine({ classifier }: { classifier: ServedClassifier | null }) {
+/** `classifier`: undefined while /v1/models is loading, null when no served model has this sha256. */
+export function QualityLine({ classifier }: { classifier: ServedClassifier | null | undefined }) {
   const { t } = useI18n();
+  if (classifier === undefined) return <Body muted testID="model-quality-loading">{t('common.loading')}</Body>;
   const q = classifier?.quality;
   if (!q) return <Body muted testID="model-quality">{t('result.qualityUnknown')}</Body>;
   const [lo, hi] = q.cv_auc_ci;
@@ -50,7 +52,7 @@ export function QualityLine({ classifier }: { classifier: ServedClassifier | nul
   );
 }
 
-export function ResultCard({ analysis, classifier }: { analysis: Analysis; classifier: ServedClassifier | null }) {
+export function ResultCard({ analysis, classifier }: { analysis: Analysis; classifier: ServedClassifier | null | undefined }) {
   const { t } = useI18n();
   const palette = usePalette();
   const [heatmap, setHeatmap] = useState(false);

@@ -106,4 +106,4 @@ export function boxLooseness(drawn: Box, outline: number[]): number {
 }
 
 /** The served model was trained on SAM masks from tight boxes: beyond this the user is told so. */
-export const LOOSE_BOX = 2.0;
+export const LOOSE_BOX = 1.5;
