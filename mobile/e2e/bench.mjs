@@ -1,7 +1,8 @@
 // The web app's own time on top of the server's answers, in Debian's chromium (run by bench/app.py).
 // For each real image: choose the file -> image on screen; draw a box -> first outline; redraw it
-// (jittered) -> each re-prompt's outline; classify -> the label. Each is reported with the API calls
-// it waited for (the browser's own network timings) and the difference: what the app adds.
+// (jittered) -> each re-prompt's outline; classify -> the label. Everything is timed on the page's
+// own clock (performance.now(): the user's input event, the frame where the result is on screen, and
+// the Resource Timing of each API call it waited for), so the driver's overhead is not counted.
 // env: BASE_URL, USERNAME, PASSWORD, CASES (JSON [{path, box, width}]), REPROMPTS. Prints JSON last.
 import { launch } from './browser.mjs';
 
@@ -13,37 +14,37 @@ const REPROMPTS = Number(process.env.REPROMPTS ?? 3);
 const { browser, page: open, outside } = await launch();
 const page = await open({ width: 1024, height: 1366 });
 page.setDefaultTimeout(120_000);
-
-// Every finished API call: what it was, when it started and how long it took (ms), its JSON when small.
-const calls = [];
-page.on('requestfinished', async (req) => {
-  const url = new URL(req.url());
-  if (!url.pathname.startsWith('/v1/')) return;
-  const t = req.timing();
-  const entry = { method: req.method(), path: url.pathname, start: t.startTime, ms: t.responseEnd };
-  calls.push(entry);
-  if (url.pathname.endsWith('/segment') || (req.method() === 'POST' && url.pathname === '/v1/analyses')) {
-    const res = await req.response();
-    entry.timings = (await res.json().catch(() => ({}))).timings_ms;
+// The last pointer release and click, as the page saw them (event.timeStamp is on performance.now()'s clock).
+await page.addInitScript(() => {
+  for (const type of ['pointerup', 'mouseup', 'click']) {
+    document.addEventListener(type, (e) => { window.__input = e.timeStamp; }, true);
   }
 });
-// requestfinished can reach us just after the screen changed: settle before reading the calls
-const since = async (t0) => {
-  await page.waitForTimeout(150);
-  return calls.filter((c) => c.start >= t0 - 5);
-};
-const waited = (list, match) => list.filter(match).reduce((n, c) => n + c.ms, 0);
 
 const byTest = (id) => page.getByTestId(id).first();
-const imgLoaded = (id) => page.waitForFunction((testId) => {
-  const img = document.querySelector(`[data-testid="${testId}"] img`);
-  return img && img.complete && img.naturalWidth > 0 ? img.getAttribute('src') : null;
-}, id, { polling: 'raf' });
-const newOverlay = (previous) => page.waitForFunction((prev) => {
-  const img = document.querySelector('[data-testid="canvas-overlay-0"] img');
+const now = () => page.evaluate(() => performance.now());
+/** The page-clock time of the first animation frame where `testId`'s image is loaded (and differs from `previous`). */
+const imageShown = (testId, previous = null) => page.waitForFunction(([id, prev]) => {
+  const img = document.querySelector(`[data-testid="${id}"] img`);
   const src = img && img.complete && img.naturalWidth > 0 ? img.getAttribute('src') : null;
-  return src && src !== prev ? src : null;
-}, previous, { polling: 'raf' });
+  return src && src !== prev ? { at: performance.now(), src } : null;
+}, [testId, previous], { polling: 'raf' }).then((h) => h.jsonValue());
+const textShown = (testId) => page.waitForFunction((id) => (document.querySelector(`[data-testid="${id}"]`) ? performance.now() : null),
+  testId, { polling: 'raf' }).then((h) => h.jsonValue());
+/** The API calls that started after `t0` (page clock): path, method-less name, start, duration. */
+const apiCalls = (t0) => page.evaluate((from) => performance.getEntriesByType('resource')
+  .filter((e) => e.startTime >= from && new URL(e.name).pathname.startsWith('/v1/'))
+  .map((e) => ({ path: new URL(e.name).pathname, ms: e.responseEnd - e.startTime })), t0);
+const sum = (calls, match) => calls.filter(match).reduce((n, c) => n + c.ms, 0);
+
+// Server timings come from the answers themselves.
+const answers = [];
+page.on('response', async (res) => {
+  const path = new URL(res.url()).pathname;
+  if (path.endsWith('/segment') || (res.request().method() === 'POST' && path === '/v1/analyses')) {
+    answers.push({ path, timings: (await res.json().catch(() => ({}))).timings_ms ?? null });
+  }
+});
 
 async function drag(box, width) {
   const frame = await byTest('image-canvas').boundingBox();
@@ -72,49 +73,40 @@ const rows = [];
 for (const c of CASES) {
   await page.goto(`${BASE}/app/new`);
   await byTest('pick-file').waitFor();
+  await page.evaluate(() => performance.setResourceTimingBufferSize(10_000));
   const [chooser] = await Promise.all([page.waitForEvent('filechooser'), byTest('pick-file').click()]);
-  let t0 = Date.now();
-  let n0 = Date.now();
+  let t0 = await now(); // just before the file is handed over: the driver's round trip counts against the app
   await chooser.setFiles(c.path);
-  await imgLoaded('canvas-image');
-  const shown = Date.now() - t0;
-  const image = { total: shown, api: waited(await since(n0), (x) => x.path === '/v1/images' || x.path.endsWith('/image.png')) };
+  let shown = await imageShown('canvas-image');
+  let calls = await apiCalls(t0);
+  const image = { total: shown.at - t0, api: sum(calls, (x) => x.path === '/v1/images' || x.path.endsWith('/image.png')) };
 
   const outlines = [];
   let previous = null;
   for (let k = 0; k <= REPROMPTS; k++) {
-    const box = k === 0 ? c.box : jitter(c.box, k);
-    n0 = Date.now();
-    await drag(box, c.width);
-    // the clock runs from the release: mouse moves are the user's time, not the app's
-    const released = Date.now();
-    previous = await (await newOverlay(previous)).jsonValue();
-    const total = Date.now() - released;
-    const seg = (await since(n0)).filter((x) => x.path.endsWith('/segment'));
-    outlines.push({ total, api: waited(seg, () => true), server: seg.at(-1)?.timings ?? null });
+    const before = answers.length;
+    await drag(k === 0 ? c.box : jitter(c.box, k), c.width);
+    t0 = await page.evaluate(() => window.__input); // the release: the moves before it are the user's time
+    shown = await imageShown('canvas-overlay-0', previous);
+    previous = shown.src;
+    calls = await apiCalls(t0);
+    while (answers.length === before) await page.waitForTimeout(10);
+    outlines.push({ total: shown.at - t0, api: sum(calls, (x) => x.path.endsWith('/segment')), server: answers.at(-1).timings });
   }
 
-  n0 = Date.now();
-  t0 = Date.now();
-  const marks = {};
-  const onResponse = (res) => { const u = new URL(res.url()); if (u.pathname.startsWith('/v1/')) marks[`${res.request().method()} ${u.pathname.replace(/[0-9a-f]{32}/, 'ID')}`] = Date.now() - t0; };
-  page.on('response', onResponse);
+  const before = answers.length;
   await byTest('classify').click();
-  await page.waitForURL(/analysis/);
-  marks.url = Date.now() - t0;
-  await byTest('result-label').waitFor();
-  const total = Date.now() - t0;
-  marks.label = total;
-  page.off('response', onResponse);
-  if (process.env.DEBUG_MARKS) console.error(JSON.stringify(marks));
-  const post = (await since(n0)).filter((x) => x.method === 'POST' && x.path === '/v1/analyses');
+  t0 = await page.evaluate(() => window.__input);
+  const labelAt = await textShown('result-label');
+  calls = await apiCalls(t0);
+  while (answers.length === before) await page.waitForTimeout(10);
   const classify = {
-    total,
-    api: waited(await since(n0), (x) => (x.method === 'POST' && x.path === '/v1/analyses') || (x.method === 'GET' && /^\/v1\/analyses\/[0-9a-f]+$/.test(x.path))),
-    server: post.at(-1)?.timings ?? null,
+    total: labelAt - t0,
+    api: sum(calls, (x) => x.path === '/v1/analyses' || /^\/v1\/analyses\/[0-9a-f]+$/.test(x.path)),
+    server: answers.at(-1).timings,
   };
   rows.push({ image: c.path.split('/').pop(), show_image: image, first_outline: outlines[0], reprompts: outlines.slice(1), classify });
-  console.error(`${rows.at(-1).image}: image ${image.total} ms, outline ${outlines[0].total} ms, classify ${classify.total} ms`);
+  console.error(`${rows.at(-1).image}: image ${image.total.toFixed(0)} ms, outline ${outlines[0].total.toFixed(0)} ms, classify ${classify.total.toFixed(0)} ms`);
 }
 await browser.close();
 console.log(JSON.stringify({ rows, outside }));
