@@ -8,9 +8,11 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.body_limit import BodyTooLarge
+from server.store import StorageError
 
 CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-         413: "too_large", 415: "unsupported_media_type", 422: "invalid", 500: "internal", 503: "busy"}
+         413: "too_large", 415: "unsupported_media_type", 422: "invalid", 500: "internal", 503: "busy",
+         507: "insufficient_storage"}
 
 
 class ApiError(Exception):
@@ -44,6 +46,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(StorageError)  # disk full: 507, read-only disk: 503; nothing was stored
+    async def _storage(_: Request, exc: StorageError) -> JSONResponse:
+        return error_response(exc.status, exc.code, str(exc), {"Retry-After": "60"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

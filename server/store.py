@@ -1,8 +1,26 @@
 """SQLite (WAL) users, tokens, images and analyses, and the image files under BRANET_HOME.
 
 `Store` is the embedded default behind two interfaces, `UserStore` (for auth) and `HistoryStore`;
-the Firebase issue provides other implementations of the same protocols. Writes are all-or-nothing:
-an image file is written under a temporary name and renamed only once its row is committed.
+the Firebase issue provides other implementations of the same protocols.
+
+Crash-safe storage (the invariant: a committed image row always has its file, and a file on disk always
+has its row once the store has been opened):
+- add: the bytes go to `<id>.part` in the user's folder, are flushed and fsync'd, renamed to `<id>.png`
+  and the folder fsync'd, and only then is the row committed (SQLite WAL, synchronous=FULL); if the
+  commit fails the file is removed. A crash before the commit leaves a file without a row.
+- delete: the row (and its analyses' rows) is deleted and committed, then the file unlinked. A crash in
+  between leaves a file without a row.
+- open: `repair()` checks both ways. Files without rows (and `.part` leftovers) are deleted. Rows whose
+  file is missing (only something outside BraNet, or a lost disk, can do that) are removed together with
+  their analyses, so the API answers 404 for them, never 500. What it repaired is logged (count and
+  ids, logger `branet.store`, WARNING: stderr by default). Only the first process to open a home repairs
+  it (an exclusive lock on `branet.lock`): a `branet users ...` run beside a running server never
+  touches files the server is writing.
+- disk full (ENOSPC, EDQUOT, EFBIG, SQLITE_FULL) raises `StorageFull` (the API's 507
+  `insufficient_storage`), a read-only or unwritable disk (EROFS, EACCES, EPERM, SQLITE_READONLY)
+  `StorageUnavailable` (503 `storage_unavailable`; also
+  SQLite's write and fsync I/O errors); nothing partial is left, reads keep working, and
+  writes work again as soon as there is space.
 
 Images and analyses may carry the client's `Idempotency-Key` (`request_key`, unique per user and table):
 a second insert with a key the user already used raises `DuplicateRequest` with the row that has it.
@@ -10,9 +28,13 @@ a second insert with a key the user already used raises `DuplicateRequest` with 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
 import secrets
 import sqlite3
 import threading
@@ -48,6 +70,79 @@ INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS images_by_request_key ON images (user_id, request_key);
 CREATE UNIQUE INDEX IF NOT EXISTS analyses_by_request_key ON analyses (user_id, request_key);
 """
+
+
+log = logging.getLogger("branet.store")
+IMAGE_FILE = re.compile(r"^([0-9a-f]{32})\.(png|part)$")
+FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
+SQLITE_READONLY, SQLITE_FULL = 8, 13
+SQLITE_WRITE_ERRORS = {778, 1034}  # SQLITE_IOERR_WRITE, SQLITE_IOERR_FSYNC (EFBIG, EIO: SQLite does not say which)
+
+
+class StorageError(Exception):
+    """The store could not write; nothing of the request was kept. `status`/`code` are the API's answer."""
+    status, code = 503, "storage_unavailable"
+
+
+class StorageFull(StorageError):
+    status, code = 507, "insufficient_storage"
+
+    def __init__(self):
+        super().__init__("the server's disk is full: nothing was stored; try again later")
+
+
+class StorageUnavailable(StorageError):
+    def __init__(self):
+        super().__init__("the server cannot write to its storage (read-only or failing disk): nothing was stored")
+
+
+def storage_error(err: BaseException) -> StorageError | None:
+    """The StorageError an OSError or sqlite3 error means, or None for any other error."""
+    if isinstance(err, OSError):
+        if err.errno in FULL_ERRNOS:
+            return StorageFull()
+        if err.errno in READ_ONLY_ERRNOS:
+            return StorageUnavailable()
+    elif isinstance(err, sqlite3.Error):
+        code = getattr(err, "sqlite_errorcode", 0) or 0
+        if code & 0xFF == SQLITE_FULL:
+            return StorageFull()
+        if code & 0xFF == SQLITE_READONLY or code in SQLITE_WRITE_ERRORS:
+            return StorageUnavailable()
+    return None
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(final: Path, data: bytes) -> None:
+    """`data` at `final`, all or nothing: written to `<final>.part`, fsync'd, renamed, the folder fsync'd.
+    On any error neither the temporary file nor `final` is left."""
+    part = final.with_suffix(".part")
+    renamed = False
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(part, final)
+        renamed = True
+        fsync_dir(final.parent)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        if renamed:
+            final.unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)
@@ -120,19 +215,35 @@ def hash_token(token: str) -> str:
 class Store:
     def __init__(self, home: Path):
         self.home = Path(home)
+        self._lock_fd: int | None = None
         self.images_dir = self.home / "images"
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.home / "branet.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk when it returns, power loss included
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
         self._migrate()
-        self._remove_orphans()
+        # Held (shared) while open; the first opener takes it exclusively for the repair, so a second process
+        # (a `branet users` command beside a running server) never deletes a file the server is writing.
+        self._lock_fd = os.open(self.home / "branet.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.debug("branet.store: %s is open elsewhere: no start-up repair here", self.home)
+        else:
+            self.repaired = self.repair()
+        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+
+    repaired: dict[str, list[str]] | None = None  # what the start-up repair did (None: another process had it open)
 
     def close(self) -> None:
         self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     def _migrate(self) -> None:
         with self._tx() as db:
@@ -141,10 +252,48 @@ class Store:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         self._db.executescript(INDEXES)
 
-    def _remove_orphans(self) -> None:
-        # A crash between writing a file and committing its row leaves a `.part` file: never shown, removed here.
-        for part in self.images_dir.glob("*/*.part"):
-            part.unlink(missing_ok=True)
+    def repair(self) -> dict[str, list[str]]:
+        """The start-up check both ways (call it only while no other process writes this home): image files
+        without a row and `.part` leftovers are deleted; image rows whose file is missing are removed with
+        their analyses. Logged (WARNING, count and ids) when anything was repaired. Returns the ids:
+        {"files_without_rows", "partial_files", "rows_without_files", "analyses_removed"}."""
+        with self._lock:
+            rows = {(r["user_id"], r["id"]): self.home / r["file"]
+                    for r in self._db.execute("SELECT id, user_id, file FROM images")}
+        known = set(rows.values())
+        files, partial = [], []
+        for folder in sorted(p for p in self.images_dir.iterdir() if p.is_dir()):
+            for path in sorted(folder.iterdir()):
+                match = IMAGE_FILE.match(path.name)
+                if match is None or not path.is_file():
+                    continue  # not a name BraNet writes: left alone
+                if match[2] == "part":
+                    partial.append(path)
+                elif path not in known:
+                    files.append(path)
+        for path in files + partial:
+            path.unlink(missing_ok=True)
+        if files or partial:
+            for folder in {p.parent for p in files + partial}:
+                fsync_dir(folder)
+        missing = [image_id for (_, image_id), path in rows.items() if not path.is_file()]
+        analyses: list[str] = []
+        if missing:
+            with self._tx() as db:
+                for image_id in missing:
+                    analyses += [r["id"] for r in db.execute("SELECT id FROM analyses WHERE image_id = ?", (image_id,))]
+                    db.execute("DELETE FROM analyses WHERE image_id = ?", (image_id,))
+                    db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+        report = {"files_without_rows": [p.stem for p in files], "partial_files": [p.stem for p in partial],
+                  "rows_without_files": missing, "analyses_removed": analyses}
+        if files or partial:
+            log.warning("branet.store: start-up repair: deleted %d image file(s) without a row %s and %d partial "
+                        "write(s) %s (a crash between writing and committing, or committing and unlinking)",
+                        len(files), report["files_without_rows"], len(partial), report["partial_files"])
+        if missing:
+            log.warning("branet.store: start-up repair: removed %d image row(s) whose file is missing %s and their "
+                        "%d analysis(es) %s", len(missing), missing, len(analyses), analyses)
+        return report
 
     def _tx(self):
         store = self
@@ -152,14 +301,28 @@ class Store:
         class _Tx:
             def __enter__(self):
                 store._lock.acquire()
-                store._db.execute("BEGIN IMMEDIATE")
+                try:
+                    store._db.execute("BEGIN IMMEDIATE")
+                except BaseException as err:
+                    store._lock.release()
+                    raise storage_error(err) or err
                 return store._db
 
-            def __exit__(self, exc_type, *_):
+            def __exit__(self, exc_type, exc, _tb):
                 try:
-                    store._db.execute("ROLLBACK" if exc_type else "COMMIT")
+                    try:
+                        store._db.execute("ROLLBACK" if exc_type else "COMMIT")
+                    except sqlite3.Error as err:
+                        if store._db.in_transaction:
+                            store._db.execute("ROLLBACK")
+                        if exc_type is None:
+                            raise storage_error(err) or err
                 finally:
                     store._lock.release()
+                mapped = storage_error(exc) if exc is not None else None
+                if mapped is not None:
+                    raise mapped from exc
+                return False
         return _Tx()
 
     # users and tokens
@@ -266,10 +429,14 @@ class Store:
         """Store a new image; DuplicateRequest (nothing written) when the user already used `request_key` here."""
         image_id = uuid.uuid4().hex
         folder = self.images_dir / user.id
-        folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"{image_id}.png"
-        part = final.with_suffix(".part")
-        part.write_bytes(png)
+        try:
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                fsync_dir(self.images_dir)
+            write_durably(final, png)  # on disk under its final name before the row exists
+        except OSError as err:
+            raise storage_error(err) or err
         record = ImageRecord(image_id, user.id, sha256, modality, width, height, final, now())
         try:
             with self._tx() as db:
@@ -281,9 +448,8 @@ class Store:
                                 str(final.relative_to(self.home)), record.created, request_key))
             if existing is not None:
                 raise DuplicateRequest(existing)
-            os.replace(part, final)
         except BaseException:
-            part.unlink(missing_ok=True)
+            final.unlink(missing_ok=True)  # no row: no file (a crash right here is repaired at the next start)
             raise
         return record
 
@@ -312,7 +478,16 @@ class Store:
             return
         with self._tx() as db:
             db.execute("DELETE FROM images WHERE id = ? AND user_id = ?", (image_id, user.id))
-        record.file.unlink(missing_ok=True)
+        self._unlink_deleted(record.file)
+
+    @staticmethod
+    def _unlink_deleted(path: Path) -> None:
+        """Remove the file of a row already deleted and committed; a file that cannot go now (read-only disk)
+        or a crash before this line is a file without a row, removed by the next start-up repair."""
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("branet.store: could not remove %s (%s): the next start-up repair will", path.name, err)
 
     # analyses
     def add_analysis(self, user: User, image_id: str, summary: dict, result: dict,
@@ -368,5 +543,5 @@ class Store:
             if image is not None:
                 db.execute("DELETE FROM images WHERE id = ?", (image_id,))
         if image is not None:
-            (self.home / image["file"]).unlink(missing_ok=True)
+            self._unlink_deleted(self.home / image["file"])
         return True

@@ -259,6 +259,8 @@ def test_an_older_database_gains_the_key_columns(tmp_path):
         INSERT INTO analyses (id, user_id, image_id, created, summary, result) VALUES ('a1', 'u1', 'i1', 't', '{}', '{"id": "a1"}');
     """)
     db.close()
+    (tmp_path / "images" / "u1").mkdir(parents=True)
+    (tmp_path / "images" / "u1" / "i1.png").write_bytes(b"png")  # a row without its file is removed at start
     store = Store(tmp_path)
     columns = {t: {r["name"] for r in store._db.execute(f"PRAGMA table_info({t})")} for t in ("images", "analyses")}
     assert "request_key" in columns["images"] and "request_key" in columns["analyses"]
