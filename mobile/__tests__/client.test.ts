@@ -60,6 +60,7 @@ test.each([
   [415, { error: { code: 'unsupported_media_type', message: 'gif' } }, {}, 'notAnImage', null],
   [422, { error: { code: 'corrupt_image', message: 'cannot decode' } }, {}, 'invalidImage', null],
   [503, { error: { code: 'busy', message: 'queue full' } }, { 'Retry-After': '2' }, 'busy', 2],
+  [507, { error: { code: 'insufficient_storage', message: 'disk full' } }, { 'Retry-After': '60' }, 'diskFull', 60],
   [500, null, {}, 'server', null],
 ])('HTTP %i maps to a kind the screens translate', async (status, body, headers, kind, retryAfter) => {
   const net = network([json(status, body, headers)]);

@@ -77,7 +77,9 @@ async def _from_json(request: Request, svc: Services, user: User):
                                                                   "body), nothing new run or stored"},
                         413: {"model": ErrorResponse, "description": "file too large"},
                         415: {"model": ErrorResponse, "description": "not a PNG/JPEG or not JSON/multipart"},
-                        503: {"model": ErrorResponse, "description": "queue full, see Retry-After"}})
+                        503: {"model": ErrorResponse, "description": "queue full (busy) or the disk read-only or "
+                                                                    "failing (storage_unavailable); see Retry-After"},
+                        507: {"model": ErrorResponse, "description": "the server's disk is full: nothing was stored"}})
 async def create_analysis(request: Request, response: Response, key: str | None = Depends(idempotency_key),
                           user: User = Depends(current_user), svc: Services = Depends(services)) -> dict:
     timer = Timer()

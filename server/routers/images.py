@@ -31,7 +31,9 @@ def _image_out(record: ImageRecord) -> ImageOut:
                                                                "used here: the first upload's image, nothing new"},
                         413: {"model": ErrorResponse, "description": "file too large"},
                         415: {"model": ErrorResponse, "description": "not a PNG or JPEG"},
-                        503: {"model": ErrorResponse, "description": "queue full, see Retry-After"}})
+                        503: {"model": ErrorResponse, "description": "queue full (busy) or the disk read-only or "
+                                                                    "failing (storage_unavailable); see Retry-After"},
+                        507: {"model": ErrorResponse, "description": "the server's disk is full: nothing was stored"}})
 async def upload_image(response: Response, file: UploadFile = File(description="PNG or JPEG, at most 10 MB"),
                        modality: Modality = Form(description="us (ultrasound) or dm (mammography)"),
                        key: str | None = Depends(idempotency_key),

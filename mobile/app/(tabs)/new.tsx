@@ -37,7 +37,7 @@ export default function NewAnalysis() {
       handleError(err);
       setError(errorMessage(t, err, maxMb));
       // the same key on retry: the server answers with the image of the first attempt if it arrived
-      if (err instanceof ApiError && (err.kind === 'network' || err.kind === 'busy')) setFailed({ file, key });
+      if (err instanceof ApiError && ['network', 'busy', 'diskFull'].includes(err.kind)) setFailed({ file, key });
     } finally {
       setProgress(null);
       upload.current = null;

@@ -10,6 +10,7 @@ export type ErrorKind =
   | 'invalidImage'
   | 'notFound'
   | 'busy'
+  | 'diskFull'
   | 'server';
 
 export class ApiError extends Error {
@@ -40,6 +41,7 @@ export function fromResponse(status: number, body: unknown, retryAfter: string |
     : status === 422 ? 'invalidImage'
     : status === 404 ? 'notFound'
     : status === 503 ? 'busy'
+    : status === 507 ? 'diskFull'
     : 'server';
   return new ApiError(kind, message, status, code, seconds);
 }

@@ -1133,8 +1133,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description queue full, see Retry-After */
+            /** @description queue full (busy) or the disk read-only or failing (storage_unavailable); see Retry-After */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description the server's disk is full: nothing was stored */
+            507: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1477,8 +1486,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description queue full, see Retry-After */
+            /** @description queue full (busy) or the disk read-only or failing (storage_unavailable); see Retry-After */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description the server's disk is full: nothing was stored */
+            507: {
                 headers: {
                     [name: string]: unknown;
                 };

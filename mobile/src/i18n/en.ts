@@ -95,5 +95,6 @@ export const en = {
   'errors.invalidImage': 'The server could not use this image: {message}',
   'errors.notFound': 'Not found: it may have been deleted.',
   'errors.busy': 'The server is busy. Try again in a moment.',
+  'errors.diskFull': 'The server has no room to store images. Nothing was stored; try again later.',
   'errors.server': 'The server failed: {message}',
 };

@@ -97,5 +97,6 @@ export const es: Record<keyof typeof en, string> = {
   'errors.invalidImage': 'El servidor no pudo usar esta imagen: {message}',
   'errors.notFound': 'No encontrado: puede que se haya eliminado.',
   'errors.busy': 'El servidor está ocupado. Inténtelo de nuevo en un momento.',
+  'errors.diskFull': 'El servidor no tiene espacio para guardar imágenes. No se guardó nada; inténtelo más tarde.',
   'errors.server': 'El servidor falló: {message}',
 };
