@@ -6,29 +6,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from models.preprocessing import box_of_mask
+from tests.live_server import branet, live_server
 
 ROOT = Path(__file__).resolve().parents[1]
 MOBILE = ROOT / "mobile"
 OUT = ROOT / ".cache" / "test-output" / "app-e2e"
 PASSWORD = "correct horse 42"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,29 +30,9 @@ def server(tmp_path_factory):
         if not needed.exists():
             pytest.fail(f"{needed} is missing: run `{how}` (make test does)")
     home = tmp_path_factory.mktemp("e2e-home")
-    env = {**os.environ, "BRANET_HOME": str(home), "BRANET_CREATE_DEV_USER": "false", "BRANET_APP_DIR": str(MOBILE / "dist")}
-    branet = str(Path(sys.executable).with_name("branet"))
-    subprocess.run([branet, "users", "add", "clinician", "--password-stdin"], input=PASSWORD + "\n", text=True,
-                   env=env, check=True, capture_output=True)
-    port = free_port()
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen([branet, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).json().get("ready"):
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {(home / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield base, home
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    branet(home, "users", "add", "clinician", "--password-stdin", stdin=PASSWORD + "\n")
+    with live_server(home, BRANET_APP_DIR=str(MOBILE / "dist")) as port:
+        yield f"http://127.0.0.1:{port}", home
 
 
 def test_the_app_in_a_real_browser(server, busi_dir, tmp_path):

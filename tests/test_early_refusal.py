@@ -5,18 +5,14 @@ TestClient cannot show this: it hands the app the whole body at once."""
 from __future__ import annotations
 
 import json
-import os
 import select
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.test_app_e2e import free_port
+from tests.live_server import branet, live_server
 
 CHUNK = 64 * 1024
 
@@ -24,28 +20,9 @@ CHUNK = 64 * 1024
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("early-home")
-    env = {**os.environ, "BRANET_HOME": str(home), "BRANET_CREATE_DEV_USER": "false"}
-    branet = str(Path(sys.executable).with_name("branet"))
-    token = subprocess.run([branet, "users", "add", "uploader", "--no-password"], env=env, check=True,
-                           capture_output=True, text=True).stdout.strip()
-    port = free_port()
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen([branet, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json().get("ready"):
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {(home / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    token = branet(home, "users", "add", "uploader", "--no-password").strip()
+    with live_server(home) as port:
         yield port, token, home
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def send_slowly(port: int, head: bytes, body_chunks, total: int, pause: float = 0.005) -> tuple[int, bytes, int]:
