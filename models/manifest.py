@@ -33,6 +33,7 @@ class InputSpec(BaseModel):
     mean: float = 0.5
     std: float = 0.5
     roi_margin: float = 0.10
+    intensity: str = "raw"  # models.preprocessing.Intensity: the gray levels' standardisation before the crop
     crop: str = "square around lesion box + margin, slid inside the image, reflection-padded if smaller"
 
 

@@ -7,7 +7,7 @@ large lesions are malignant more often (a shortcut, see shared/RESEARCH.md).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,10 @@ STD = 0.5
 ROI_MARGIN = 0.10  # fraction of the lesion box's longer side added on every side
 
 Box = Sequence[float]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
+# `raw`: gray levels as the scanner wrote them; `percentile`: each image's 1st..99th percentile stretched to
+# 0..255 before cropping, so that a scanner's gain and dynamic range do not move the crop's levels.
+Intensity = Literal["raw", "percentile"]
+INTENSITY_PERCENTILES = (1.0, 99.0)
 
 
 def to_gray(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -98,9 +102,21 @@ def jitter_box(box: Box, width: int, height: int, rng: np.random.Generator,
     return jx0, jy0, jx1, jy1
 
 
+def standardize_intensity(gray: np.ndarray) -> np.ndarray:
+    """uint8 HxW with the image's INTENSITY_PERCENTILES mapped to 0 and 255 (clipped); a flat image is kept."""
+    lo, hi = np.percentile(gray, INTENSITY_PERCENTILES)
+    if hi - lo < 1:
+        return gray
+    return np.clip((gray.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
+
+
 def classifier_input(gray: np.ndarray, box: Box, mask: np.ndarray | None = None, size: int = INPUT_SIZE,
-                     margin: float = ROI_MARGIN) -> np.ndarray:
+                     margin: float = ROI_MARGIN, intensity: Intensity = "raw") -> np.ndarray:
     """(C, size, size) uint8: the gray ROI, then (2-channel models) the lesion mask cropped the same way."""
+    if intensity == "percentile":
+        gray = standardize_intensity(gray)
+    elif intensity != "raw":
+        raise ValueError(f"unknown intensity standardisation {intensity!r}; known: raw, percentile")
     roi = roi_from_image(gray, box, size, margin)
     if mask is None:
         return roi[None]

@@ -7,7 +7,7 @@ from scipy.special import softmax
 from sklearn.metrics import (confusion_matrix, f1_score, matthews_corrcoef, precision_score, recall_score,
                              roc_auc_score)
 
-from training.metrics import (binary_report, cv_summary, ece, fit_temperature, roc_auc,
+from training.metrics import (binary_report, bootstrap_auc_ci, paired_auc_difference, cv_summary, ece, fit_temperature, roc_auc,
                               threshold_for_sensitivity)
 
 
@@ -154,3 +154,35 @@ def test_roc_auc_alone():
     assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p))
     assert roc_auc([1, 1], [0.2, 0.3]) is None
     assert not math.isnan(roc_auc([0, 1], [0.5, 0.5]))
+
+
+def _lesions(n: int = 80, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    return y, np.clip(0.5 + 0.25 * (y - 0.5) + rng.normal(0, 0.2, n), 0, 1)
+
+
+def test_group_bootstrap_treats_a_patients_lesions_as_one_draw():
+    # Three copies of each lesion in one group each: drawing whole groups is drawing the lesions once,
+    # so the interval equals the single copies' case bootstrap; drawing copies one by one narrows it.
+    y, p = _lesions()
+    groups = [f"g{i:03d}" for i in range(len(y)) for _ in range(3)]
+    y3, p3 = np.repeat(y, 3), np.repeat(p, 3)
+    single = bootstrap_auc_ci(y, p, 1000, seed=1)
+    assert bootstrap_auc_ci(y3, p3, 1000, seed=1, groups=groups) == pytest.approx(single)
+    naive = bootstrap_auc_ci(y3, p3, 1000, seed=1)
+    assert naive[1] - naive[0] < 0.75 * (single[1] - single[0])
+    rep = binary_report(y3, p3, groups=groups)
+    assert rep["ci_resamples"] == "groups" and rep["roc_auc_ci"] == pytest.approx(
+        bootstrap_auc_ci(y3, p3, 1000, groups=groups))
+    with pytest.raises(ValueError, match="groups for"):
+        bootstrap_auc_ci(y3, p3, 100, groups=groups[:-1])
+
+
+def test_paired_difference_cancels_what_the_models_share():
+    y, p = _lesions()
+    delta, ci = paired_auc_difference(y, p, p, 500)
+    assert delta == 0 and ci == [0, 0]
+    better = np.where(y == 1, np.minimum(p + 0.2, 1), p)
+    delta, ci = paired_auc_difference(y, p, better, 500, groups=[f"g{i // 2}" for i in range(len(y))])
+    assert delta == pytest.approx(roc_auc(y, better) - roc_auc(y, p)) and 0 < ci[0] <= delta <= ci[1]

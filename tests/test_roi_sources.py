@@ -73,3 +73,18 @@ def test_sam_masks_fill_the_embedding_cache_in_the_same_pass(records, api):
             writer.add(fresh)
             raise RuntimeError("stopped")
     assert not target.exists() and not list(path.parent.glob("*.tmp.npy"))
+
+
+def test_another_list_of_the_same_lesions_reuses_their_masks(records):
+    full = SamViews(records, progress=False)
+    full.dice()
+    lesion_files = {r.lesion_id: full._lesion_path(r) for r in records}
+    stamps = {k: p.stat().st_mtime_ns for k, p in lesion_files.items()}
+    part = SamViews(records[4:] + records[:2], progress=False)  # a held-out site's order, say
+    assert part.path != full.path
+    for j, i in enumerate([4, 5, 0, 1]):
+        shape = Image.open(records[i].image_path).size[::-1]
+        box_p, mask_p = part.view(j, shape)
+        box_f, mask_f = full.view(i, shape)
+        assert box_p == box_f and np.array_equal(mask_p, mask_f)
+    assert {k: p.stat().st_mtime_ns for k, p in lesion_files.items()} == stamps  # read, not encoded again

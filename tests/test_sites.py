@@ -68,8 +68,13 @@ def test_cv_reports_each_site(two_site_cv):
     assert set(report["per_site"]) == {"busi", "busbra"}
     for site, row in report["per_site"].items():
         mine = np.array([r["source"] == site for r in rows])
-        alone = binary_report(y[mine], p[mine], report["threshold"])
+        alone = binary_report(y[mine], p[mine], report["threshold"],
+                              groups=[r["group"] for r in rows if r["source"] == site])  # CIs over patients
         assert row == {k: alone[k] for k in SITE_KEYS}, site
+        # the threshold keeps the target sensitivity on each site's out-of-fold predictions, not only pooled
+        assert row["sensitivity"] >= 0.9, site
+    assert report["threshold_rule"].endswith("on each site")
+    assert set(report["cross_fitted"]["per_site"]) == {"busi", "busbra"}
     md = (two_site_cv / "cv" / "report.md").read_text()
     assert "| busbra | 8 (4) |" in md and "| busi | 8 (4) |" in md
 

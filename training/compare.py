@@ -2,7 +2,7 @@
 
 For each run: fold AUC, pooled out-of-fold AUC with its CI, accuracy/sensitivity/specificity, ECE.
 Against the first run (the baseline, e.g. `real`): the AUC difference with a 95% paired bootstrap CI
-over lesions, which says whether a technique helps. Writes compare.json, compare.md, compare.png.
+over patient / near-duplicate groups, which says whether a technique helps. Writes compare.json, compare.md, compare.png.
 
 `--served-as SRC` compares what each run's fold models do on test lesions cropped by SRC (expert,
 box or sam: the server's), with each run's own temperature and threshold, whatever the run trained on.
@@ -17,9 +17,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from training.metrics import roc_auc
+from training.metrics import paired_auc_difference, roc_auc
 from training.plots import _roc_points
-from training.train_classifier import _softmax_p, read_oof
+from training.train_classifier import _softmax_p, read_oof, read_oof_column
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,19 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score every run on this ROI source (its cv/oof_served_SRC.csv unless it trained on SRC)")
 
 
-def paired_auc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, n_boot: int, seed: int = 0
-                          ) -> tuple[float, list[float]]:
-    """AUC(b) - AUC(a) on the same lesions, with a 95% percentile CI from paired case resampling."""
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        if len(set(y[idx].tolist())) < 2:
-            continue
-        diffs.append(roc_auc(y[idx], p_b[idx]) - roc_auc(y[idx], p_a[idx]))
-    return roc_auc(y, p_b) - roc_auc(y, p_a), [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
-
-
 def load_run(run: Path, served_as: str | None = None) -> dict:
     report = json.loads((run / "cv" / "report.json").read_text())
     trained_on = report.get("roi_source", "expert")
@@ -51,6 +38,7 @@ def load_run(run: Path, served_as: str | None = None) -> dict:
         raise SystemExit(f"error: {run} has no {oof}: it was not scored on {served_as} crops (train-classifier --served-as)")
     y, fold, logits = read_oof(run / "cv" / oof)
     return {"run": str(run), "report": report, "y": y, "fold": fold, "logits": logits,
+            "groups": read_oof_column(run / "cv" / oof, "group"),
             "p": _softmax_p(logits, report["temperature"]), "served_as": served_as or trained_on}
 
 
@@ -78,7 +66,7 @@ def _metrics(item: dict) -> dict:
     y, fold, p = item["y"], item["fold"], item["p"]
     folds = [roc_auc(y[fold == k], p[fold == k]) for k in sorted(set(fold.tolist()))]
     return {"fold_auc_mean": float(np.mean(folds)), "fold_auc_std": float(np.std(folds, ddof=1)),
-            "pooled": binary_report(y, p, threshold=rep["threshold"]),
+            "pooled": binary_report(y, p, threshold=rep["threshold"], groups=item["groups"]),
             "at_0.5": binary_report(y, p, threshold=0.5, n_boot=0)["accuracy"],
             "ece_before": binary_report(y, _softmax_p(item["logits"]), threshold=0.5, n_boot=0)["ece"],
             "tta_flip_auc": None}
@@ -101,7 +89,7 @@ def compare(runs: list[Path], n_boot: int = 2000, served_as: str | None = None) 
                "ece_before": m["ece_before"], "ece_after": pooled["ece"],
                "tta_flip_auc": m["tta_flip_auc"], "seconds": rep.get("seconds")}
         if item is not base and np.array_equal(item["y"], base["y"]):
-            d, ci = paired_auc_difference(base["y"], base["p"], item["p"], n_boot)
+            d, ci = paired_auc_difference(base["y"], base["p"], item["p"], n_boot, groups=base["groups"])
             row.update(delta_auc_vs_baseline=d, delta_auc_ci=ci, baseline=base["report"]["regime"])
         rows.append(row)
     return rows

@@ -104,7 +104,8 @@ def predict(records: list[RoiRecord], weights: Path, name: str, roi_source: str 
         _log(f"warning: {name} was trained on {entry.modality}, evaluating it on {records[0].modality}")
     inputs = load_inputs(records, roi_source, entry.input.channels, size=entry.input.size,
                          margin=entry.input.roi_margin, progress=sys.stderr.isatty(),
-                         sam_name=entry.input.sam or SAM_FOR_BOXES, weights_dir=weights)
+                         sam_name=entry.input.sam or SAM_FOR_BOXES, weights_dir=weights,
+                         intensity=entry.input.intensity)
     logits = torch.from_numpy(logits_of(model, inputs))
     if probe is not None:  # as the server does: the probe's logit from SAM's embedding of the same lesion
         from models.sam_probe import fuse
@@ -193,7 +194,8 @@ def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, 
     p, entry = predict(records, Path(weights), name, roi_source)
     sam_name = entry.input.sam or SAM_FOR_BOXES
     y = [r.target for r in records]
-    metrics = binary_report(y, p, threshold=entry.threshold, n_boot=n_boot, seed=seed)
+    groups = [r.group for r in records]  # CIs resample whole patients / near-duplicate groups
+    metrics = binary_report(y, p, threshold=entry.threshold, n_boot=n_boot, seed=seed, groups=groups)
     by_source: dict[str, Counter] = {}
     for r in records:
         by_source.setdefault(r.source, Counter())[r.label] += 1
@@ -203,7 +205,8 @@ def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, 
         "modality": modality,
         **metrics,
         # Each source is a site (hospital, scanner): the pooled figures can hide one that fails.
-        "per_site": per_site([r.source for r in records], y, p, entry.threshold, n_boot=n_boot, seed=seed),
+        "per_site": per_site([r.source for r in records], y, p, entry.threshold, n_boot=n_boot, seed=seed,
+                             groups=groups),
         "temperature": entry.temperature,
         "data": {"folder": str(Path(data).resolve()), "sources": sorted(by_source),
                  "counts": dict(sorted(sum(by_source.values(), Counter()).items())),

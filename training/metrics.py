@@ -36,39 +36,79 @@ def roc_auc(y_true: ArrayLike, p: ArrayLike) -> float | None:
     """Mann-Whitney AUC with ties counted half (equals sklearn's roc_auc_score); None for one class."""
     y, q = _as_arrays(y_true, p)
     values, codes = np.unique(q, return_inverse=True)
-    return _auc_rows(y[None], codes[None], values.size)[0]
+    return _auc_rows(y, codes, np.ones((1, y.size)), values.size)[0]
 
 
-def _auc_rows(y: np.ndarray, codes: np.ndarray, n_values: int) -> list[float | None]:
-    """AUC of each row from per-score-value class counts: one vectorised pass for all bootstrap
-    resamples, no sort per resample and no scipy import (this module loads in the server too)."""
-    rows = y.shape[0]
-    flat = np.arange(rows)[:, None] * n_values + codes
-    pos = np.bincount(flat[y == 1], minlength=rows * n_values).reshape(rows, n_values)
-    neg = np.bincount(flat[y == 0], minlength=rows * n_values).reshape(rows, n_values)
+def _auc_rows(y: np.ndarray, codes: np.ndarray, weights: np.ndarray, n_values: int) -> list[float | None]:
+    """AUC under each row of case weights (a bootstrap resample is the count of each case in it), from
+    weighted per-score-value class counts: one vectorised pass for all resamples, no sort per resample
+    and no scipy import (this module loads in the server too)."""
+    rows = weights.shape[0]
+    flat = (np.arange(rows)[:, None] * n_values + codes[None]).ravel()
+    pos = np.bincount(flat, (weights * (y == 1)).ravel(), minlength=rows * n_values).reshape(rows, n_values)
+    neg = np.bincount(flat, (weights * (y == 0)).ravel(), minlength=rows * n_values).reshape(rows, n_values)
     neg_below = np.cumsum(neg, axis=1) - neg
     wins = (pos * (neg_below + 0.5 * neg)).sum(axis=1)  # ties count half
     n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
     return [float(w / (a * b)) if a and b else None for w, a, b in zip(wins, n_pos, n_neg)]
 
 
+def resample_weights(n: int, rows: int, rng: np.random.Generator, groups: Sequence | None = None) -> np.ndarray:
+    """(rows, n) bootstrap weights: how often each case is drawn. With `groups` (a patient or near-duplicate
+    group per case) whole groups are drawn, so that the lesions of one patient rise and fall together:
+    resampling them one by one would treat them as independent and make intervals too narrow."""
+    if groups is None:
+        idx = rng.integers(0, n, size=(rows, n))
+        return np.stack([np.bincount(i, minlength=n) for i in idx]).astype(np.float64)
+    _, code = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    n_groups = int(code.max()) + 1 if n else 0
+    drawn = rng.integers(0, n_groups, size=(rows, n_groups))
+    counts = np.stack([np.bincount(d, minlength=n_groups) for d in drawn]).astype(np.float64)
+    return counts[:, code]
+
+
+def _check_groups(groups: Sequence | None, n: int) -> None:
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"{len(groups)} groups for {n} cases")
+
+
 def bootstrap_auc_ci(y_true: ArrayLike, p: ArrayLike, n_boot: int = 1000, seed: int = 0,
-                     level: float = 0.95) -> list[float] | None:
-    """Percentile bootstrap over cases; resamples holding one class only are skipped, not counted as 0.5."""
+                     level: float = 0.95, groups: Sequence | None = None) -> list[float] | None:
+    """Percentile bootstrap over cases, or over whole `groups` (patients, near-duplicate groups) when given;
+    resamples holding one class only are skipped, not counted as 0.5."""
     y, q = _as_arrays(y_true, p)
+    _check_groups(groups, y.size)
     if n_boot <= 0 or y.size == 0 or y.min() == y.max():
         return None
     values, codes = np.unique(q, return_inverse=True)
     rng = np.random.default_rng(seed)
     aucs: list[float] = []
     for start in range(0, n_boot, 250):  # chunks bound the memory of the resamples x values count tables
-        idx = rng.integers(0, y.size, size=(min(250, n_boot - start), y.size))
-        aucs += [a for a in _auc_rows(y[idx], codes[idx], values.size) if a is not None]
+        w = resample_weights(y.size, min(250, n_boot - start), rng, groups)
+        aucs += [a for a in _auc_rows(y, codes, w, values.size) if a is not None]
     if not aucs:
         return None
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(aucs, [alpha, 1.0 - alpha])
     return [float(lo), float(hi)]
+
+
+def paired_auc_difference(y_true: ArrayLike, p_a: ArrayLike, p_b: ArrayLike, n_boot: int = 2000, seed: int = 0,
+                          groups: Sequence | None = None) -> tuple[float, list[float]]:
+    """AUC(b) - AUC(a) on the same cases, with a 95% percentile CI from paired resampling of cases (or of
+    whole `groups`): both models are scored on every resample, so what the cases share cancels."""
+    y, qa = _as_arrays(y_true, p_a)
+    _, qb = _as_arrays(y_true, p_b)
+    _check_groups(groups, y.size)
+    (va, ca), (vb, cb) = (np.unique(q, return_inverse=True) for q in (qa, qb))
+    rng = np.random.default_rng(seed)
+    diffs: list[float] = []
+    for start in range(0, n_boot, 250):
+        w = resample_weights(y.size, min(250, n_boot - start), rng, groups)
+        diffs += [b - a for a, b in zip(_auc_rows(y, ca, w, va.size), _auc_rows(y, cb, w, vb.size))
+                  if a is not None and b is not None]
+    delta = roc_auc(y, qb) - roc_auc(y, qa)
+    return float(delta), [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
 
 
 def calibration_bins(y_true: ArrayLike, p: ArrayLike, n_bins: int = 10) -> list[dict[str, float]]:
@@ -95,10 +135,11 @@ def ece(y_true: ArrayLike, p: ArrayLike, n_bins: int = 10) -> float | None:
 
 
 def binary_report(y_true: ArrayLike, p_malignant: ArrayLike, threshold: float = 0.5, n_boot: int = 1000,
-                  seed: int = 0, n_bins: int = 10) -> dict[str, Any]:
+                  seed: int = 0, n_bins: int = 10, groups: Sequence | None = None) -> dict[str, Any]:
     """Everything reported for one set of predictions; malignant (1) is the positive class.
 
-    A case is called malignant when p_malignant >= threshold. n_boot = 0 skips the AUC interval."""
+    A case is called malignant when p_malignant >= threshold. n_boot = 0 skips the AUC interval, which
+    resamples whole `groups` when they are given (bootstrap_auc_ci)."""
     y, q = _as_arrays(y_true, p_malignant)
     pred = (q >= threshold).astype(np.int64)
     tp = int(((pred == 1) & (y == 1)).sum())
@@ -121,7 +162,8 @@ def binary_report(y_true: ArrayLike, p_malignant: ArrayLike, threshold: float = 
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
         "mcc": (tp * tn - fp * fn) / den if den else None,
         "roc_auc": roc_auc(y, q) if y.size else None,
-        "roc_auc_ci": bootstrap_auc_ci(y, q, n_boot, seed),
+        "roc_auc_ci": bootstrap_auc_ci(y, q, n_boot, seed, groups=groups),
+        "ci_resamples": "groups" if groups is not None else "cases",
         "ece": ece(y, q, n_bins),
         "per_class": {
             "benign": {"accuracy": spec, "precision": npv, "recall": spec,
@@ -133,7 +175,7 @@ def binary_report(y_true: ArrayLike, p_malignant: ArrayLike, threshold: float = 
 
 
 def cv_summary(fold_reports: list[dict[str, Any]], y_all: ArrayLike, p_all: ArrayLike, threshold: float = 0.5,
-               n_boot: int = 1000, seed: int = 0, n_bins: int = 10) -> dict[str, Any]:
+               n_boot: int = 1000, seed: int = 0, n_bins: int = 10, groups: Sequence | None = None) -> dict[str, Any]:
     """Mean, std (ddof=1: folds are a sample of possible splits) and per-fold values of CV_KEYS, plus
     `pooled`, the report of all out-of-fold predictions together. Undefined fold values are left
     out of mean/std but kept (as None) in `per_fold` so fold positions still line up."""
@@ -144,7 +186,7 @@ def cv_summary(fold_reports: list[dict[str, Any]], y_all: ArrayLike, p_all: Arra
         out[key] = {"mean": float(np.mean(vals)) if vals else None,
                     "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
                     "per_fold": per_fold}
-    out["pooled"] = binary_report(y_all, p_all, threshold, n_boot=n_boot, seed=seed, n_bins=n_bins)
+    out["pooled"] = binary_report(y_all, p_all, threshold, n_boot=n_boot, seed=seed, n_bins=n_bins, groups=groups)
     return out
 
 
@@ -153,15 +195,17 @@ SITE_KEYS = ("n", "n_malignant", "roc_auc", "roc_auc_ci", "sensitivity", "specif
 
 
 def per_site(sites: Sequence[str], y_true: ArrayLike, p: ArrayLike, threshold: float, n_boot: int = 1000,
-             seed: int = 0, n_bins: int = 10) -> dict[str, dict[str, Any]]:
+             seed: int = 0, n_bins: int = 10, groups: Sequence | None = None) -> dict[str, dict[str, Any]]:
     """SITE_KEYS of binary_report for each site (source) on its own cases, at the one shared threshold."""
     y, q = _as_arrays(y_true, p)
+    _check_groups(groups, y.size)
     s = np.asarray(sites)
     if s.shape != y.shape:
         raise ValueError(f"{s.size} sites for {y.size} cases")
     out = {}
     for site in sorted(set(s.tolist())):
-        rep = binary_report(y[s == site], q[s == site], threshold, n_boot=n_boot, seed=seed, n_bins=n_bins)
+        g = None if groups is None else np.asarray(groups)[s == site]
+        rep = binary_report(y[s == site], q[s == site], threshold, n_boot=n_boot, seed=seed, n_bins=n_bins, groups=g)
         out[site] = {k: rep[k] for k in SITE_KEYS}
     return out
 
@@ -192,6 +236,17 @@ def threshold_for_sensitivity(y: ArrayLike, p: ArrayLike, target: float = 0.90) 
     # The tolerance keeps e.g. 0.7 * 10 = 7.000000000000001 from asking for 8 cases.
     k = max(1, math.ceil(target * pos.size - 1e-9))
     return float(pos[k - 1])
+
+
+def threshold_on_every_site(y: ArrayLike, p: ArrayLike, sites: Sequence[str], target: float = 0.90) -> float:
+    """The largest threshold whose sensitivity reaches `target` on each site's cases, not only pooled: the
+    lowest of the sites' own thresholds (a pooled one lets a large easy site hide a small hard one)."""
+    yy, q = _as_arrays(y, p)
+    s = np.asarray(sites)
+    if s.shape != yy.shape:
+        raise ValueError(f"{s.size} sites for {yy.size} cases")
+    return min(threshold_for_sensitivity(yy[s == site], q[s == site], target)
+               for site in sorted(set(s.tolist())) if (yy[s == site] == 1).any())
 
 
 def fit_temperature(y: ArrayLike, logits_2col: ArrayLike, bounds: tuple[float, float] = (0.05, 20.0)) -> float:

@@ -78,7 +78,8 @@ def _worker_row(i: int) -> tuple[int, np.ndarray]:
 
 
 def default_workers(n: int) -> int:
-    return max(1, min(os.cpu_count() or 1, n // MIN_PER_WORKER))
+    """One worker per torch thread this process may use (`--threads 1` where jobs share the cores)."""
+    return max(1, min(os.cpu_count() or 1, torch.get_num_threads(), n // MIN_PER_WORKER))
 
 
 def view_rows(job: Job, progress: bool = True, workers: int | None = None) -> np.ndarray:

@@ -83,7 +83,9 @@ def lesion_view(record: RoiRecord, i: int, source: str, shape: tuple[int, int], 
 
 
 class SamViews:
-    """SAM masks from jittered boxes for every record, computed once and cached (packed bits)."""
+    """SAM masks from jittered boxes for every record, computed once and cached (packed bits): per lesion,
+    so that another list of the same lesions (one site of two, a held-out site, an evaluation folder)
+    reuses them, and as one file per list, which is what `load_inputs` keys its crops by."""
 
     def __init__(self, records: list[RoiRecord], seed: int = 0, sam_name: str = SAM_FOR_BOXES, progress: bool = True,
                  masks_file: Path | None = None, weights_dir: Path | None = None):
@@ -100,10 +102,26 @@ class SamViews:
                                  "(made by finetune-sam on another ROI table?)")
             return
         from models.sam import sam_identity
-        key = hashlib.sha256(json.dumps([seed, sam_name, sam_identity(sam_name, self.weights_dir)]).encode())
+        self._ident = json.dumps([seed, sam_name, sam_identity(sam_name, self.weights_dir)])
+        key = hashlib.sha256(self._ident.encode())
         for r in records:
             key.update(f"{r.image_path}|{r.box}\n".encode())
         self.path = cache_root() / "sam" / f"{key.hexdigest()[:20]}.npz"
+
+    @property
+    def identity(self) -> str:
+        """What makes each lesion's mask what it is, the lesion itself aside."""
+        return getattr(self, "_ident", None) or f"{self.path}|{sha256_file(self.path)}"
+
+    def subset(self, records: list[RoiRecord]) -> "SamViews":
+        """The same SAM's views of some of these lesions (from the per-lesion cache where computed)."""
+        if not hasattr(self, "_ident"):
+            raise ValueError("masks from a file cover exactly their own lesions")
+        return SamViews(records, self.seed, self.sam_name, self.progress, weights_dir=self.weights_dir)
+
+    def _lesion_path(self, r: RoiRecord) -> Path:
+        key = hashlib.sha256(f"{self._ident}|{r.image_path}|{r.box}".encode()).hexdigest()[:24]
+        return cache_root() / "sam-lesions" / key[:2] / f"{key}.npz"
 
     def _compute(self) -> dict[str, np.ndarray]:
         from contextlib import nullcontext
@@ -111,12 +129,17 @@ class SamViews:
         from models.sam import load_sam
         from models.segmentation import SamSegmenter
         from training.sam_embeddings import writer_for
-        segmenter = SamSegmenter(load_sam(self.sam_name, weights_dir=self.weights_dir))
-        out: dict[str, np.ndarray] = {}
-        boxes, scores, dice = [], [], []
-        writer = writer_for(self.records, self.sam_name)  # the SAM probe's embeddings, from this same pass
+        cached = [self._lesion_path(r).is_file() for r in self.records]
+        segmenter = None if all(cached) else SamSegmenter(load_sam(self.sam_name, weights_dir=self.weights_dir))
+        # the SAM probe's embeddings come from this same pass, when it encodes every image
+        writer = None if any(cached) else writer_for(self.records, self.sam_name)
+        lesions = []
         with writer or nullcontext():
-            for i, r in enumerate(tqdm(self.records, desc=f"{self.sam_name} masks", disable=not self.progress)):
+            for r, hit in zip(tqdm(self.records, desc=f"{self.sam_name} masks", disable=not self.progress), cached):
+                path = self._lesion_path(r)
+                if hit:
+                    lesions.append(dict(np.load(path)))
+                    continue
                 rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
                 shape = rgb.shape[:2]
                 embedding = segmenter.encode(rgb)
@@ -124,12 +147,18 @@ class SamViews:
                     writer.add(embedding)
                 seg_box, mask, score = outline_from_box(segmenter, embedding, drawn_box(r, shape, self.seed), shape)
                 truth = expert_mask(r, shape)
-                dice.append(2 * (mask & truth).sum() / max(1, mask.sum() + truth.sum()))
-                boxes.append(seg_box)
-                scores.append(score)
-                out[f"m{i}"] = np.packbits(mask)
-        out |= {"boxes": np.asarray(boxes, np.float32), "scores": np.asarray(scores, np.float32),
-                "dice": np.asarray(dice, np.float32)}
+                lesion = {"mask": np.packbits(mask), "box": np.asarray(seg_box, np.float32),
+                          "score": np.float32(score),
+                          "dice": np.float32(2 * (mask & truth).sum() / max(1, mask.sum() + truth.sum()))}
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+                np.savez(tmp, **lesion)
+                tmp.replace(path)
+                lesions.append(lesion)
+        out: dict[str, np.ndarray] = {f"m{i}": le["mask"] for i, le in enumerate(lesions)}
+        out |= {"boxes": np.asarray([le["box"] for le in lesions], np.float32).reshape(-1, 4),
+                "scores": np.asarray([le["score"] for le in lesions], np.float32),
+                "dice": np.asarray([le["dice"] for le in lesions], np.float32)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp.npz")  # another process may be computing the same masks
         np.savez_compressed(tmp, **out)
@@ -154,37 +183,38 @@ class SamViews:
 def load_inputs(records: list[RoiRecord], source: str = "expert", channels: int = 1, size: int = INPUT_SIZE,
                 margin: float = ROI_MARGIN, seed: int = 0, progress: bool = True, sam_name: str = SAM_FOR_BOXES,
                 sam_masks: Path | None = None, weights_dir: Path | None = None,
-                mask_of: Literal["source", "expert"] = "source") -> np.ndarray:
+                mask_of: Literal["source", "expert"] = "source", intensity: str = "raw") -> np.ndarray:
     """Classifier inputs of every record: (N, size, size) uint8 for 1 channel, (N, 2, size, size) with the mask.
 
     For the `sam` source the masks come from `sam_name` or, given, from the `sam_masks` file (SamViews).
     `mask_of="expert"`: the second channel is the expert mask, cropped in the source's frame (training targets)."""
     if source not in ROI_SOURCES:
         raise ValueError(f"unknown ROI source {source!r}; known: {', '.join(ROI_SOURCES)}")
-    if source == "expert" and channels == 1:
+    if source == "expert" and channels == 1 and intensity == "raw":
         from training.rois import load_rois
         return load_rois(records, size, margin, progress)
     sam = SamViews(records, seed, sam_name, progress, sam_masks, weights_dir) if source == "sam" else None
     key = hashlib.sha256(json.dumps([source, channels, size, margin, seed] + ([mask_of] if mask_of != "source" else [])
-                                    ).encode())
+                                    + ([intensity] if intensity != "raw" else [])).encode())
     if sam is not None:
         key.update(str(sam.path).encode() + (sha256_file(sam.path).encode() if sam_masks else b""))
     for r in records:
         key.update(f"{r.image_path}|{r.box}|{r.mask_paths}\n".encode())
     path = cache_root() / "inputs" / f"{key.hexdigest()[:20]}.npy"
     out = np.load(path) if path.is_file() else _crop_all(records, source, channels, size, margin, seed, progress, path,
-                                                         sam, mask_of)
+                                                         sam, mask_of, intensity)
     return out[:, 0] if channels == 1 else out
 
 
 def _crop_all(records: list[RoiRecord], source: str, channels: int, size: int, margin: float, seed: int,
-              progress: bool, path: Path, sam: SamViews | None, mask_of: str = "source") -> np.ndarray:
+              progress: bool, path: Path, sam: SamViews | None, mask_of: str = "source", intensity: str = "raw"
+              ) -> np.ndarray:
     out = np.zeros((len(records), channels, size, size), np.uint8)
     for i, r in enumerate(tqdm(records, desc=f"{source} crops", disable=not progress, leave=False)):
         gray = load_gray(r.image_path)
         box, mask = lesion_view(r, i, source, gray.shape, seed, sam)
         if mask_of == "expert":
             mask = expert_mask(r, gray.shape)
-        out[i] = classifier_input(gray, box, mask if channels == 2 else None, size, margin)
+        out[i] = classifier_input(gray, box, mask if channels == 2 else None, size, margin, intensity)
     save_atomic(path, out)
     return out

@@ -59,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", nargs="+", choices=ALL_STAGES, default=list(STAGES),
                    help="which outputs of SAM's image encoder to average (default: all, as served; neck = the image "
                         "embedding alone, the probe served before)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: all cores), also the encoder worker processes' count")
     p.add_argument("--iou-token", action="store_true",
                    help="also read the mask decoder's IoU token for the box of SAM's mask (default: off, as served; "
                         "it reads how the box was drawn, see RESULTS.md)")
@@ -81,7 +83,7 @@ def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin:
         sam.dice()  # outline first: that encoder pass also fills the embeddings' cache
     if encoder_only(stages):
         return view_features(records, sam_name, margin, regions, View("clean", source=source, sam=sam),
-                             [source, sam.path.name if sam else None], seed, progress, iou_token, stages)
+                             [source, sam.identity if sam else None], seed, progress, iou_token, stages)
     emb = Embeddings(records, sam_name, progress)
     segmenter = SamSegmenter(load_sam(sam_name)) if iou_token else None
     out = np.zeros((len(records), probe_size(regions, iou_token)), np.float32)
@@ -132,10 +134,12 @@ def view_cache(records: list[RoiRecord], sam_name: str, margin: float, regions: 
                key: list, seed: int, iou_token: bool, stages: tuple[Stage, ...] = ("neck",)) -> Path:
     import hashlib
 
+    from models.encoder_runtime import identity
     from models.sam import sam_identity
     from training.prepare import cache_root
     # the token and the stages joined the key later: views cached without them keep their names
     later = (["iou_token"] if iou_token else []) + ([["stages", *stages]] if stages != ("neck",) else [])
+    later += [["encoder", identity(sam_name)]]  # the image encoder's runtime and precision (issue 28)
     digest = hashlib.sha256(json.dumps([sam_name, sam_identity(sam_name), margin, list(regions), seed, *key,
                                         *later]).encode())
     for r in records:
@@ -147,13 +151,37 @@ def view_features(records: list[RoiRecord], sam_name: str, margin: float, region
                   key: list, seed: int, progress: bool, iou_token: bool = False,
                   stages: tuple[Stage, ...] = ("neck",)) -> np.ndarray:
     """`probe_features` of every lesion in `view` (training.probe_views), from a fresh encoder pass.
-    Encoded once and cached under the view's name and `key`."""
+    Encoded once and cached under the view's name and `key`: for this list of lesions, and per lesion,
+    so that another list of the same lesions (a site of two, a held-out site) encodes only the new ones."""
+    import hashlib
+
+    from training.prepare import cache_root
     path = view_cache(records, sam_name, margin, regions, view.name, key, seed, iou_token, stages)
     if path.is_file():
         return np.load(path)
-    out = view_rows(Job(records, view, sam_name, margin, regions, seed, iou_token, stages), progress)
-    save_atomic(path, out)
-    return out
+    ident = view_cache([], sam_name, margin, regions, view.name, key, seed, iou_token, stages).stem
+
+    def row_path(r: RoiRecord) -> Path:
+        digest = hashlib.sha256(f"{ident}|{r.image_path}|{r.box}".encode()).hexdigest()[:24]
+        return cache_root() / "sam-probe-lesions" / digest[:2] / f"{digest}.npy"
+    todo = [i for i, r in enumerate(records) if not row_path(r).is_file()]
+    rows = np.stack([np.load(row_path(r)) for r in records]) if not todo else None
+    if todo:
+        subset = [records[i] for i in todo]
+        # the sam source indexes its masks by position: a subset of lesions needs the subset's masks
+        if view.sam is not None and len(todo) < len(records) and not hasattr(view.sam, "_ident"):
+            todo, subset = list(range(len(records))), records  # masks from a file: all of its lesions at once
+        sub_view = view if view.sam is None or len(todo) == len(records) else \
+            View(view.name, view.change, view.source, view.sam.subset(subset))
+        new = view_rows(Job(subset, sub_view, sam_name, margin, regions, seed, iou_token, stages), progress)
+        rows = np.zeros((len(records), new.shape[1]), np.float32)
+        at = {i: k for k, i in enumerate(todo)}
+        for i, r in enumerate(records):
+            rows[i] = new[at[i]] if i in at else np.load(row_path(r))
+        for i, row in zip(todo, new):
+            save_atomic(row_path(records[i]), row)
+    save_atomic(path, rows)
+    return rows
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray) -> SamProbe:
@@ -230,11 +258,11 @@ def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out:
     """Fused out-of-fold predictions of the runs (each with its own folds' probes) and their report.
     `views`: other views' features (`marked`, `shifted`); each fold's probe is also scored on them (and
     trained on the training lesions' `augment` views too)."""
-    from training.compare import paired_auc_difference
-    from training.metrics import binary_report, fit_temperature
+    from training.metrics import binary_report, fit_temperature, paired_auc_difference
     views = views or {}
     check_lesions(runs, records)
     y = np.array([r.target for r in records])
+    groups = [r.group for r in records]
     resnet, probe, fused, alphas, probe_views = [], [], [], [], []
     for run in runs:
         _, fold, logits = read_oof(run / "cv" / "oof.csv")
@@ -261,10 +289,11 @@ def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out:
     def alone(diff: np.ndarray) -> dict:
         lg = two_columns(diff)
         p = torch.softmax(torch.as_tensor(lg) / fit_temperature(y, lg), 1)[:, 1].numpy()
-        return {k: v for k, v in binary_report(y, p, threshold=0.5).items() if k in ("roc_auc", "roc_auc_ci", "ece")}
+        return {k: v for k, v in binary_report(y, p, threshold=0.5, groups=groups).items()
+                if k in ("roc_auc", "roc_auc_ci", "ece")}
 
     sigmoid = lambda d: 1 / (1 + np.exp(-d.astype(np.float64)))  # noqa: E731
-    delta, ci = paired_auc_difference(y, sigmoid(parts["resnet"]), sigmoid(parts["fused"]), 2000)
+    delta, ci = paired_auc_difference(y, sigmoid(parts["resnet"]), sigmoid(parts["fused"]), 2000, groups=groups)
     member = f" ensemble x{len(runs)}" if len(runs) > 1 else ""
     report.update(
         regime=f"{cfg.regime}{member} + SAM probe",
@@ -314,7 +343,7 @@ def probe_markdown(report: dict) -> str:
     lines += [f"| {name} | {m['roc_auc']:.3f} [{m['roc_auc_ci'][0]:.3f}, {m['roc_auc_ci'][1]:.3f}] | {m['ece']:.3f} |"
               for name, m in rows]
     lines += ["", f"Fused - ResNet18: ΔAUC {d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] "
-                  "(paired bootstrap over lesions)", ""]
+                  "(paired bootstrap over patient / near-duplicate groups)", ""]
     trained = [name for name, flag in (("marked", "mark_augment"), ("scanner-shifted", "scanner_augment")) if sp.get(flag)]
     fitted = f"probe trained on clean{''.join(f' + {t}' for t in trained)} views" if trained else "probe trained on clean images"
     for key, title in (("marks", "Measurement marks burned in"), ("scanner", "Scanner shifts (one per lesion)")):
@@ -347,12 +376,83 @@ def write_weights(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out
                                                                              "sam_probe": sp}})
 
 
+def held_out_site(runs: list[Path]) -> str | None:
+    """The site the runs held out (train-classifier --holdout-site), None for runs on every site."""
+    sites = {json.loads((r / "holdout" / "report.json").read_text())["site"] if (r / "holdout" / "report.json").is_file()
+             else None for r in runs}
+    if len(sites) > 1:
+        raise ValueError(f"the runs held out different sites ({', '.join(map(str, sites))}): one protocol at a time")
+    return sites.pop()
+
+
+def holdout(runs: list[Path], train: list[RoiRecord], held: list[RoiRecord], x: np.ndarray, x_held: np.ndarray,
+            report: dict, extra: list[np.ndarray], out: Path) -> dict:
+    """The fused model out of site: the runs' final ResNet18s (their held-out logits) + alpha x the probe
+    fitted on every training-site lesion, at the temperature and threshold of the training sites' fused
+    out-of-fold predictions; the held-out site is neither trained nor calibrated on. Each part alone too,
+    and the probe's gain (fused - ResNet18) on the held-out site, paired over its patients."""
+    from training.metrics import SITE_KEYS, binary_report, fit_temperature, paired_auc_difference
+    from training.plots import plot_reliability, plot_roc
+    ids = [r.lesion_id for r in held]
+    d_r = []
+    for run in runs:
+        with open(run / "holdout" / "predictions.csv", newline="") as f:
+            rows = {row["lesion_id"]: row for row in csv.DictReader(f)}
+        if sorted(rows) != sorted(ids):
+            raise ValueError(f"{run}/holdout was scored on other lesions than {held[0].source}'s")
+        d_r.append(np.array([float(rows[i]["logit_malignant"]) - float(rows[i]["logit_benign"]) for i in ids]))
+    y = np.array([r.target for r in train])
+    alpha = report["sam_probe"]["alpha"]
+    d_p = probe_logits(fit_views(x, y, extra), x_held)
+    parts = {"resnet": np.mean(d_r, 0), "probe": d_p, "fused": np.mean(d_r, 0) + alpha * d_p}
+    y_h, groups = np.array([r.target for r in held]), [r.group for r in held]
+    t, thr = report["temperature"], report["threshold"]
+    p = 1 / (1 + np.exp(-parts["fused"].astype(np.float64) / t))
+    site = held[0].source
+    trained_on = sorted({r.source for r in train})
+
+    def alone(diff: np.ndarray) -> dict:  # each part at its own temperature, fitted on the training sites' OOF
+        oof = read_oof(out / "cv" / ("oof_resnet.csv" if diff is parts["resnet"] else "oof_probe.csv"))
+        t_part = fit_temperature(oof[0], oof[2])
+        q = 1 / (1 + np.exp(-diff.astype(np.float64) / t_part))
+        return {k: v for k, v in binary_report(y_h, q, 0.5, groups=groups).items() if k in ("roc_auc", "roc_auc_ci", "ece")}
+    sigmoid = lambda d: 1 / (1 + np.exp(-d.astype(np.float64)))  # noqa: E731
+    delta, ci = paired_auc_difference(y_h, sigmoid(parts["resnet"]), sigmoid(parts["fused"]), 2000, groups=groups)
+    rep = {"site": site, "trained_on": trained_on, "modality": report["modality"], "regime": report["regime"],
+           "roi_source": "sam", "temperature": t, "threshold": thr,
+           "calibration": f"temperature and threshold fitted on the fused out-of-fold predictions of "
+                          f"{', '.join(trained_on)}; {site} never trained or calibrated on",
+           **binary_report(y_h, p, thr, groups=groups),
+           "parts": {"resnet": alone(parts["resnet"]), "probe": alone(parts["probe"]),
+                     "fused_minus_resnet": {"delta": delta, "ci": ci}},
+           "training_sites_cv": {"pooled": {k: report["summary"]["pooled"][k] for k in SITE_KEYS},
+                                 "per_site": report.get("per_site", {})}}
+    folder = out / "holdout"
+    folder.mkdir(parents=True, exist_ok=True)
+    title = f"{report['modality'].upper()} ResNet18 + SAM probe trained on {', '.join(trained_on)}, tested on {site}"
+    plot_roc([(site, y_h, p)], folder / "roc.png", title)
+    plot_reliability(y_h, p, folder / "reliability.png", title)
+    (folder / "report.json").write_text(json.dumps(rep, indent=2, allow_nan=False) + "\n")
+    from training.train_classifier import holdout_markdown
+    d = rep["parts"]
+    (folder / "report.md").write_text(holdout_markdown(rep).replace("ResNet18 alone (no SAM probe)", "ResNet18 + SAM probe")
+                                      + f"\nOn {site}: ResNet18 alone AUC {d['resnet']['roc_auc']:.3f}, probe alone "
+                                        f"{d['probe']['roc_auc']:.3f}; fused - ResNet18 ΔAUC {delta:+.3f} "
+                                        f"[{ci[0]:+.3f}, {ci[1]:+.3f}] (paired bootstrap over patients)\n")
+    return rep
+
+
 def run(args: argparse.Namespace) -> int:
     from training.prepare import prepared
     from training.train_classifier import select
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         cfg = run_configs(args.runs)
         records = select(prepared(args.rois), cfg.modality, args.limit)
+        site = held_out_site(args.runs)
+        held = [r for r in records if r.source == site]
+        records = [r for r in records if r.source != site]
         regions, stages = tuple(args.regions), tuple(args.stages)
         x = probe_features(records, "sam", cfg.sam, cfg.margin, regions,
                            sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None, progress=sys.stderr.isatty(),
@@ -369,6 +469,11 @@ def run(args: argparse.Namespace) -> int:
         if all((r / "weights" / "manifest.json").is_file() for r in args.runs):
             weights = write_weights(args.runs, records, x, args.out, report, [views[name] for name in augment])
             print(f"weights with the SAM probe: {weights}")
+        if held:
+            x_held = probe_features(held, "sam", cfg.sam, cfg.margin, regions, progress=sys.stderr.isatty(),
+                                    iou_token=args.iou_token, stages=stages)
+            holdout(args.runs, records, held, x, x_held, report, [views[name] for name in augment], args.out)
+            print((args.out / "holdout" / "report.md").read_text())
     except (ValueError, FileNotFoundError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

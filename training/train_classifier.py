@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from models.classifier import ARCHITECTURE, CLASSES, build_classifier
 from models.manifest import InputSpec, Manifest, ModelEntry, save_classifier, write_manifest
-from models.preprocessing import ROI_MARGIN, normalize
+from models.preprocessing import ROI_MARGIN, Intensity, normalize
 from training.augment import affine, scanner
 from training.prepare import prepared
 from training.roi_table import RoiRecord, lesions, summarize
@@ -71,6 +71,7 @@ class TrainConfig(BaseModel):
     sam_masks: str | None = None      # roi_source sam: its masks from this file instead (finetune-sam's out-of-fold masks)
     size: int = 128                   # classifier input, pixels
     margin: float = ROI_MARGIN        # context around the lesion box, fraction of its longer side (served too)
+    intensity: Intensity = "raw"      # percentile: each image's gray levels standardised before the crop (served too)
     aux_outline: float = 0.0          # training-only head drawing the expert mask (training.outline_aux)
     aux_irregularity: float = 0.0     # training-only head predicting the expert outline's 1 - solidity
     amp: bool = True                  # bf16 autocast + channels_last: ~6x faster on AMX CPUs and on GPUs
@@ -108,6 +109,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=None, help="classifier input size (BraNet: 128)")
     p.add_argument("--margin", type=float, default=None,
                    help=f"context around the lesion box, fraction of its longer side (default {ROI_MARGIN})")
+    p.add_argument("--intensity", choices=["raw", "percentile"], default=None,
+                   help="raw gray levels, or each image's 1st-99th percentile stretched to the full range before "
+                        "the crop (a scanner's gain and dynamic range standardised; served the same way)")
     p.add_argument("--aux-outline", type=float, default=None, metavar="W",
                    help="weight of a training-only head that draws the expert mask (privileged information)")
     p.add_argument("--aux-irregularity", type=float, default=None, metavar="W",
@@ -135,7 +139,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         pretrain_epochs=args.pretrain_epochs, synthetic_per_class=args.synthetic_per_class,
         gan_epochs=args.gan_epochs, gan_iters_per_epoch=args.gan_iters_per_epoch, augment=args.augment, aug_scale=args.aug_scale,
         aug_translate=args.aug_translate, roi_source=args.roi_source, size=args.size, margin=args.margin,
-        aux_outline=args.aux_outline, aux_irregularity=args.aux_irregularity, sam=args.sam,
+        intensity=args.intensity, aux_outline=args.aux_outline, aux_irregularity=args.aux_irregularity, sam=args.sam,
         sam_masks=str(args.sam_masks) if args.sam_masks else None,
         channels=2 if args.mask_channel else None).items() if v is not None}
     kw = dict(modality=args.modality, regime=args.regime, **overrides)
@@ -369,9 +373,10 @@ def write_oof(path: Path, records: list[RoiRecord], fold_of: np.ndarray, logits:
             w.writerow([r.lesion_id, r.group, r.source, r.label, r.target, int(k), float(lg[0]), float(lg[1])])
 
 
-def read_oof_sources(path: Path) -> list[str]:
+def read_oof_column(path: Path, column: str) -> list[str]:
+    """One column of an oof.csv (`source`: each lesion's site, `group`: its patient / near-duplicate group)."""
     with open(path, newline="") as f:
-        return [r["source"] for r in csv.DictReader(f)]
+        return [r[column] for r in csv.DictReader(f)]
 
 
 def read_oof(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -385,40 +390,43 @@ def read_oof(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def report_cv(cv_dir: Path, cfg: TrainConfig) -> dict:
     """Fold metrics, pooled out-of-fold metrics, temperature and threshold, plots: from oof.csv alone."""
-    from training.metrics import binary_report, cv_summary, fit_temperature, per_site, threshold_for_sensitivity
+    from training.metrics import binary_report, cv_summary, fit_temperature, per_site, threshold_on_every_site
     from training.plots import plot_confusion, plot_curves, plot_reliability, plot_roc
     y, fold, logits = read_oof(cv_dir / "oof.csv")
-    sites = read_oof_sources(cv_dir / "oof.csv")
+    sites = read_oof_column(cv_dir / "oof.csv", "source")
+    groups = read_oof_column(cv_dir / "oof.csv", "group")  # CIs resample whole patients / near-duplicate groups
     p_raw = _softmax_p(logits)
     temperature = fit_temperature(y, logits)
     p = _softmax_p(logits, temperature)
-    threshold = threshold_for_sensitivity(y, p, cfg.target_sensitivity)
+    threshold = threshold_on_every_site(y, p, sites, cfg.target_sensitivity)
     folds = sorted(set(fold.tolist()))
     fold_reports = [binary_report(y[fold == k], p[fold == k], threshold=threshold) for k in folds]
-    summary = cv_summary(fold_reports, y, p, threshold)
+    summary = cv_summary(fold_reports, y, p, threshold, groups=groups)
     report = {
         "modality": cfg.modality, "regime": cfg.regime, "folds": len(folds), "n": int(len(y)),
         "roi_source": cfg.roi_source, "channels": cfg.channels, "config": cfg.model_dump(),
         "temperature": temperature, "threshold": threshold,
-        "threshold_rule": f"largest threshold with out-of-fold sensitivity >= {cfg.target_sensitivity}",
+        "threshold_rule": f"largest threshold with out-of-fold sensitivity >= {cfg.target_sensitivity}"
+                          + (" on each site" if len(set(sites)) > 1 else ""),
         "ece_uncalibrated": binary_report(y, p_raw, threshold=0.5, n_boot=0)["ece"],
         "summary": summary, "fold_reports": fold_reports,
         "at_0.5": binary_report(y, p, threshold=0.5, n_boot=0),
-        "cross_fitted": cross_fitted_operating_point(y, fold, logits, cfg.target_sensitivity),
+        "cross_fitted": cross_fitted_operating_point(y, fold, logits, cfg.target_sensitivity, sites),
         # Each site's out-of-fold predictions at the pooled temperature and threshold: the threshold must
         # hold its sensitivity on every site, not only pooled.
-        "per_site": per_site(sites, y, p, threshold),
+        "per_site": per_site(sites, y, p, threshold, groups=groups),
     }
     # The same fold models, the test lesions cropped by each ROI source, the temperature and threshold
     # of the training source: what the model does when serving crops differ from training crops.
     report["served_as"] = {cfg.roi_source: {k: summary["pooled"][k] for k in SKEW_KEYS}}
     for path in sorted(cv_dir.glob("oof_served_*.csv")):
         y_s, _, logits_s = read_oof(path)
-        rep_s = binary_report(y_s, _softmax_p(logits_s, temperature), threshold=threshold)
+        rep_s = binary_report(y_s, _softmax_p(logits_s, temperature), threshold=threshold, groups=groups)
         report["served_as"][path.stem.removeprefix("oof_served_")] = {k: rep_s[k] for k in SKEW_KEYS}
     if (cv_dir / "oof_tta.csv").is_file():
         y_t, _, logits_t = read_oof(cv_dir / "oof_tta.csv")
-        report["tta_flip"] = binary_report(y_t, _softmax_p(logits_t, fit_temperature(y_t, logits_t)), threshold=0.5)
+        report["tta_flip"] = binary_report(y_t, _softmax_p(logits_t, fit_temperature(y_t, logits_t)), threshold=0.5,
+                                           groups=groups)
     (cv_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_roc([(f"fold {k + 1}", y[fold == k], p[fold == k]) for k in folds] + [("pooled", y, p)],
              cv_dir / "roc.png", f"{cfg.modality.upper()} {cfg.regime}: {len(folds)}-fold CV")
@@ -437,22 +445,32 @@ def report_cv(cv_dir: Path, cfg: TrainConfig) -> dict:
     return report
 
 
-def cross_fitted_operating_point(y: np.ndarray, fold: np.ndarray, logits: np.ndarray, target: float) -> dict:
+def cross_fitted_operating_point(y: np.ndarray, fold: np.ndarray, logits: np.ndarray, target: float,
+                                 sites: list[str] | None = None) -> dict:
     """The served recipe judged without looking at the judged fold: for each fold, temperature and
-    threshold are fitted on the other folds' out-of-fold predictions, then applied to this one."""
-    from training.metrics import ece, fit_temperature, threshold_for_sensitivity
+    threshold (the same rule: sensitivity >= target on each site) are fitted on the other folds'
+    out-of-fold predictions, then applied to this one. Pooled and per site."""
+    from training.metrics import ece, fit_temperature, threshold_on_every_site
+    site = np.asarray(sites if sites is not None else ["all"] * len(y))
     p = np.zeros(len(y))
     decision = np.zeros(len(y), bool)
     for k in sorted(set(fold.tolist())):
         rest, here = fold != k, fold == k
         t = fit_temperature(y[rest], logits[rest])
-        thr = threshold_for_sensitivity(y[rest], _softmax_p(logits[rest], t), target)
+        thr = threshold_on_every_site(y[rest], _softmax_p(logits[rest], t), site[rest], target)
         p[here] = _softmax_p(logits[here], t)
         decision[here] = p[here] >= thr
-    tp, fn = int((decision & (y == 1)).sum()), int((~decision & (y == 1)).sum())
-    tn, fp = int((~decision & (y == 0)).sum()), int((decision & (y == 0)).sum())
-    return {"sensitivity": tp / max(tp + fn, 1), "specificity": tn / max(tn + fp, 1),
-            "accuracy": (tp + tn) / len(y), "ece": ece(y, p), "confusion_matrix": [[tn, fp], [fn, tp]]}
+
+    def operating_point(m: np.ndarray) -> dict:
+        d, yy = decision[m], y[m]
+        tp, fn = int((d & (yy == 1)).sum()), int((~d & (yy == 1)).sum())
+        tn, fp = int((~d & (yy == 0)).sum()), int((d & (yy == 0)).sum())
+        return {"sensitivity": tp / max(tp + fn, 1), "specificity": tn / max(tn + fp, 1),
+                "accuracy": (tp + tn) / max(len(yy), 1), "ece": ece(yy, p[m]), "confusion_matrix": [[tn, fp], [fn, tp]]}
+    out = operating_point(np.ones(len(y), bool))
+    if len(set(site.tolist())) > 1:
+        out["per_site"] = {s: operating_point(site == s) for s in sorted(set(site.tolist()))}
+    return out
 
 
 def cv_markdown(report: dict) -> str:
@@ -522,7 +540,15 @@ def manifest_metrics(report: dict) -> dict:
             "cv_roc_auc_std": report["summary"]["roc_auc"]["std"],
             **{f"oof_{k}": pooled[k] for k in ("roc_auc", "roc_auc_ci", "accuracy", "sensitivity", "specificity",
                                                 "f1", "ece")},
-            "oof_accuracy_at_0.5": report["at_0.5"]["accuracy"]}
+            "oof_accuracy_at_0.5": report["at_0.5"]["accuracy"],
+            "threshold_rule": report.get("threshold_rule"), "ci_resamples": pooled.get("ci_resamples", "cases"),
+            # what the recipe does at a threshold it did not see: fitted on the other folds (the pooled
+            # oof_sensitivity above is at the threshold fitted on all of them, so it meets the target by design)
+            "cross_fitted": {k: v for k, v in report.get("cross_fitted", {}).items() if k != "confusion_matrix"},
+            "sites": sorted(report.get("per_site", {})),
+            "per_site": {s: {k: m[k] for k in ("n", "n_malignant", "roc_auc", "roc_auc_ci", "sensitivity",
+                                               "specificity", "ece")}
+                         for s, m in report.get("per_site", {}).items()}}
 
 
 def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path, cv: dict | None,
@@ -543,6 +569,7 @@ def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, ou
     entry = ModelEntry(
         name=name, file=f"{name}.safetensors", sha256=sha, architecture=ARCHITECTURE, modality=cfg.modality,
         input=InputSpec(channels=cfg.channels, roi_source=cfg.roi_source, size=cfg.size, roi_margin=cfg.margin,
+                        intensity=cfg.intensity,
                         sam=cfg.sam if cfg.roi_source == "sam" else None), classes=list(CLASSES), regime=cfg.regime,
         temperature=cv["temperature"] if cv else 1.0, threshold=cv["threshold"] if cv else 0.5,
         training=cfg.model_dump(),
@@ -575,7 +602,7 @@ def holdout_report(held: list[RoiRecord], weights: Path, cfg: TrainConfig, cv: d
         "temperature": cv["temperature"], "threshold": cv["threshold"],
         "calibration": f"temperature and threshold fitted on the out-of-fold predictions of {', '.join(trained_on)} "
                        f"(sensitivity >= {cfg.target_sensitivity} there); {site} never trained or calibrated on",
-        **binary_report(y, p, cv["threshold"]),
+        **binary_report(y, p, cv["threshold"], groups=[r.group for r in held]),
         "training_sites_cv": {"pooled": {k: cv["summary"]["pooled"][k] for k in SITE_KEYS},
                               "per_site": cv.get("per_site", {})},
     }
@@ -651,7 +678,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: the SNGAN makes 128x128 gray ROIs only: --mask-channel and --size need --regime real",
               file=sys.stderr)
         return 2
-    crop_kw = dict(size=cfg.size, margin=cfg.margin, sam_name=cfg.sam,
+    crop_kw = dict(size=cfg.size, margin=cfg.margin, sam_name=cfg.sam, intensity=cfg.intensity,
                    sam_masks=Path(cfg.sam_masks) if cfg.sam_masks else None)
     images = load_inputs(records, cfg.roi_source, cfg.channels, **crop_kw)  # fixed jitter seed: one set of SAM masks
     served_as = {src: load_inputs(records, src, cfg.channels, **crop_kw)
