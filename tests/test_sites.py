@@ -95,7 +95,7 @@ def test_holdout_site_trains_and_calibrates_on_the_other_site(data_dir, tmp_path
         preds = list(csv.DictReader(f))
     assert {r["source"] for r in preds} == {"busbra"} and len(preds) == 8
     again = binary_report([int(r["label"] == "malignant") for r in preds], [float(r["p_malignant"]) for r in preds],
-                          rep["threshold"])
+                          rep["threshold"], groups=[r["group"] for r in preds])
     for k in ("roc_auc", "roc_auc_ci", "sensitivity", "specificity", "ece", "confusion_matrix"):
         assert rep[k] == again[k], k
     md = (out / "holdout" / "report.md").read_text()
@@ -113,3 +113,29 @@ def test_holdout_site_must_be_one_of_several(data_dir, tmp_path, capsys):
     code = main(["train-classifier", "--rois", str(data_dir / "busi"), *QUICK, "--holdout-site", "busi", "--out",
                  str(tmp_path / "o")])
     assert code == 2 and "another site left to train on" in capsys.readouterr().err
+
+
+def test_the_fused_model_is_scored_on_the_held_out_site(data_dir, tmp_path):
+    """sam-probe on a held-out run: the ResNet18's held-out logits + alpha x a probe fitted on the training
+    site, at the training site's fused operating point; each part's AUC on the held-out site too."""
+    run, probe = tmp_path / "holdout-sam", tmp_path / "holdout-probe"
+    sam_args = ["--modality", "us", "--quick", "--limit", "3", "--roi-source", "sam", "--mask-channel",
+                "--served-as", "--threads", "1"]
+    res = train("--rois", data_dir, *sam_args, "--holdout-site", "busbra", "--out", run)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run([sys.executable, "-m", "training", "sam-probe", str(run), "--rois", str(data_dir),
+                          "--limit", "3", "--threads", "1", "--out", str(probe)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cv = json.loads((probe / "cv" / "report.json").read_text())
+    rep = json.loads((probe / "holdout" / "report.json").read_text())
+    assert {r["source"] for r in oof_rows(probe / "cv" / "oof.csv")} == {"busi"}
+    assert rep["site"] == "busbra" and rep["trained_on"] == ["busi"] and rep["n"] == 6
+    assert (rep["threshold"], rep["temperature"]) == (cv["threshold"], cv["temperature"])
+    assert set(rep["parts"]) == {"resnet", "probe", "fused_minus_resnet"}
+    with open(run / "holdout" / "predictions.csv", newline="") as f:
+        resnet = {r["lesion_id"]: float(r["logit_malignant"]) - float(r["logit_benign"]) for r in csv.DictReader(f)}
+    y = [int(r["label"] == "malignant") for r in oof_rows(run / "holdout" / "predictions.csv")]
+    from training.metrics import roc_auc
+    assert rep["parts"]["resnet"]["roc_auc"] == pytest.approx(roc_auc(y, 1 / (1 + np.exp(-np.array(list(resnet.values()))))))
+    assert "ResNet18 + SAM probe" in (probe / "holdout" / "report.md").read_text()

@@ -609,8 +609,8 @@ def holdout_report(held: list[RoiRecord], weights: Path, cfg: TrainConfig, cv: d
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["lesion_id", "source", "label", "logit_benign", "logit_malignant", "p_malignant"])
-        w.writerows([r.lesion_id, r.source, r.label, float(lg[0]), float(lg[1]), repr(float(pi))]
+        w.writerow(["lesion_id", "group", "source", "label", "logit_benign", "logit_malignant", "p_malignant"])
+        w.writerows([r.lesion_id, r.group, r.source, r.label, float(lg[0]), float(lg[1]), repr(float(pi))]
                     for r, lg, pi in zip(held, logits, p))
     title = f"{cfg.modality.upper()} trained on {', '.join(trained_on)}, tested on {site}"
     plot_roc([(site, y, p)], out / "roc.png", title)
