@@ -111,6 +111,7 @@ class LoadedSam:
     checkpoint: Path
     sha256: str
     min_max_scale: bool
+    base: str | None = None  # a fine-tuned decoder's packaged SAM, whose image encoder it uses
 
 
 def sam_identity(name: str, weights_dir: Path = WEIGHTS_DIR) -> str | None:
@@ -167,4 +168,4 @@ def _load_finetuned(entry, checkpoint: Path | None, device: str | torch.device, 
     except Exception as err:  # safetensors and load_state_dict raise several types
         raise WeightsError(f"SAM {entry.name} decoder {path} does not fit {entry.base}'s mask decoder: {err}") from err
     base.model.to(device).eval()
-    return LoadedSam(entry.name, base.model, path, entry.sha256, base.min_max_scale)
+    return LoadedSam(entry.name, base.model, path, entry.sha256, base.min_max_scale, entry.base)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.utils.amg import mask_to_rle_pytorch
 
+from models.encoder_runtime import CompiledEncoder, choose, load_encoder
 from models.guarded_image import ImageRejected, open_checked
 from models.preprocessing import box_of_mask
 from models.sam import LoadedSam
@@ -99,6 +100,8 @@ class Embedding:
     input_size: tuple[int, int]
     # the encoder's intermediate feature maps, (1, C, h, w) by stage name, for a SAM probe that reads them
     stages: dict[str, torch.Tensor] = field(default_factory=dict)
+    runtime: str = "torch"  # what ran the image encoder (models.encoder_runtime), and at what precision
+    precision: str = "f32"
 
     @property
     def nbytes(self) -> int:
@@ -189,19 +192,62 @@ def _catch(into: dict[str, torch.Tensor], name: str):
     return hook
 
 
+class _RuntimePredictor(SamPredictor):
+    """SamPredictor whose image encoder runs on a compiled runtime: `set_image`'s own preprocessing
+    (ResizeLongestSide, CHW, `Sam.preprocess`), then the compiled encoder; `stages` keeps the wanted
+    stage maps of the last image. With no encoder it is SamPredictor itself."""
+
+    def __init__(self, sam_model, encoder: CompiledEncoder | None = None, stages: tuple[str, ...] = ()):
+        super().__init__(sam_model)
+        self.encoder, self.wanted, self.stages = encoder, stages, {}
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size) -> None:
+        if self.encoder is None:
+            return super().set_torch_image(transformed_image, original_image_size)
+        assert (transformed_image.ndim == 4 and transformed_image.shape[1] == 3
+                and max(*transformed_image.shape[2:]) == self.model.image_encoder.img_size)
+        self.reset_image()
+        self.original_size = original_image_size
+        self.input_size = tuple(transformed_image.shape[-2:])
+        outs = self.encoder(self.model.preprocess(transformed_image))
+        self.features = outs["neck"]
+        self.stages = {name: outs[name] for name in self.wanted}
+        self.is_image_set = True
+
+
 class SamSegmenter:
     """One SAM model: encode images, answer prompts on an embedding, or find a lesion automatically.
 
     Calls are serialised by a lock: the wrapped `SamPredictor` holds one image's state at a time."""
 
-    def __init__(self, sam: LoadedSam, amg: dict | None = None, stages: tuple[str, ...] = ()):
-        """`stages`: the image encoder's intermediate outputs every embedding keeps (`encoder_stages`)."""
+    def __init__(self, sam: LoadedSam, amg: dict | None = None, stages: tuple[str, ...] = (),
+                 runtime: str | None = None, precision: str | None = None):
+        """`stages`: the image encoder's intermediate outputs every embedding keeps (`encoder_stages`).
+        `runtime`, `precision`: what runs the image encoder (models.encoder_runtime; default: the
+        BRANET_ENCODER_RUNTIME / BRANET_ENCODER_PRECISION settings, else the measured default for the
+        model's device). WeightsError if the exported encoder is missing or does not match."""
         self.sam = sam
         self.name = sam.name
-        self.predictor = SamPredictor(sam.model)
         self.amg = {**AMG_DEFAULTS, **(amg or {})}
         self._stage_modules = encoder_stages(sam.model.image_encoder, tuple(stages))
         self._lock = threading.Lock()
+        self.runtime, self.precision = choose(next(sam.model.parameters()).device, runtime, precision)
+        self.predictor = _RuntimePredictor(sam.model, stages=tuple(stages))
+        self.encoder = load_encoder(sam, self.runtime, self.precision)
+
+    @property
+    def encoder(self) -> CompiledEncoder | None:
+        """The compiled image encoder; None: PyTorch (the runtime `torch`, or a SAM that is not exported)."""
+        return self.predictor.encoder
+
+    @encoder.setter
+    def encoder(self, encoder: CompiledEncoder | None) -> None:
+        self.predictor.encoder = encoder
+        if encoder is None:
+            self.runtime, self.precision = "torch", "f32"
+        else:
+            self.runtime, self.precision = encoder.runtime, encoder.precision
 
     def model_input(self, rgb: np.ndarray) -> np.ndarray:
         if not self.sam.min_max_scale:
@@ -213,11 +259,13 @@ class SamSegmenter:
     def encode(self, rgb: np.ndarray) -> Embedding:
         caught: dict[str, torch.Tensor] = {}
         with self._lock, ExitStack() as hooks:
-            for name, module in self._stage_modules.items():
-                hooks.callback(module.register_forward_hook(_catch(caught, name)).remove)
+            if self.encoder is None:
+                for name, module in self._stage_modules.items():
+                    hooks.callback(module.register_forward_hook(_catch(caught, name)).remove)
             self.predictor.set_image(self.model_input(rgb), image_format="RGB")
             return Embedding(self.name, self.predictor.features, self.predictor.original_size,
-                             self.predictor.input_size, caught)
+                             self.predictor.input_size, caught if self.encoder is None else self.predictor.stages,
+                             self.runtime, self.precision)
 
     def predict(self, embedding: Embedding, prompt: Prompt) -> Segmentation:
         height, width = embedding.original_size
@@ -278,6 +326,7 @@ class SamSegmenter:
         height, width = rgb.shape[:2]
         with self._lock:
             generator = SamAutomaticMaskGenerator(self.sam.model, output_mode="binary_mask", **self.amg)
+            generator.predictor = _RuntimePredictor(self.sam.model, self.encoder)
             records = generator.generate(self.model_input(rgb))
         chosen = _pick_lesion(records, width, height)
         if chosen is None:

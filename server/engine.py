@@ -85,7 +85,8 @@ class Engine:
             sam = load_sam(name, self.settings.sam_checkpoints.get(name), self.device, self.settings.sam_sha256.get(name),
                            weights_dir=self.settings.weights)
             try:
-                self.segmenters[name] = SamSegmenter(sam, amg, self.probe_stages(name))
+                self.segmenters[name] = SamSegmenter(sam, amg, self.probe_stages(name), self.settings.encoder_runtime,
+                                                     self.settings.encoder_precision)
             except ValueError as err:
                 raise WeightsError(f"a SAM probe reads {name}'s encoder: {err}") from err
 

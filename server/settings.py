@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     queue_size: int = Field(16, ge=1, description="inference jobs waiting before 503")
     torch_threads: int | None = Field(None, description="torch intra-op threads (default: torch's)")
     device: str = Field("auto", description="cpu, cuda or auto")
+    encoder_runtime: Literal["openvino", "onnxruntime", "torch"] | None = Field(
+        None, description="what runs the SAM image encoders (models/encoder_runtime.py); default by measurement: "
+                          "on a CPU OpenVINO (else ONNX Runtime) if its install check passed, on CUDA torch")
+    encoder_precision: Literal["f32", "bf16"] | None = Field(
+        None, description="the image encoders' precision (default f32; bf16 on OpenVINO only, if its install check passed)")
     metrics: Literal["loopback", "token", "open"] = Field(
         "loopback", description="who may read /metrics: clients on 127.0.0.1/::1, an admin's bearer token, or anyone")
     create_dev_user: bool = Field(True, description="on first start, create user 'dev' and print its token")

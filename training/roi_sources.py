@@ -101,8 +101,10 @@ class SamViews:
                 raise ValueError(f"{self.path} holds no masks for these {len(records)} lesions "
                                  "(made by finetune-sam on another ROI table?)")
             return
+        from models.encoder_runtime import identity
         from models.sam import sam_identity
-        self._ident = json.dumps([seed, sam_name, sam_identity(sam_name, self.weights_dir)])
+        # the image encoder's runtime and precision too (issue 28): cached masks come from the path in use
+        self._ident = json.dumps([seed, sam_name, sam_identity(sam_name, self.weights_dir), identity(sam_name)])
         key = hashlib.sha256(self._ident.encode())
         for r in records:
             key.update(f"{r.image_path}|{r.box}\n".encode())

@@ -25,10 +25,11 @@ SHAPE = (256, 64, 64)  # LiteMedSAM's and MobileSAM's image embedding, stored fp
 def cache_path(records: list[RoiRecord], sam_name: str) -> Path | None:
     """Where these records' embeddings by packaged SAM `sam_name` are cached; None for other SAMs (a
     fine-tuned decoder's name: its encoder is its base's)."""
+    from models.encoder_runtime import identity
     from models.sam import SAM_MODELS
     if sam_name not in SAM_MODELS:
         return None
-    key = hashlib.sha256(json.dumps([sam_name, SAM_MODELS[sam_name].sha256]).encode())
+    key = hashlib.sha256(json.dumps([sam_name, SAM_MODELS[sam_name].sha256, identity(sam_name)]).encode())
     for r in records:
         key.update(f"{r.image_path}\n".encode())
     return cache_root() / "sam-embeddings" / f"{key.hexdigest()[:20]}.npy"
