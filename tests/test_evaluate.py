@@ -101,11 +101,12 @@ def check_outputs(out: Path, modality: str, n: int, sha: str, roi_source: str) -
     assert rep["model"] == f"classifier-{modality}" and rep["model_sha256"] == sha
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["lesion_id", "source", "image_path", "label", "p_malignant"] and len(rows) == n
+    assert list(rows[0]) == ["lesion_id", "group", "source", "image_path", "label", "p_malignant"] and len(rows) == n
     y = [int(r["label"] == "malignant") for r in rows]
     p = [float(r["p_malignant"]) for r in rows]
+    groups = [r["group"] for r in rows]
     assert all(0.0 <= v <= 1.0 for v in p)
-    again = binary_report(y, p, threshold=rep["threshold"])
+    again = binary_report(y, p, threshold=rep["threshold"], groups=groups)  # CIs resample patients
     for key, value in again.items():
         assert rep[key] == value, key
     for png in ("roc.png", "confusion.png", "reliability.png"):
@@ -119,7 +120,8 @@ def check_outputs(out: Path, modality: str, n: int, sha: str, roi_source: str) -
     assert set(rep["per_site"]) == set(sites) == set(rep["data"]["sources"])
     for site, row in rep["per_site"].items():
         mine = [i for i, s in enumerate(sites) if s == site]
-        alone = binary_report([y[i] for i in mine], [p[i] for i in mine], threshold=rep["threshold"])
+        alone = binary_report([y[i] for i in mine], [p[i] for i in mine], threshold=rep["threshold"],
+                              groups=[groups[i] for i in mine])
         assert row == {k: alone[k] for k in row}, site
         assert row["n"] == len(mine)
     assert ("| site |" in md) == (len(rep["per_site"]) > 1)
@@ -136,6 +138,22 @@ def test_busi_end_to_end(busi_copy, weights, tmp_path):
     assert rep["threshold"] == 0.4  # the manifest's threshold, not 0.5
     assert rep["data"]["counts"] == {"benign": 6, "malignant": 6} and rep["data"]["sources"] == ["busi"]
     assert "ROC AUC" in res.stdout
+    assert rep["training_overlap"]["images"] is None  # these weights do not list their training images
+
+
+def test_evaluate_warns_when_the_weights_were_trained_on_the_folder(busi_copy, weights, tmp_path):
+    from models.manifest import read_manifest, sha256_file, write_manifest
+    listed = tmp_path / "weights"
+    shutil.copytree(weights, listed)
+    manifest = read_manifest(listed)
+    two = sorted(busi_copy.glob("*/*).png"))[:2]  # two of the twelve images (not their masks)
+    manifest.models["classifier-us"].data["image_sha256_16"] = sorted(sha256_file(f)[:16] for f in two)
+    write_manifest(manifest, listed)
+    res = evaluate("--weights", listed, "--data", busi_copy, "--out", tmp_path / "o", "--roi-source", "expert")
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["training_overlap"]["images"] == 2 and rep["training_overlap"]["of"] == 12
+    assert "2 of the 12 images" in res.stderr and "not a test" in (tmp_path / "o" / "report.md").read_text()
 
 
 def test_mias_end_to_end(mias_copy, weights, tmp_path):

@@ -91,6 +91,7 @@ def test_holdout_site_trains_and_calibrates_on_the_other_site(data_dir, tmp_path
     assert rep["threshold"] == cv["threshold"] and rep["temperature"] == cv["temperature"]
     manifest = json.loads((out / "weights" / "manifest.json").read_text())
     assert list(manifest["models"]["classifier-us"]["data"]["sources"]) == ["busi"]
+    assert len(manifest["models"]["classifier-us"]["data"]["image_sha256_16"]) == 8  # evaluate checks overlap with it
     with open(out / "holdout" / "predictions.csv", newline="") as f:
         preds = list(csv.DictReader(f))
     assert {r["source"] for r in preds} == {"busbra"} and len(preds) == 8

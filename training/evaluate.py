@@ -150,6 +150,8 @@ def report_markdown(rep: dict[str, Any]) -> str:
         f"- ROIs: {rep['roi_source']} ({ROI_SOURCE_TEXT[rep['roi_source']]})"
         + (f"; SAM vs expert mask Dice {rep['sam_dice_vs_expert']['all']:.3f}" if "sam_dice_vs_expert" in rep else ""),
         f"- weights sha256: `{rep['model_sha256']}`",
+        *([f"- **{rep['training_overlap']['images']} of {rep['training_overlap']['of']} images were trained on by "
+           "these weights: these figures are not a test of them.**"] if rep["training_overlap"]["images"] else []),
         f"- temperature {rep['temperature']:g}, threshold {rep['threshold']:g} "
         f"(malignant when p(malignant) >= threshold)",
         "",
@@ -182,6 +184,21 @@ def report_markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def training_overlap(records, entry) -> dict[str, Any]:
+    """How many of these images the weights were trained on, by image sha256 (manifest data.image_sha256_16);
+    `images` None when the manifest does not list its training images (weights trained before it did)."""
+    from models.manifest import sha256_file
+    images = sorted({r.image_path for r in records})
+    trained = entry.data.get("image_sha256_16")
+    if trained is None:
+        return {"images": None, "of": len(images), "note": "the weights do not list the images they were trained on"}
+    seen = set(trained)
+    hit = sum(sha256_file(Path(p))[:16] in seen for p in images)
+    return {"images": hit, "of": len(images),
+            "note": ("disjoint from the training images" if not hit else
+                     "overlaps the training images: not a test of these weights")}
+
+
 def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, model: str | None = None,
              n_boot: int = 1000, seed: int = 0, roi_source: str = "sam") -> dict[str, Any]:
     from training.metrics import binary_report, per_site
@@ -194,6 +211,10 @@ def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, 
     p, entry = predict(records, Path(weights), name, roi_source)
     sam_name = entry.input.sam or SAM_FOR_BOXES
     y = [r.target for r in records]
+    overlap = training_overlap(records, entry)
+    if overlap["images"]:
+        _log(f"warning: {overlap['images']} of the {overlap['of']} images in {data} were trained on by {name}: "
+             "these figures are not a test of it")
     groups = [r.group for r in records]  # CIs resample whole patients / near-duplicate groups
     metrics = binary_report(y, p, threshold=entry.threshold, n_boot=n_boot, seed=seed, groups=groups)
     by_source: dict[str, Counter] = {}
@@ -208,6 +229,7 @@ def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, 
         "per_site": per_site([r.source for r in records], y, p, entry.threshold, n_boot=n_boot, seed=seed,
                              groups=groups),
         "temperature": entry.temperature,
+        "training_overlap": overlap,
         "data": {"folder": str(Path(data).resolve()), "sources": sorted(by_source),
                  "counts": dict(sorted(sum(by_source.values(), Counter()).items())),
                  "counts_by_source": {s: dict(sorted(c.items())) for s, c in sorted(by_source.items())}},
@@ -221,9 +243,9 @@ def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["lesion_id", "source", "image_path", "label", "p_malignant"])
+        w.writerow(["lesion_id", "group", "source", "image_path", "label", "p_malignant"])
         # repr keeps every bit of the float, so metrics recomputed from this file match report.json.
-        w.writerows([r.lesion_id, r.source, r.image_path, r.label, repr(pi)] for r, pi in zip(records, p))
+        w.writerows([r.lesion_id, r.group, r.source, r.image_path, r.label, repr(pi)] for r, pi in zip(records, p))
     title = f"{name} on {', '.join(sorted(by_source))} ({modality}, n={len(records)})"
     sites = sorted(by_source)
     site_curves = [(s, [yi for yi, r in zip(y, records) if r.source == s],

@@ -551,6 +551,13 @@ def manifest_metrics(report: dict) -> dict:
                          for s, m in report.get("per_site", {}).items()}}
 
 
+def image_hashes(records: list[RoiRecord]) -> list[str]:
+    """The first 16 hex digits of the sha256 of every image trained on, sorted: `evaluate` warns when a
+    folder it is given holds any of them (a model scored on its own training images says nothing)."""
+    from models.manifest import sha256_file
+    return sorted({sha256_file(Path(p))[:16] for p in {r.image_path for r in records}})
+
+
 def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path, cv: dict | None,
               gan_root: Path | None = None, outlines: np.ndarray | None = None) -> Path:
     targets = np.array([r.target for r in records])
@@ -574,7 +581,7 @@ def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, ou
         temperature=cv["temperature"] if cv else 1.0, threshold=cv["threshold"] if cv else 0.5,
         training=cfg.model_dump(),
         data={"sources": summary.counts, "lesions": len(records), "groups": len({r.group for r in records}),
-              "split_seed": cfg.seed},
+              "split_seed": cfg.seed, "image_sha256_16": image_hashes(records)},
         metrics=metrics, git_commit=git_commit(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_manifest(Manifest(models={name: entry}), weights)
     return weights
