@@ -135,10 +135,13 @@ def view_cache(records: list[RoiRecord], sam_name: str, margin: float, regions: 
     import hashlib
 
     from models.encoder_runtime import identity
+    from models.encoder_runtime import identity
     from models.sam import sam_identity
     from training.prepare import cache_root
-    # the token and the stages joined the key later: views cached without them keep their names
-    later = (["iou_token"] if iou_token else []) + ([["stages", *stages]] if stages != ("neck",) else [])
+    # the token, the stages and the encoder's runtime joined the key later: views cached without them keep
+    # their names
+    later = (["iou_token"] if iou_token else []) + ([["stages", *stages]] if stages != ("neck",) else []) \
+        + [identity(sam_name)]
     later += [["encoder", identity(sam_name)]]  # the image encoder's runtime and precision (issue 28)
     digest = hashlib.sha256(json.dumps([sam_name, sam_identity(sam_name), margin, list(regions), seed, *key,
                                         *later]).encode())
