@@ -158,8 +158,9 @@ class CompiledEncoder:
 
     Compiled on first use with torch.get_num_threads() threads, and again if that number changes."""
 
-    def __init__(self, name: str, path: Path, runtime: str, precision: str):
+    def __init__(self, name: str, path: Path, runtime: str, precision: str, sha256: str | None = None):
         self.name, self.path, self.runtime, self.precision = name, Path(path), runtime, precision
+        self.sha256 = sha256  # the exported file's, as verified at load
         self._threads = 0
         self.threads = 0  # what the compiled model runs with (0: not compiled yet)
         self._run = None
@@ -242,7 +243,7 @@ def load_encoder(sam: LoadedSam, runtime: str, precision: str, folder: Path | No
     if not check or not check.get("passed"):
         raise WeightsError(f"{name}'s image encoder on {runtime} at {precision} did not pass the equivalence check at "
                            f"install ({check}); use another {ENV_RUNTIME}/{ENV_PRECISION}, or {fix}")
-    return CompiledEncoder(name, path, runtime, precision)
+    return CompiledEncoder(name, path, runtime, precision, digest)
 
 
 # the install step: export, check, record

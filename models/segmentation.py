@@ -115,6 +115,8 @@ class Segmentation:
     score: float  # SAM's predicted IoU
     model: str
     prompt: PromptKind
+    runtime: str = "torch"  # what ran the image encoder, and at what precision (models.encoder_runtime)
+    precision: str = "f32"
 
 
 def decode_mask_png(data: str, width: int, height: int) -> np.ndarray:
@@ -338,4 +340,4 @@ class SamSegmenter:
         box = box_of_mask(mask)
         if box is None:
             raise NoLesionFound(f"{self.name} returned an empty mask for this {kind} prompt")
-        return Segmentation(mask, box, score, self.name, kind)
+        return Segmentation(mask, box, score, self.name, kind, self.runtime, self.precision)

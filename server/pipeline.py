@@ -167,6 +167,7 @@ SAM_STAGES = ("encode", "decode", "auto_segment")
 def segmentation_out(seg: Segmentation, timings: dict[str, float]) -> dict:
     return {"mask_png": render.b64(render.mask_png(seg.mask)), "mask_rle": mask_rle(seg.mask),
             "box": list(seg.box), "score": round(seg.score, 4), "sam_model": seg.model, "prompt": seg.prompt,
+            "encoder_runtime": seg.runtime, "encoder_precision": seg.precision,
             "timings_ms": {k: v for k, v in timings.items() if k in SAM_STAGES}}
 
 

@@ -32,6 +32,7 @@ class SegmentationOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"mask_png": "iVBORw0KGgo...", "mask_rle": {"size": [598, 449], "counts": [1200, 35, 410]},
          "box": [8, 133, 440, 404], "score": 0.93, "sam_model": "litemedsam", "prompt": "box",
+         "encoder_runtime": "openvino", "encoder_precision": "f32",
          "timings_ms": {"encode": 0.0, "decode": 41.2}}]})
     mask_png: str = Field(description="PNG (base64) of the image's size, 255 = lesion")
     mask_rle: Rle
@@ -39,6 +40,9 @@ class SegmentationOut(BaseModel):
     score: float = Field(description="SAM's predicted IoU of the mask")
     sam_model: str
     prompt: Literal["box", "points", "mask", "auto"]
+    encoder_runtime: Literal["openvino", "onnxruntime", "torch"] = Field(
+        "torch", description="what ran SAM's image encoder for this result (results stored before it was recorded: torch)")
+    encoder_precision: Literal["f32", "bf16"] = Field("f32", description="the image encoder's precision")
     timings_ms: dict[str, float]
 
 
@@ -169,6 +173,11 @@ class ServedSam(BaseModel):
     name: str
     sha256: str
     checkpoint: str
+    encoder_runtime: Literal["openvino", "onnxruntime", "torch"] = Field(
+        description="what runs the image encoder (BRANET_ENCODER_RUNTIME, else the measured default)")
+    encoder_precision: Literal["f32", "bf16"]
+    encoder_sha256: str | None = Field(description="the exported encoder file's sha256, checked at start "
+                                                   "(null on torch)")
 
 
 class ModelsOut(BaseModel):

@@ -138,3 +138,22 @@ def test_the_server_setting_is_checked_and_the_defaults_follow_the_device(monkey
     monkeypatch.delenv("BRANET_ENCODER_PRECISION", raising=False)
     assert choose("cuda") == ("torch", "f32")
     assert choose("cpu") == ("openvino", "f32")  # the install check passed on this machine
+
+
+def test_the_server_names_the_encoder_runtime_in_models_and_in_each_result(api, alice, busi_dir):
+    record = json.loads((ENCODERS_DIR / RECORD).read_text())
+    engine = api.services.engine
+    served = api.get("/v1/models", headers=alice).json()
+    assert served["sam"]
+    for sam in served["sam"]:
+        assert (sam["encoder_runtime"], sam["encoder_precision"]) == ("openvino", "f32")
+        assert sam["encoder_sha256"] == record[engine.segmenters[sam["name"]].encoder.name]["sha256"]
+    rel = "benign/benign (4).png"
+    _, box = _image_and_box(busi_dir, rel)
+    res = api.post("/v1/analyses", files={"file": ("scan.png", (busi_dir / rel).read_bytes())},
+                   data={"modality": "us", "prompt": json.dumps({"box": box})}, headers=alice)
+    assert res.status_code == 201, res.text
+    seg = res.json()["segmentation"]
+    assert (seg["encoder_runtime"], seg["encoder_precision"]) == ("openvino", "f32")
+    again = api.get(f"/v1/analyses/{res.json()['id']}", headers=alice).json()
+    assert again["segmentation"]["encoder_runtime"] == "openvino"

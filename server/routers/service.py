@@ -27,7 +27,9 @@ def served_models(svc: Services = Depends(services)) -> dict:
                     "temperature": e.temperature, "threshold": e.threshold,
                     "quality": ModelQuality.from_metrics(e.metrics), "metrics": e.metrics}
                    for m, (_, e) in sorted(engine.classifiers.items())]
-    sam = [{"name": name, "sha256": s.sam.sha256, "checkpoint": s.sam.checkpoint.name}
+    sam = [{"name": name, "sha256": s.sam.sha256, "checkpoint": s.sam.checkpoint.name,
+            "encoder_runtime": s.runtime, "encoder_precision": s.precision,
+            "encoder_sha256": s.encoder.sha256 if s.encoder else None}
            for name, s in sorted(engine.segmenters.items())]
     return {"classifiers": classifiers, "sam": sam, "routes": engine.routes}
 

@@ -286,6 +286,8 @@ export interface components {
          *           440,
          *           404
          *         ],
+         *         "encoder_precision": "f32",
+         *         "encoder_runtime": "openvino",
          *         "mask_png": "iVBORw0KGgo...",
          *         "mask_rle": {
          *           "counts": [
@@ -737,6 +739,8 @@ export interface components {
          *         440,
          *         404
          *       ],
+         *       "encoder_precision": "f32",
+         *       "encoder_runtime": "openvino",
          *       "mask_png": "iVBORw0KGgo...",
          *       "mask_rle": {
          *         "counts": [
@@ -764,6 +768,20 @@ export interface components {
              * @description x0, y0, x1, y1 (exclusive) of the mask
              */
             box: number[];
+            /**
+             * Encoder Precision
+             * @description the image encoder's precision
+             * @default f32
+             * @enum {string}
+             */
+            encoder_precision: "f32" | "bf16";
+            /**
+             * Encoder Runtime
+             * @description what ran SAM's image encoder for this result (results stored before it was recorded: torch)
+             * @default torch
+             * @enum {string}
+             */
+            encoder_runtime: "openvino" | "onnxruntime" | "torch";
             /**
              * Mask Png
              * @description PNG (base64) of the image's size, 255 = lesion
@@ -822,6 +840,22 @@ export interface components {
         ServedSam: {
             /** Checkpoint */
             checkpoint: string;
+            /**
+             * Encoder Precision
+             * @enum {string}
+             */
+            encoder_precision: "f32" | "bf16";
+            /**
+             * Encoder Runtime
+             * @description what runs the image encoder (BRANET_ENCODER_RUNTIME, else the measured default)
+             * @enum {string}
+             */
+            encoder_runtime: "openvino" | "onnxruntime" | "torch";
+            /**
+             * Encoder Sha256
+             * @description the exported encoder file's sha256, checked at start (null on torch)
+             */
+            encoder_sha256: string | null;
             /** Name */
             name: string;
             /** Sha256 */
