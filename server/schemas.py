@@ -131,16 +131,40 @@ class ServedSamProbe(BaseModel):
     sha256: str
 
 
+class SiteQuality(BaseModel):
+    site: str = Field(description="the data set (hospital, scanner), e.g. busi, busbra")
+    n: int = Field(description="lesions")
+    auc: float | None = Field(description="ROC AUC on this site's lesions")
+    auc_ci: tuple[float, float] | None = Field(description="its 95% confidence interval, resampling patients")
+    sensitivity: float | None = Field(description="at the served threshold")
+    specificity: float | None = Field(description="at the served threshold")
+
+
+class OutOfSiteQuality(SiteQuality):
+    trained_on: list[str] = Field(description="the sites the recipe was trained and calibrated on in this test; "
+                                              "`site` was never seen")
+    ece: float | None = Field(description="expected calibration error on the unseen site")
+
+
 class ModelQuality(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"cv_auc": 0.942, "cv_auc_ci": [0.920, 0.959], "sensitivity": 0.90, "specificity": 0.812, "folds": 5,
-         "roi_source": "sam"}]})
+         "roi_source": "sam", "cross_fitted_sensitivity": 0.90, "cross_fitted_specificity": 0.80, "sites": [],
+         "out_of_site": []}]})
     cv_auc: float = Field(description="ROC AUC of the out-of-fold predictions")
     cv_auc_ci: tuple[float, float] = Field(description="its 95% confidence interval [low, high]")
-    sensitivity: float = Field(description="out of fold, at the served threshold")
+    sensitivity: float = Field(description="out of fold, at the served threshold (fitted on all folds: it meets its "
+                                           "target by construction; see cross_fitted_sensitivity)")
     specificity: float = Field(description="out of fold, at the served threshold")
     folds: int = Field(description="cross-validation folds")
     roi_source: str = Field(description="what placed the crops it was measured on: expert, box or sam")
+    cross_fitted_sensitivity: float | None = Field(None, description="out of fold, at a threshold fitted on the "
+                                                                     "other folds only: what to expect on new cases")
+    cross_fitted_specificity: float | None = Field(None, description="the same, specificity")
+    sites: list[SiteQuality] = Field([], description="the cross-validation per site trained on")
+    out_of_site: list[OutOfSiteQuality] = Field([], description="the same recipe trained on some sites and tested "
+                                                                "on another it never saw: the estimate for a new "
+                                                                "hospital")
 
     @classmethod
     def from_metrics(cls, metrics: dict) -> "ModelQuality | None":
@@ -148,9 +172,17 @@ class ModelQuality(BaseModel):
         keys = ("oof_roc_auc", "oof_roc_auc_ci", "oof_sensitivity", "oof_specificity", "cv_folds", "roi_source")
         if any(metrics.get(k) is None for k in keys):
             return None
+        crossed = metrics.get("cross_fitted") or {}
+        sites = [SiteQuality(site=s, n=m["n"], auc=m["roc_auc"], auc_ci=m["roc_auc_ci"], sensitivity=m["sensitivity"],
+                             specificity=m["specificity"]) for s, m in sorted((metrics.get("per_site") or {}).items())]
+        held = [OutOfSiteQuality(site=m["tested_on"], trained_on=m["trained_on"], n=m["n"], auc=m["roc_auc"],
+                                 auc_ci=m["roc_auc_ci"], sensitivity=m["sensitivity"], specificity=m["specificity"],
+                                 ece=m["ece"]) for m in metrics.get("out_of_site") or []]
         return cls(cv_auc=metrics["oof_roc_auc"], cv_auc_ci=metrics["oof_roc_auc_ci"],
                    sensitivity=metrics["oof_sensitivity"], specificity=metrics["oof_specificity"],
-                   folds=metrics["cv_folds"], roi_source=metrics["roi_source"])
+                   folds=metrics["cv_folds"], roi_source=metrics["roi_source"],
+                   cross_fitted_sensitivity=crossed.get("sensitivity"),
+                   cross_fitted_specificity=crossed.get("specificity"), sites=sites, out_of_site=held)
 
 
 class ServedClassifier(BaseModel):

@@ -103,6 +103,17 @@ def test_holdout_site_trains_and_calibrates_on_the_other_site(data_dir, tmp_path
     assert "tested on busbra" in md and "| busbra (held out) | 8 (4) |" in md
     for png in ("roc.png", "reliability.png", "confusion.png"):
         assert (out / "holdout" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # export carries the held-out figures into the served entry (GET /v1/models shows them)
+    from training.__main__ import main
+    assert main(["export", "--from", str(out / "weights"), "--to", str(tmp_path / "served"),
+                 "--out-of-site", str(out / "holdout" / "report.json")]) == 0
+    served = json.loads((tmp_path / "served" / "manifest.json").read_text())["models"]["classifier-us"]["metrics"]
+    assert served["out_of_site"] == [{"trained_on": ["busi"], "tested_on": "busbra", "regime": "real",
+                                      **{k: rep[k] for k in ("n", "n_malignant", "roc_auc", "roc_auc_ci", "sensitivity",
+                                                             "specificity", "ece", "threshold")}}]
+    assert main(["export", "--from", str(out / "weights"), "--to", str(tmp_path / "bad"),
+                 "--out-of-site", str(out / "cv" / "report.json")]) == 2
+    assert not (tmp_path / "bad" / "manifest.json").exists()
 
 
 def test_holdout_site_must_be_one_of_several(data_dir, tmp_path, capsys):

@@ -4,7 +4,9 @@ Each `--from` is a weights folder written by train-classifier (`OUT/weights`); e
 finetune-sam output folder (its final decoder becomes `sam_decoders[<base>-<modality>]`, loadable by
 that name everywhere a SAM name is taken). Entries are verified (sha256, architecture) before anything
 is copied; the served manifest is replaced atomically, so a failed export leaves the served weights as
-they were.
+they were. Each `--out-of-site` is a held-out-site report (`train-classifier --holdout-site` or `sam-probe`
+on such a run: OUT/holdout/report.json) of the exported recipe, trained on one site and tested on another;
+its figures go into the entry of its modality (`metrics.out_of_site`), so `GET /v1/models` shows them.
 """
 from __future__ import annotations
 
@@ -25,6 +27,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sam-decoder", dest="decoders", type=Path, action="append", default=[],
                    help="finetune-sam output folder (decoder.safetensors + decoder.json; repeatable)")
     p.add_argument("--to", type=Path, default=WEIGHTS_DIR, help=f"served weights folder (default {WEIGHTS_DIR})")
+    p.add_argument("--out-of-site", type=Path, action="append", default=[], metavar="REPORT",
+                   help="a holdout/report.json of the exported recipe (repeatable: one per held-out site)")
+
+
+OUT_OF_SITE_KEYS = ("n", "n_malignant", "roc_auc", "roc_auc_ci", "sensitivity", "specificity", "ece", "threshold")
+
+
+def out_of_site(reports: list[Path]) -> dict[str, list[dict]]:
+    """Held-out-site figures by modality, from holdout report.json files; WeightsError names a bad one."""
+    found: dict[str, list[dict]] = {}
+    for path in reports:
+        try:
+            rep = json.loads(Path(path).read_text())
+            row = {"trained_on": rep["trained_on"], "tested_on": rep["site"], "regime": rep["regime"],
+                   **{k: rep[k] for k in OUT_OF_SITE_KEYS}}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise WeightsError(f"{path} is not a held-out-site report (train-classifier --holdout-site): {e}") from e
+        found.setdefault(rep["modality"], []).append(row)
+    return found
 
 
 def decoder_entry(folder: Path) -> SamDecoderEntry:
@@ -40,17 +61,23 @@ def decoder_entry(folder: Path) -> SamDecoderEntry:
                            git_commit=meta.get("git_commit", "unknown"), created=meta.get("created", ""))
 
 
-def export(sources: list[Path], target: Path, decoders: list[Path] = ()) -> Manifest:
+def export(sources: list[Path], target: Path, decoders: list[Path] = (), out_of_site_reports: list[Path] = ()
+           ) -> Manifest:
     try:
         merged = read_manifest(target)
     except WeightsError:
         merged = Manifest()
     staged = []
+    held_out = out_of_site(list(out_of_site_reports))
     for src in sources:
         for name, entry in read_manifest(src).models.items():
             load_classifier(name, src)  # verifies sha256 and shape before anything is copied
             load_sam_probe(entry, src)
+            if entry.modality in held_out:
+                entry = entry.model_copy(update={"metrics": {**entry.metrics, "out_of_site": held_out.pop(entry.modality)}})
             staged.append((src / entry.file, entry))
+    if held_out:
+        raise WeightsError(f"--out-of-site reports for {', '.join(held_out)}, but no exported model of that modality")
     decoder_entries = [(folder / "decoder.safetensors", decoder_entry(folder)) for folder in decoders]
     for path, entry in decoder_entries:
         if sha256_file(path) != entry.sha256:
@@ -77,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not args.sources and not args.decoders:
             raise WeightsError("nothing to export: give --from and/or --sam-decoder")
-        manifest = export(args.sources, args.to, args.decoders)
+        manifest = export(args.sources, args.to, args.decoders, args.out_of_site)
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -70,3 +70,12 @@ test('while the served models load, the quality line says so instead of "none re
   expect(screen.getByTestId('model-quality-loading')).toHaveTextContent('Loading…');
   expect(screen.queryByTestId('model-quality')).toBeNull();
 });
+
+test('what the recipe did at a hospital it never saw is shown next to the cross-validation', () => {
+  const us = byModality('us');
+  const unseen = { site: 'busbra', trained_on: ['busi'], n: 902, auc: 0.845, auc_ci: [0.81, 0.88] as [number, number],
+    sensitivity: 0.812, specificity: 0.7, ece: 0.09 };
+  show('en', { ...us, quality: { ...us.quality!, out_of_site: [unseen] } });
+  expect(screen.getByTestId('out-of-site-busbra')).toHaveTextContent(
+    'Trained on busi only and tested on busbra, a hospital it never saw: AUC 0.84 (95% CI 0.81–0.88); sensitivity 81%, specificity 70%.');
+});

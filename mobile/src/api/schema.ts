@@ -590,18 +590,32 @@ export interface components {
         /**
          * ModelQuality
          * @example {
+         *       "cross_fitted_sensitivity": 0.9,
+         *       "cross_fitted_specificity": 0.8,
          *       "cv_auc": 0.942,
          *       "cv_auc_ci": [
          *         0.92,
          *         0.959
          *       ],
          *       "folds": 5,
+         *       "out_of_site": [],
          *       "roi_source": "sam",
          *       "sensitivity": 0.9,
+         *       "sites": [],
          *       "specificity": 0.812
          *     }
          */
         ModelQuality: {
+            /**
+             * Cross Fitted Sensitivity
+             * @description out of fold, at a threshold fitted on the other folds only: what to expect on new cases
+             */
+            cross_fitted_sensitivity?: number | null;
+            /**
+             * Cross Fitted Specificity
+             * @description the same, specificity
+             */
+            cross_fitted_specificity?: number | null;
             /**
              * Cv Auc
              * @description ROC AUC of the out-of-fold predictions
@@ -621,15 +635,27 @@ export interface components {
              */
             folds: number;
             /**
+             * Out Of Site
+             * @description the same recipe trained on some sites and tested on another it never saw: the estimate for a new hospital
+             * @default []
+             */
+            out_of_site: components["schemas"]["OutOfSiteQuality"][];
+            /**
              * Roi Source
              * @description what placed the crops it was measured on: expert, box or sam
              */
             roi_source: string;
             /**
              * Sensitivity
-             * @description out of fold, at the served threshold
+             * @description out of fold, at the served threshold (fitted on all folds: it meets its target by construction; see cross_fitted_sensitivity)
              */
             sensitivity: number;
+            /**
+             * Sites
+             * @description the cross-validation per site trained on
+             * @default []
+             */
+            sites: components["schemas"]["SiteQuality"][];
             /**
              * Specificity
              * @description out of fold, at the served threshold
@@ -656,6 +682,52 @@ export interface components {
             };
             /** Sam */
             sam: components["schemas"]["ServedSam"][];
+        };
+        /** OutOfSiteQuality */
+        OutOfSiteQuality: {
+            /**
+             * Auc
+             * @description ROC AUC on this site's lesions
+             */
+            auc: number | null;
+            /**
+             * Auc Ci
+             * @description its 95% confidence interval, resampling patients
+             */
+            auc_ci: [
+                number,
+                number
+            ] | null;
+            /**
+             * Ece
+             * @description expected calibration error on the unseen site
+             */
+            ece: number | null;
+            /**
+             * N
+             * @description lesions
+             */
+            n: number;
+            /**
+             * Sensitivity
+             * @description at the served threshold
+             */
+            sensitivity: number | null;
+            /**
+             * Site
+             * @description the data set (hospital, scanner), e.g. busi, busbra
+             */
+            site: string;
+            /**
+             * Specificity
+             * @description at the served threshold
+             */
+            specificity: number | null;
+            /**
+             * Trained On
+             * @description the sites the recipe was trained and calibrated on in this test; `site` was never seen
+             */
+            trained_on: string[];
         };
         /**
          * Prompt
@@ -927,6 +999,42 @@ export interface components {
             password: string;
             /** Username */
             username: string;
+        };
+        /** SiteQuality */
+        SiteQuality: {
+            /**
+             * Auc
+             * @description ROC AUC on this site's lesions
+             */
+            auc: number | null;
+            /**
+             * Auc Ci
+             * @description its 95% confidence interval, resampling patients
+             */
+            auc_ci: [
+                number,
+                number
+            ] | null;
+            /**
+             * N
+             * @description lesions
+             */
+            n: number;
+            /**
+             * Sensitivity
+             * @description at the served threshold
+             */
+            sensitivity: number | null;
+            /**
+             * Site
+             * @description the data set (hospital, scanner), e.g. busi, busbra
+             */
+            site: string;
+            /**
+             * Specificity
+             * @description at the served threshold
+             */
+            specificity: number | null;
         };
         /** UserOut */
         UserOut: {

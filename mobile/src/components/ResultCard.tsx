@@ -47,6 +47,15 @@ export function QualityLine({ classifier }: { classifier: ServedClassifier | nul
           sens: pct(q.sensitivity), spec: pct(q.specificity),
         })}
       </Body>
+      {(q.out_of_site ?? []).map((o) => (
+        <Body muted key={`${o.site}-${o.trained_on.join('+')}`} testID={`out-of-site-${o.site}`}>
+          {t('result.outOfSite', {
+            site: o.site, trained: o.trained_on.join(', '), auc: o.auc === null ? '–' : o.auc.toFixed(2),
+            lo: o.auc_ci ? o.auc_ci[0].toFixed(2) : '–', hi: o.auc_ci ? o.auc_ci[1].toFixed(2) : '–',
+            sens: o.sensitivity === null ? '–' : pct(o.sensitivity), spec: o.specificity === null ? '–' : pct(o.specificity),
+          })}
+        </Body>
+      ))}
       {q.cv_auc < WEAK_AUC ? <Text testID="weak-model" style={styles.weak}>{t('result.weak')}</Text> : null}
     </View>
   );

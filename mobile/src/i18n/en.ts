@@ -70,6 +70,7 @@ export const en = {
   'result.roi': 'What the model saw',
   'result.model': 'Model {name} · version {version} · sha256 {sha}',
   'result.quality': 'Measured in {folds}-fold cross-validation: AUC {auc} (95% CI {lo}–{hi}); at the threshold, sensitivity {sens} and specificity {spec}.',
+  'result.outOfSite': 'Trained on {trained} only and tested on {site}, a hospital it never saw: AUC {auc} (95% CI {lo}–{hi}); sensitivity {sens}, specificity {spec}.',
   'result.qualityUnknown': 'No measured quality is recorded for this model.',
   'result.weak': 'This model is weak: treat its answer with great caution.',
   'result.segmentation': 'Outline by {sam} (score {score})',

@@ -72,6 +72,7 @@ export const es: Record<keyof typeof en, string> = {
   'result.roi': 'Lo que vio el modelo',
   'result.model': 'Modelo {name} · versión {version} · sha256 {sha}',
   'result.quality': 'Medido en validación cruzada de {folds} particiones: AUC {auc} (IC 95 % {lo}–{hi}); en el umbral, sensibilidad {sens} y especificidad {spec}.',
+  'result.outOfSite': 'Entrenado solo con {trained} y probado en {site}, un hospital que nunca vio: AUC {auc} (IC 95 % {lo}–{hi}); sensibilidad {sens}, especificidad {spec}.',
   'result.qualityUnknown': 'No hay calidad medida registrada para este modelo.',
   'result.weak': 'Este modelo es débil: tome su respuesta con mucha cautela.',
   'result.segmentation': 'Contorno de {sam} (puntuación {score})',
