@@ -1,6 +1,7 @@
 """Serving overhead: the running server against the bare models, on real BUSI images, in one run.
 
     .venv/bin/python bench/serve.py [--data ../shared/data] [--levels 1 4 8] [--per-level 8]
+                                    [--runtimes torch openvino onnxruntime] [--serve-runtimes openvino]
 
 1. Bare: in this process, for each image, LiteMedSAM encoder + decoder (box from the expert mask)
    + the US classifier: the least any server could do. Median = `bare`.
@@ -10,6 +11,9 @@
 3. Re-prompt: one uploaded image, then POST /v1/images/{id}/segment with boxes (cached embedding).
 4. Overload: queue_size + 8 requests at once: the excess is answered 503 with Retry-After.
 Bare and served run one after the other, never at once, so they do not share the cores.
+Each image encoder runtime (models/encoder_runtime.py, issue 28) side by side in the same run: the bare
+time of every runtime in `--runtimes` (each image through each runtime in turn, so they see the same
+load; ratios to torch), and steps 2-4 against a server started with each of `--serve-runtimes`.
 """
 from __future__ import annotations
 
@@ -55,28 +59,36 @@ def busi_cases(data: Path, n: int) -> list[tuple[Path, list[int]]]:
     return mixed[:n]
 
 
-def bare_times(cases) -> list[float]:
+def bare_times(cases, runtimes: list[str]) -> dict[str, dict[str, list[float]]]:
+    """Per runtime: the bare analysis time and its encoder's share, in s, of each image but the first."""
     model, entry = load_classifier("classifier-us")
     probe = load_sam_probe(entry)  # its features come from the same LiteMedSAM encoder pass
-    segmenter = SamSegmenter(load_sam("litemedsam"), stages=encoder_only(entry.sam_probe.stages) if probe else ())
-    times = []
+    sam = load_sam(entry.sam_probe.sam if probe else "litemedsam")
+    stages = encoder_only(entry.sam_probe.stages) if probe else ()
+    segmenters = {r: SamSegmenter(sam, stages=stages, runtime=r) for r in runtimes}
+    times = {r: {"total": [], "encode": []} for r in runtimes}
     for i, (path, box) in enumerate(cases):
         rgb = np.asarray(Image.open(path).convert("RGB"))
-        start = time.perf_counter()
-        with torch.inference_mode():
-            embedding = segmenter.encode(rgb)
-            seg = segmenter.predict(embedding, Prompt(box=box))
-            spec = entry.input
-            x = normalize(classifier_input(to_gray(rgb), seg.box, seg.mask if spec.channels == 2 else None,
-                                           spec.size, spec.roi_margin)[None])
-            logits = model(x)
-            if probe is not None:
-                f = probe_input(segmenter, embedding, seg.mask, seg.box, spec.roi_margin, entry.sam_probe.regions,
-                                entry.sam_probe.iou_token, entry.sam_probe.stages)
-                logits = fuse(logits, probe(f[None]), entry.sam_probe.alpha)
-            torch.softmax(logits / entry.temperature, dim=1)
-        if i:  # the first call warms up
-            times.append(time.perf_counter() - start)
+        for k in range(len(runtimes)):  # each image through every runtime, in a rotating order
+            runtime = runtimes[(i + k) % len(runtimes)]
+            segmenter = segmenters[runtime]
+            start = time.perf_counter()
+            with torch.inference_mode():
+                embedding = segmenter.encode(rgb)
+                encoded = time.perf_counter()
+                seg = segmenter.predict(embedding, Prompt(box=box))
+                spec = entry.input
+                x = normalize(classifier_input(to_gray(rgb), seg.box, seg.mask if spec.channels == 2 else None,
+                                               spec.size, spec.roi_margin, spec.intensity)[None])
+                logits = model(x)
+                if probe is not None:
+                    f = probe_input(segmenter, embedding, seg.mask, seg.box, spec.roi_margin, entry.sam_probe.regions,
+                                    entry.sam_probe.iou_token, entry.sam_probe.stages)
+                    logits = fuse(logits, probe(f[None]), entry.sam_probe.alpha)
+                torch.softmax(logits / entry.temperature, dim=1)
+            if i:  # the first call warms up (and compiles)
+                times[runtime]["total"].append(time.perf_counter() - start)
+                times[runtime]["encode"].append(encoded - start)
     return times
 
 
@@ -172,29 +184,57 @@ def main() -> None:
     parser.add_argument("--per-level", type=int, default=8, help="requests per level (x concurrency/2 above 2)")
     parser.add_argument("--bare", type=int, default=9, help="images for the bare-model time")
     parser.add_argument("--queue-size", type=int, default=16)
+    parser.add_argument("--runtimes", nargs="+", default=["torch", "openvino", "onnxruntime"],
+                        help="image encoder runtimes timed bare, side by side")
+    parser.add_argument("--serve-runtimes", nargs="*", default=None,
+                        help="a server per runtime for the served steps (default: the default runtime only)")
     parser.add_argument("--out", type=Path, help="write the numbers as JSON here")
     args = parser.parse_args()
+    from models.encoder_runtime import choose
+    default = choose("cpu")[0]
+    serve_runtimes = args.serve_runtimes if args.serve_runtimes is not None else [default]
 
     need = args.per_level * sum(max(1, c // 2) for c in args.levels) + args.queue_size + 8 + 1
     cases = busi_cases(args.data, need + args.bare)
     bare_cases, cases = cases[:args.bare], cases[args.bare:]
-    print(f"bare model (LiteMedSAM encoder + decoder + ResNet18 classifier), {len(bare_cases) - 1} images ...", flush=True)
-    bare = statistics.median(bare_times(bare_cases))
-    print(f"  bare median {bare * 1000:.0f} ms", flush=True)
+    print(f"bare model (LiteMedSAM encoder + decoder + classifier + probe), {len(bare_cases) - 1} images, "
+          f"runtimes {', '.join(args.runtimes)} ...", flush=True)
+    bares = bare_times(bare_cases, args.runtimes)
+    by_runtime = {r: {"bare_s": statistics.median(t["total"]), "encode_s": statistics.median(t["encode"])}
+                  for r, t in bares.items()}
+    ref = by_runtime.get("torch")
+    print(f"{'runtime':>12} {'bare ms':>8} {'encode ms':>10}" + (f" {'bare/torch':>11}" if ref else ""))
+    for r, b in by_runtime.items():
+        print(f"{r:>12} {b['bare_s'] * 1000:>8.0f} {b['encode_s'] * 1000:>10.0f}"
+              + (f" {b['bare_s'] / ref['bare_s']:>11.2f}" if ref else ""), flush=True)
 
-    with tempfile.TemporaryDirectory() as home:
-        token = subprocess.run([sys.executable, "-m", "server.cli", "users", "add", "bench"], capture_output=True,
-                               text=True, check=True, cwd=ROOT, env={**os.environ, "BRANET_HOME": home}).stdout.strip()
-        port = free_port()
-        proc = start_server(Path(home), port, {"BRANET_QUEUE_SIZE": str(args.queue_size)})
-        try:
-            result = asyncio.run(served(port, token, cases, args.levels, args.per_level, args.queue_size))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+    results = {}
+    for runtime in serve_runtimes:
+        print(f"served, BRANET_ENCODER_RUNTIME={runtime} ...", flush=True)
+        with tempfile.TemporaryDirectory() as home:
+            token = subprocess.run([sys.executable, "-m", "server.cli", "users", "add", "--no-password", "bench"], capture_output=True,
+                                   text=True, check=True, cwd=ROOT, env={**os.environ, "BRANET_HOME": home}).stdout.strip()
+            port = free_port()
+            proc = start_server(Path(home), port, {"BRANET_QUEUE_SIZE": str(args.queue_size),
+                                                   "BRANET_ENCODER_RUNTIME": runtime})
+            try:
+                results[runtime] = asyncio.run(served(port, token, cases, args.levels, args.per_level, args.queue_size))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+        report(results[runtime], by_runtime.get(runtime, {}).get("bare_s") or by_runtime[args.runtimes[0]]["bare_s"],
+               runtime, args.queue_size)
+    out = {"bare": by_runtime, "served": results, "default_runtime": default,
+           "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    if len(serve_runtimes) == 1:  # the layout before runtimes were compared, for the default's numbers
+        out |= results[serve_runtimes[0]] | {"bare_s": by_runtime.get(serve_runtimes[0], {}).get("bare_s")}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2))
 
-    result |= {"bare_s": bare, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
-    print(f"\nbare model time: {bare * 1000:.0f} ms (median; torch threads {torch.get_num_threads()})")
+
+def report(result: dict, bare: float, runtime: str, queue_size: int) -> None:
+    print(f"\n[{runtime}] bare model time: {bare * 1000:.0f} ms (median; torch threads {torch.get_num_threads()})")
     print(f"{'concurrency':>11} {'n':>3} {'p50 ms':>8} {'p95 ms':>8} {'p50/bare':>9} {'req/s':>7} {'x 1/bare':>9}")
     for lv in result["levels"]:
         print(f"{lv['concurrency']:>11} {lv['n']:>3} {lv['p50_s'] * 1000:>8.0f} {lv['p95_s'] * 1000:>8.0f} "
@@ -204,11 +244,8 @@ def main() -> None:
     rp = result["reprompt_s"]
     print(f"re-prompt on a cached image: p50 {statistics.median(rp) * 1000:.0f} ms, max {max(rp) * 1000:.0f} ms")
     ov = result["overload"]
-    print(f"overload: {ov['sent']} at once with queue {args.queue_size}: {ov['ok']} answered 201, "
+    print(f"overload: {ov['sent']} at once with queue {queue_size}: {ov['ok']} answered 201, "
           f"{ov['busy_503']} answered 503 (Retry-After on all: {ov['retry_after_present']})")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,145 @@
+"""Issue 28's "nothing the clinician sees changes" figures: each encoder runtime against PyTorch, on real data.
+
+    .venv/bin/python bench/encoder_equivalence.py [--data ../shared/data] [--runtimes openvino onnxruntime]
+                                                  [--analyses 100] [--out bench/results/encoder_equivalence.json]
+
+1. LiteMedSAM box Dice on every BUSI lesion (each expert mask; the box is the mask's): the mean Dice with
+   the expert mask from PyTorch's encoder and from each runtime's (target: within 0.002), and the Dice
+   between the two masks.
+2. p(malignant) of `--analyses` BUSI analyses (benign and malignant interleaved, box prompt): the served
+   US classifier + its SAM probe on each encoder's outline and embedding; the largest difference from
+   PyTorch's (target: <= 0.01).
+Every image is encoded by every runtime in the same process, one after the other, so the encode times
+(median ms and the ratio to PyTorch) are measured under the same load.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.manifest import load_classifier, load_sam_probe  # noqa: E402
+from models.preprocessing import box_of_mask, classifier_input, normalize, to_gray  # noqa: E402
+from models.sam import load_sam  # noqa: E402
+from models.sam_probe import encoder_only, fuse, probe_input  # noqa: E402
+from models.segmentation import Prompt, SamSegmenter  # noqa: E402
+
+
+def lesions(data: Path) -> dict[Path, list[np.ndarray]]:
+    """Every BUSI lesion: image -> its expert masks (one per mask file), benign and malignant."""
+    folder = data / "busi" / "Dataset_BUSI_with_GT"
+    out: dict[Path, list[np.ndarray]] = defaultdict(list)
+    for label in ("benign", "malignant"):
+        for mask_path in sorted((folder / label).glob("* (*)_mask*.png")):
+            mask = np.asarray(Image.open(mask_path).convert("L")) > 0
+            if mask.any():
+                out[folder / label / (mask_path.name.split("_mask")[0] + ".png")].append(mask)
+    return dict(out)
+
+
+def interleaved(images: list[Path], n: int) -> list[Path]:
+    benign = [p for p in images if p.parent.name == "benign"]
+    malignant = [p for p in images if p.parent.name == "malignant"]
+    return [p for pair in zip(benign, malignant) for p in pair][:n]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+def p_malignant(segmenter, embedding, seg, rgb, model, entry, probe) -> float:
+    spec = entry.input
+    x = normalize(classifier_input(to_gray(rgb), seg.box, seg.mask if spec.channels == 2 else None,
+                                   spec.size, spec.roi_margin, spec.intensity)[None])  # as server/engine.py
+    with torch.inference_mode():
+        logits = model(x)
+        if probe is not None:
+            f = probe_input(segmenter, embedding, seg.mask, seg.box, spec.roi_margin, entry.sam_probe.regions,
+                            entry.sam_probe.iou_token, entry.sam_probe.stages)
+            logits = fuse(logits, probe(f[None]), entry.sam_probe.alpha)
+        return float(torch.softmax(logits / entry.temperature, dim=1)[0, 1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=ROOT / ".." / "shared" / "data")
+    p.add_argument("--runtimes", nargs="+", default=["openvino", "onnxruntime"])
+    p.add_argument("--analyses", type=int, default=100)
+    p.add_argument("--limit", type=int, default=None, help="only the first N images (a quick look)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "encoder_equivalence.json")
+    args = p.parse_args()
+
+    model, entry = load_classifier("classifier-us")
+    probe = load_sam_probe(entry)
+    sam = load_sam(entry.sam_probe.sam if probe else "litemedsam")
+    stages = encoder_only(entry.sam_probe.stages) if probe else ()
+    names = ["torch", *args.runtimes]
+    segmenters = {r: SamSegmenter(sam, stages=stages, runtime=r) for r in names}
+    found = lesions(args.data)
+    images = sorted(found)[: args.limit] if args.limit else sorted(found)
+    first = interleaved(images, args.analyses)
+    analysed = set(first)
+    images = first + [p for p in images if p not in analysed]  # the analyses first: a partial run has them
+    expert_dice = {r: [] for r in names}
+    mask_dice = {r: [] for r in args.runtimes}
+    encode_ms = {r: [] for r in names}
+    p_mal = {r: [] for r in names}
+    start = time.perf_counter()
+    for i, path in enumerate(images):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        masks: dict[str, list[np.ndarray]] = {}
+        for r in names:
+            t = time.perf_counter()
+            embedding = segmenters[r].encode(rgb)
+            encode_ms[r].append((time.perf_counter() - t) * 1000)
+            segs = [segmenters[r].predict(embedding, Prompt(box=list(box_of_mask(m)))) for m in found[path]]
+            masks[r] = [s.mask for s in segs]
+            expert_dice[r] += [dice(s.mask, m) for s, m in zip(segs, found[path])]
+            if path in analysed:
+                p_mal[r].append(p_malignant(segmenters[r], embedding, segs[0], rgb, model, entry, probe))
+        for r in args.runtimes:
+            mask_dice[r] += [dice(a, b) for a, b in zip(masks["torch"], masks[r])]
+        if i % 25 == 0 or i == len(images) - 1:
+            print(f"{i + 1}/{len(images)} images, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+            report = summary(sam.name, i + 1 == len(images), names, args.runtimes, expert_dice, mask_dice, encode_ms,
+                             p_mal, entry.threshold, i + 1)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2) + "\n")  # so far: a long run can be read as it goes
+    print(json.dumps(report, indent=2))
+
+
+def summary(sam: str, complete: bool, names, runtimes, expert_dice, mask_dice, encode_ms, p_mal, threshold,
+            images: int) -> dict:
+    report = {"sam": sam, "complete": complete, "images": images, "lesions": len(expert_dice["torch"]),
+              "analyses": len(p_mal["torch"]), "threads": torch.get_num_threads(), "runtimes": {}}
+    ref_ms = statistics.median(encode_ms["torch"][1:] or encode_ms["torch"])
+    for r in names:
+        ms = statistics.median(encode_ms[r][1:] or encode_ms[r])  # the first call compiles
+        row = {"encode_ms_median": round(ms, 1), "encode_vs_torch": round(ms / ref_ms, 3),
+               "box_dice_mean": round(float(np.mean(expert_dice[r])), 5)}
+        if r != "torch":
+            diffs = np.abs(np.array(p_mal[r]) - np.array(p_mal["torch"])) if p_mal[r] else np.full(1, np.nan)
+            row |= {"box_dice_minus_torch": round(row["box_dice_mean"] - report["runtimes"]["torch"]["box_dice_mean"], 5),
+                    "mask_dice_vs_torch_mean": round(float(np.mean(mask_dice[r])), 6),
+                    "mask_dice_vs_torch_min": round(float(np.min(mask_dice[r])), 6),
+                    "masks_identical": int(sum(d == 1.0 for d in mask_dice[r])),
+                    "p_malignant_max_abs_diff": float(diffs.max()), "p_malignant_mean_abs_diff": float(diffs.mean()),
+                    "label_changes": int(sum((a >= threshold) != (b >= threshold)
+                                             for a, b in zip(p_mal[r], p_mal["torch"])))}
+        report["runtimes"][r] = row
+    return report
+
+
+if __name__ == "__main__":
+    main()
