@@ -7,10 +7,18 @@
 - A full disk under a real `branet serve`: BRANET_HOME is a 4 MB tmpfs (as root) or the server's
   RLIMIT_FSIZE is lowered with prlimit; an upload then answers 507 `insufficient_storage` and leaves no
   file, reads of what is stored answer 200, and once space is back an upload is 201 again.
+- A read-only disk under a real `branet serve`: the images' filesystem (a tmpfs at BRANET_HOME/images, as
+  root) is remounted read-only while the server runs; uploads (into an existing user folder, into a new
+  user's, and within an analysis) answer 503 `storage_unavailable` and leave no file and no row, reads
+  answer 200, a delete answers 204 and leaves its file to the next start-up repair, and once the disk is
+  remounted read-write an upload is 201 again. The database cannot be made read-only under the server this
+  way: the kernel refuses to remount a filesystem read-only while a file on it is open for writing (EBUSY),
+  and the server holds its SQLite database (WAL) open; the SQLite read-only codes are checked by name above.
 """
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import resource
@@ -176,7 +184,7 @@ def test_a_full_disk_answers_507_keeps_reads_and_recovers(tmp_path, busi_dir, ho
         analysis = client.post("/v1/analyses", json={"image_id": image_id, "prompt": {"box": [60, 40, 200, 160]}})
         assert analysis.status_code == 201, analysis.text
         analysis_id = analysis.json()["id"]
-        before_files, before_rows = image_files(home), rows(home)
+        before_files, before_rows, folders = image_files(home), rows(home), set(images.iterdir())
 
         filler = home / "filler"
         if how == "tmpfs":  # fill the disk to the last byte
@@ -226,3 +234,94 @@ def test_a_full_disk_answers_507_keeps_reads_and_recovers(tmp_path, busi_dir, ho
             proc.wait(timeout=30)
         if mounted:
             subprocess.run(["umount", str(home)], check=False)
+
+
+# --- a read-only disk under a real server ---------------------------------------------------------------
+
+def remount(where: Path, mode: str) -> None:
+    done = subprocess.run(["mount", "-o", f"remount,{mode}", str(where)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_read_only_disk_answers_503_keeps_reads_and_recovers(tmp_path, busi_dir):
+    png = (busi_dir / BUSI_SMALL).read_bytes()
+    home = tmp_path / "home"
+    images = home / "images"
+    if not can_mount_tmpfs(images):
+        pytest.skip("mounting a tmpfs needs root and mount(8): the read-only disk is a tmpfs remounted read-only")
+    proc = None
+    read_only = False
+    try:
+        # A tmpfs of its own for the images (the database stays on the disk below it; see the module's notes).
+        proc, url, token = start_server(home, BRANET_EMBED_ON_UPLOAD="false")
+        headers = {"Authorization": f"Bearer {token}"}
+        client = httpx.Client(base_url=url, headers=headers, timeout=120)
+        box = {"box": [60, 40, 200, 160]}
+
+        def upload(who: httpx.Client = client):
+            return who.post("/v1/images", files={"file": ("b.png", png, "image/png")}, data={"modality": "us"})
+        image = upload()
+        assert image.status_code == 201, image.text
+        image_id = image.json()["image_id"]
+        kept, dropped = (client.post("/v1/analyses", json={"image_id": image_id, "prompt": box}) for _ in range(2))
+        assert kept.status_code == dropped.status_code == 201, (kept.text, dropped.text)
+        other = client.post("/v1/images", files={"file": ("c.png", png, "image/png")}, data={"modality": "us"})
+        assert other.status_code == 201
+        lone = client.post("/v1/analyses", json={"image_id": other.json()["image_id"], "prompt": box})
+        assert lone.status_code == 201  # the only analysis of its image: deleting it deletes the image's file
+        newcomer = subprocess.run([str(Path(sys.executable).with_name("branet")), "users", "add", "newcomer",
+                                   "--no-password"], env={**os.environ, "BRANET_HOME": str(home)}, check=True,
+                                  capture_output=True, text=True).stdout.strip()
+
+        remount(images, "ro")
+        read_only = True
+        with pytest.raises(OSError) as refused:  # really read-only
+            (images / "probe").write_bytes(b"x")
+        assert refused.value.errno == errno.EROFS
+        before_files, before_rows, folders = image_files(home), rows(home), set(images.iterdir())
+
+        unavailable = {"code": "storage_unavailable",
+                       "message": "the server cannot write to its storage (read-only or failing disk): nothing was stored"}
+        fresh = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {newcomer}"}, timeout=120)
+        answers = [upload(), upload(fresh),  # into an existing user folder; a new user's folder cannot be made
+                   client.post("/v1/analyses", files={"file": ("b.png", png, "image/png")},
+                               data={"modality": "us", "prompt": json.dumps(box)})]
+        for res in answers:
+            assert res.status_code == 503, res.text
+            assert res.headers["content-type"] == "application/json" and res.json()["error"] == unavailable
+            assert res.headers["retry-after"] == "60"
+        assert image_files(home) == before_files and rows(home) == before_rows  # nothing partial, no row
+        assert set(images.iterdir()) == folders
+
+        # Reads keep working.
+        assert client.get(f"/v1/analyses/{kept.json()['id']}").status_code == 200
+        assert client.get(f"/v1/analyses/{kept.json()['id']}/overlay.png").status_code == 200
+        stored = client.get(f"/v1/images/{image_id}/image.png")
+        assert stored.status_code == 200 and stored.content.startswith(b"\x89PNG")
+        listed = client.get("/v1/analyses")
+        assert listed.status_code == 200 and len(listed.json()["items"]) == 3
+        # A delete commits (the database is writable) and answers 204; a file that cannot go now stays for
+        # the next start-up repair (a file without a row), logged.
+        lone_file = [f for f in image_files(home) if f.stem == other.json()["image_id"]]
+        assert len(lone_file) == 1
+        assert client.delete(f"/v1/analyses/{lone.json()['id']}").status_code == 204
+        assert client.get(f"/v1/analyses/{lone.json()['id']}").status_code == 404
+        assert lone_file[0].exists() and lone_file[0] in image_files(home)
+        assert client.delete(f"/v1/analyses/{dropped.json()['id']}").status_code == 204  # the image stays: in use
+
+        # Read-write again: uploads work, with no restart.
+        remount(images, "rw")
+        read_only = False
+        for who in (client, fresh):
+            back = upload(who)
+            assert back.status_code == 201, back.text
+            assert who.get(f"/v1/images/{back.json()['image_id']}/image.png").status_code == 200
+        assert not list(home.glob("images/*/*.part"))
+    finally:
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,rw", str(images)], check=False)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        subprocess.run(["umount", str(images)], check=False)
+    assert "could not remove" in (tmp_path / "home.log").read_text()
