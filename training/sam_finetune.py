@@ -208,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
     from training.train_classifier import TrainConfig, folds_of, git_commit, select
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.amp = True
+    from training.gan import bf16_native
+    args.amp = bf16_native(torch.device("cpu"))  # emulated bf16 (an AVX2-only CPU) is far slower than float32
     records = select(prepared(args.rois), args.modality, args.limit)
     if len({r.target for r in records}) < 2:
         print(f"error: {args.rois} holds no benign and malignant {args.modality} lesions", file=sys.stderr)

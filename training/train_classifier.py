@@ -74,7 +74,8 @@ class TrainConfig(BaseModel):
     intensity: Intensity = "raw"      # percentile: each image's gray levels standardised before the crop (served too)
     aux_outline: float = 0.0          # training-only head drawing the expert mask (training.outline_aux)
     aux_irregularity: float = 0.0     # training-only head predicting the expert outline's 1 - solidity
-    amp: bool = True                  # bf16 autocast + channels_last: ~6x faster on AMX CPUs and on GPUs
+    amp: bool = True                  # bf16 autocast + channels_last where the hardware computes in bf16 (AMX
+                                      # CPUs, GPUs: ~6x faster); float32 elsewhere (training.gan.bf16_native)
     quick: bool = False
 
     @classmethod
@@ -170,9 +171,11 @@ def fit(model: torch.nn.Module, images: np.ndarray, targets: np.ndarray, cfg: Tr
     `outlines`: the expert masks cropped like `images`, for the training-only heads of OutlineAux;
     `model` itself is trained and stays a plain ResNet18."""
     from training.outline_aux import OutlineAux, aux_loss, irregularity
+    from training.gan import bf16_native
     gen = torch.Generator().manual_seed(cfg.seed)
     dev = device()
-    memory_format = torch.channels_last if cfg.amp else torch.contiguous_format
+    amp = cfg.amp and bf16_native(dev)
+    memory_format = torch.channels_last if amp else torch.contiguous_format
     aux = outlines is not None
     net = OutlineAux(model) if aux else model
     net.to(dev, memory_format=memory_format)
@@ -201,7 +204,7 @@ def fit(model: torch.nn.Module, images: np.ndarray, targets: np.ndarray, cfg: Tr
             x = x.to(dev, memory_format=memory_format)
             if aux:
                 x, outline = x[:, :-1], x[:, -1:]
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 out = net(x)
             logits = out[0] if aux else out
             loss = F.cross_entropy(logits.float(), y.to(dev), weight=class_weight.to(dev))
@@ -214,7 +217,8 @@ def fit(model: torch.nn.Module, images: np.ndarray, targets: np.ndarray, cfg: Tr
             sched.step()
             total += loss.item() * len(idx)
             seen += len(idx)
-        row = {"epoch": epoch, "train_loss": total / max(seen, 1), "seconds": round(time.time() - t0, 1)}
+        row = {"epoch": epoch, "train_loss": total / max(seen, 1), "seconds": round(time.time() - t0, 1),
+               "precision": "bf16" if amp else "f32"}
         if evaluate is not None and (epoch % 3 == 0 or epoch == epochs):
             row.update(evaluate(model))
         history.append(row)
