@@ -148,7 +148,8 @@ class Engine:
         model, entry = self.classifiers[modality]
         spec = entry.input
         inputs = timer.stage("crop", lambda: classifier_input(
-            to_gray(rgb), seg.box, seg.mask if spec.channels == 2 else None, spec.size, spec.roi_margin))
+            to_gray(rgb), seg.box, seg.mask if spec.channels == 2 else None, spec.size, spec.roi_margin,
+            spec.intensity))
         roi = inputs[0]
         x = normalize(inputs[None]).to(self.device)
 
