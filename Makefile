@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export BRANET_DATA ?= ../shared/data
 
-.PHONY: install serve test clean weights served-weights app mobile-test chromium api-types
+.PHONY: install serve test clean weights served-weights app mobile-test chromium api-types firebase-tools \
+	firebase-emulators
 
 # The app (mobile/): npm packages when the lock file changes, the web export (served at /app) when a source does.
 APP_SOURCES := $(shell find mobile/app mobile/src -type f 2>/dev/null) mobile/app.json mobile/package-lock.json
@@ -40,12 +41,30 @@ serve: $(STAMP) app
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# The Firebase emulators for tests/test_firebase.py: the Auth emulator from npm firebase-tools (pinned in
+# deploy/firebase; optional packages left out, the Emulator UI is off) and Google's Firestore emulator from the
+# Debian package (CI runs as root; it comes from Google's Cloud SDK apt repository, see README).
+FIREBASE_STAMP := deploy/firebase/node_modules/.installed
+FIRESTORE_EMULATOR := /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator
+
+$(FIREBASE_STAMP): deploy/firebase/package.json deploy/firebase/package-lock.json
+	@command -v npm >/dev/null || { echo "the Firebase Auth emulator needs Node.js 20 and npm"; exit 1; }
+	cd deploy/firebase && npm ci --omit=optional --no-audit --no-fund
+	touch $(FIREBASE_STAMP)
+
+firebase-tools: $(FIREBASE_STAMP)
+
+firebase-emulators: firebase-tools
+	@command -v cloud_firestore_emulator >/dev/null || test -x $(FIRESTORE_EMULATOR) || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq google-cloud-cli-firestore-emulator >/dev/null; } || \
+	  { echo "install the Firestore emulator: apt-get install google-cloud-cli-firestore-emulator (from Google's Cloud SDK apt repository, see README)"; exit 1; }
+
 # The app's own checks: types (strict), lint, unit and component tests, and the native (Android) bundle compiles.
 mobile-test: $(NODE_STAMP)
 	cd mobile && npx tsc --noEmit && npx eslint . && npx jest --ci
 	cd mobile && rm -rf .cache/android-export && npx expo export --platform android --output-dir .cache/android-export >/dev/null
 
-test: $(STAMP) app chromium mobile-test
+test: $(STAMP) app chromium firebase-emulators mobile-test
 	$(PY) -m pytest -q
 
 # After a change to the server's API: the app's OpenAPI copy and its generated types.

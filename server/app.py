@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server import errors, offline_docs, web_app
+from server import errors, firebase, offline_docs, web_app
 from server.body_limit import BodyLimit
 from server.engine import Engine
 from server.login_limiter import LoginLimiter
@@ -23,7 +24,7 @@ from server.upload_auth import UploadAuth
 from server.routers import analyses, auth, images, service
 from server.schemas import NOTICE
 from server.settings import Settings, get_settings
-from server.store import Store
+from server.store import HistoryStore, Store, UserStore
 
 MULTIPART_ALLOWANCE = 256 * 1024  # part headers and the prompt field around the image
 
@@ -53,6 +54,30 @@ def first_start(store: Store, settings: Settings, host: str | None) -> None:
           f"branet: its token (shown once): {token}", file=sys.stderr, flush=True)
 
 
+def open_backends(settings: Settings, host: str | None) -> tuple[UserStore, HistoryStore, Callable[[], None]]:
+    """Who signs in (BRANET_AUTH) and where the history lives (BRANET_STORE), and how to close them.
+    FirebaseConfigError (before anything is opened) for settings that cannot work."""
+    firebase.check_settings(settings)
+    store = Store(settings.home) if settings.auth == "local" or settings.store == "sqlite" else None
+    fb_app = firebase.admin_app(settings) if firebase.uses_firebase(settings) else None
+    users: UserStore = store if settings.auth == "local" else firebase.FirebaseUsers(fb_app, settings)
+    if store is not None and settings.auth == "local":
+        first_start(store, settings, host)
+    history: HistoryStore = store
+    if settings.store == "firestore":
+        from server.firestore_store import FirestoreStore
+        history = FirestoreStore(firebase.firestore_client(settings, fb_app), settings.home, settings.firebase_timeout_s)
+
+    def close() -> None:
+        if history is not store:
+            history.close()
+        if store is not None:
+            store.close()
+        if fb_app is not None:
+            firebase.close_app(fb_app)
+    return users, history, close
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None, host: str | None = None) -> FastAPI:
     """`engine`: already loaded (the CLI loads it first, to refuse to start before binding the port);
     `host`: the address the server binds (user `dev` is created only on a loopback one)."""
@@ -67,17 +92,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, h
         if engine is None:
             engine = Engine(settings)
             engine.load()  # WeightsError stops the start-up with the missing file's name
-        store = Store(settings.home)
-        first_start(store, settings, host)
-        app.state.users = store
-        app.state.services = Services(settings, engine, store, ImageMemory())
+        users, history, close_backends = open_backends(settings, host)
+        app.state.users = users
+        app.state.services = Services(settings, engine, history, ImageMemory())
         try:
             yield
         finally:
             app.state.services = None
             engine.close()
             engine = None
-            store.close()
+            close_backends()
 
     app = FastAPI(title="BraNet", version="0.2.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"{NOTICE}\n\nBreast ultrasound (us) and mammography (dm): SAM outlines the lesion, "

@@ -20,9 +20,9 @@ bearer = HTTPBearer(auto_error=False, description="an API token from `branet use
 @dataclass(frozen=True)
 class Identity:
     user: User
-    auth: Literal["session", "token"]
+    auth: Literal["session", "token", "firebase"]
     token: str
-    expires_at: str | None = None  # sessions only
+    expires_at: str | None = None  # sessions and Firebase ID tokens
 
 
 def user_store(request: Request) -> UserStore:
@@ -35,6 +35,9 @@ def current_identity(credentials: HTTPAuthorizationCredentials | None = Depends(
     if credentials is None:
         raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)", challenge)
     token = credentials.credentials
+    firebase = getattr(users, "identity_for_bearer", None)  # BRANET_AUTH=firebase: server.firebase.FirebaseUsers
+    if firebase is not None:
+        return firebase(token)
     if token.startswith(SESSION_PREFIX):
         session = users.session_for_token(token)
         if session is not None and session.expires_at <= now():

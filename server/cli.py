@@ -13,7 +13,13 @@ from models.manifest import WeightsError
 def _serve(args: argparse.Namespace) -> int:
     from server.engine import Engine
     from server.settings import get_settings
+    from server.firebase import FirebaseConfigError, check_settings
     settings = get_settings()
+    try:
+        check_settings(settings)  # BRANET_AUTH / BRANET_STORE settings that cannot work
+    except FirebaseConfigError as e:
+        print(f"branet: cannot start: {e}", file=sys.stderr)
+        return 1
     engine = Engine(settings)
     try:
         engine.load()  # fail before binding the port, naming the file
@@ -131,6 +137,39 @@ def _users_revoke(args: argparse.Namespace, new_token: bool = False) -> int:
     return 0
 
 
+def _users_admin(args: argparse.Namespace, admin: bool) -> int:
+    """Firebase sign-in: set or clear a user's `admin` custom claim (by e-mail)."""
+    from server.firebase import FirebaseConfigError, check_settings, set_admin
+    from server.settings import get_settings
+    settings = get_settings()
+    if settings.auth != "firebase":
+        print("branet: grant-admin and revoke-admin are for BRANET_AUTH=firebase; local users get admin rights "
+              "with `branet users add NAME --admin`", file=sys.stderr)
+        return 2
+    try:
+        check_settings(settings)
+    except FirebaseConfigError as e:
+        print(f"branet: {e}", file=sys.stderr)
+        return 2
+    from firebase_admin import auth, exceptions
+    try:
+        uid, changed = set_admin(settings, args.email, admin)
+    except auth.UserNotFoundError:
+        print(f"branet: no Firebase user with e-mail {args.email!r}", file=sys.stderr)
+        return 1
+    except exceptions.FirebaseError as e:
+        print(f"branet: Firebase Authentication refused or did not answer: {e}", file=sys.stderr)
+        return 1
+    if admin:
+        print(f"branet: {args.email} (uid {uid}) is an admin" + ("" if changed else " already") + "; it applies to "
+              "the ID tokens the user gets from now on (the app refreshes its token within the hour, or sign in "
+              "again)", file=sys.stderr)
+    else:
+        print(f"branet: {args.email} (uid {uid}) is " + ("no longer" if changed else "not") + " an admin; its "
+              "sessions are revoked (it signs in again, without admin rights)", file=sys.stderr)
+    return 0
+
+
 def _analyze(args: argparse.Namespace) -> int:
     import httpx
     if not args.token:
@@ -198,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     rotate = users.add_parser("rotate", help="revoke, then print one new API token (alone on stdout)")
     rotate.add_argument("name")
     rotate.set_defaults(run=lambda a: _users_revoke(a, new_token=True))
+    grant = users.add_parser("grant-admin", help="BRANET_AUTH=firebase: make the user with this e-mail an admin "
+                                                 "(custom claim admin: true)")
+    grant.add_argument("email")
+    grant.set_defaults(run=lambda a: _users_admin(a, admin=True))
+    revoke_admin = users.add_parser("revoke-admin", help="BRANET_AUTH=firebase: take admin rights away (and revoke "
+                                                         "the user's sessions so that it applies at once)")
+    revoke_admin.add_argument("email")
+    revoke_admin.set_defaults(run=lambda a: _users_admin(a, admin=False))
     analyze = sub.add_parser("analyze", help="analyse an image on a server; writes IMAGE.overlay.png")
     analyze.add_argument("image", type=Path)
     analyze.add_argument("--modality", choices=["us", "dm"], required=True)

@@ -66,5 +66,8 @@ def install(app: FastAPI) -> None:
 
 
 # Documented on every /v1 route so the OpenAPI lists what can go wrong.
-COMMON_ERRORS = {401: {"model": ErrorResponse, "description": "missing or unknown token"},
+COMMON_ERRORS = {401: {"model": ErrorResponse, "description": "missing or unknown token (`unauthorized`); with "
+                                                               "Firebase sign-in `token_expired` (get a fresh ID "
+                                                               "token), `token_revoked` (sign in again) or "
+                                                               "`invalid_token`"},
                  422: {"model": ErrorResponse, "description": "invalid request"}}

@@ -249,8 +249,17 @@ class MeOut(BaseModel):
         {"name": "alice", "role": "clinician", "auth": "session", "expires_at": "2026-11-26T06:00:00.000+00:00"}]})
     name: str
     role: Role
-    auth: Literal["session", "token"] = Field(description="signed in (session) or an API token")
-    expires_at: str | None = Field(description="when the session ends (ISO-8601, UTC); null for an API token")
+    auth: Literal["session", "token", "firebase"] = Field(
+        description="signed in (session), an API token, or a Firebase ID token (servers with auth firebase)")
+    expires_at: str | None = Field(description="when the session or the Firebase ID token ends (ISO-8601, UTC); "
+                                               "null for an API token")
+
+
+class FirebaseWebConfig(BaseModel):
+    """The public values the Firebase JS SDK's initializeApp needs (not secrets: every web client has them)."""
+    project_id: str
+    api_key: str | None = Field(description="the web API key (null: not configured on the server)")
+    auth_domain: str
 
 
 class ConfigOut(BaseModel):
@@ -258,7 +267,11 @@ class ConfigOut(BaseModel):
         {"auth": "local", "max_upload_mb": 10.0, "max_upload_bytes": 10485760,
          "accepted_types": ["image/png", "image/jpeg"], "modalities": ["us", "dm"], "min_side": 16,
          "version": "0.2.0", "notice": NOTICE}]})
-    auth: Literal["local"] = Field(description="how users sign in: local = user name and password on this server")
+    auth: Literal["local", "firebase"] = Field(
+        description="how users sign in: local = user name and password on this server (POST /v1/auth/sessions); "
+                    "firebase = Firebase Authentication (e-mail and password, with the Firebase SDK and `firebase`), "
+                    "its ID token sent as the bearer")
+    firebase: FirebaseWebConfig | None = Field(None, description="the Firebase web config when auth is firebase")
     max_upload_mb: float
     max_upload_bytes: int
     accepted_types: list[str] = Field(description="image types accepted by upload (decided by content)")

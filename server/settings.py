@@ -57,6 +57,25 @@ class Settings(BaseSettings):
     create_dev_user: bool = Field(True, description="on first start, create user 'dev' and print its token")
     app_dir: Path = Field(Path(__file__).resolve().parents[1] / "mobile" / "dist",
                           description="the app's web build (Expo export, baseUrl /app) served at /app")
+    # Firebase (server/firebase.py): sign-in and history in the cloud; the defaults stay local + SQLite.
+    auth: Literal["local", "firebase"] = Field(
+        "local", description="who signs people in: local (users, passwords and tokens in SQLite) or firebase "
+                             "(Firebase Authentication ID tokens; needs store=firestore)")
+    store: Literal["sqlite", "firestore"] = Field(
+        "sqlite", description="where the history lives: sqlite (in home) or firestore (documents in Firestore, "
+                              "image bytes in home)")
+    firebase_project_id: str | None = Field(None, description="the Firebase project's id (needed by firebase/firestore)")
+    firebase_credentials: Path | None = Field(
+        None, description="a service-account JSON file; without one, Application Default Credentials")
+    firebase_api_key: str | None = Field(None, description="the web app's public API key, given to the app by "
+                                                           "GET /v1/config (not a secret)")
+    firebase_auth_domain: str | None = Field(None, description="the web app's auth domain, for GET /v1/config "
+                                                               "(default: PROJECT.firebaseapp.com)")
+    firebase_emulators: bool = Field(False, description="honour FIREBASE_AUTH_EMULATOR_HOST / FIRESTORE_EMULATOR_HOST "
+                                                        "(tests, development); without it the server refuses to "
+                                                        "start when one is set")
+    firebase_timeout_s: float = Field(5.0, gt=0, description="longest wait for Firestore or Firebase Authentication "
+                                                             "before a request answers 503")
 
     @property
     def max_upload_bytes(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from fastapi.security.utils import get_authorization_scheme_param
+from starlette.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -31,7 +32,8 @@ class UploadAuth:
         credentials = (HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
                        if header and scheme.lower() == "bearer" and token else None)
         try:
-            current_identity(credentials, scope["app"].state.users)
+            # In the thread pool: with Firebase sign-in the check asks Firebase Authentication (check_revoked).
+            await run_in_threadpool(current_identity, credentials, scope["app"].state.users)
         except ApiError as err:
             body = json.dumps({"error": {"code": err.code, "message": err.message}}).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

@@ -314,7 +314,7 @@ def test_the_limiter_counts_over_a_sliding_window():
 def test_config_needs_no_token(api):
     res = api.get("/v1/config")
     assert res.status_code == 200
-    assert res.json() == {"auth": "local", "max_upload_mb": 10.0, "max_upload_bytes": 10 * 1024 * 1024,
+    assert res.json() == {"auth": "local", "firebase": None, "max_upload_mb": 10.0, "max_upload_bytes": 10 * 1024 * 1024,
                           "accepted_types": ["image/png", "image/jpeg"], "modalities": ["us", "dm"], "min_side": 16,
                           "version": api.app.version, "notice": NOTICE}
 

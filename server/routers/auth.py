@@ -25,7 +25,10 @@ from server.uploads import MAGIC
 router = APIRouter()
 
 INVALID = "wrong user name or password"
+FIREBASE_SIGN_IN = ("this server signs in with Firebase Authentication (GET /v1/config): sign in with the Firebase "
+                    "SDK and send its ID token as the bearer")
 SIGN_IN_ERRORS = {
+    400: {"model": ErrorResponse, "description": "`firebase_sign_in`: the server signs in with Firebase"},
     401: {"model": ErrorResponse, "description": f"`invalid_credentials`: {INVALID} (the same for both)"},
     422: {"model": ErrorResponse, "description": "invalid request"},
     429: {"model": ErrorResponse, "description": "`too_many_attempts`: too many failed sign-ins for this name or "
@@ -47,6 +50,8 @@ def limiter(request: Request) -> LoginLimiter:
              responses=SIGN_IN_ERRORS, summary="Sign in with a user name and password: a session token")
 async def sign_in(body: SignInRequest, request: Request, users: UserStore = Depends(user_store),
                   limits: LoginLimiter = Depends(limiter), svc: Services = Depends(services)) -> dict:
+    if svc.settings.auth == "firebase":
+        raise ApiError(400, "firebase_sign_in", FIREBASE_SIGN_IN)
     account = f"name:{body.username}"
     address = f"address:{request.client.host if request.client else 'unknown'}"
     wait = limits.retry_after((account, address))
@@ -74,6 +79,9 @@ async def sign_in(body: SignInRequest, request: Request, users: UserStore = Depe
                responses={**COMMON_ERRORS, 400: {"model": ErrorResponse,
                                                   "description": "`not_a_session`: the bearer is an API token"}})
 def sign_out(identity: Identity = Depends(current_identity), users: UserStore = Depends(user_store)) -> Response:
+    if identity.auth == "firebase":
+        raise ApiError(400, "not_a_session", "the bearer is a Firebase ID token: sign out in the app (Firebase "
+                                             "SDK signOut); this server keeps no session")
     if identity.auth != "session":
         raise ApiError(400, "not_a_session", "the bearer is an API token, not a session: nothing to sign out of")
     users.end_session(identity.token)
@@ -91,6 +99,11 @@ def me(identity: Identity = Depends(current_identity)) -> dict:
             summary="What the app needs before signing in: auth kind, upload limits, version (no token needed)")
 def config(request: Request, svc: Services = Depends(services)) -> dict:
     settings = svc.settings
-    return {"auth": "local", "max_upload_mb": settings.max_upload_mb, "max_upload_bytes": settings.max_upload_bytes,
+    web = None
+    if settings.auth == "firebase":
+        project = settings.firebase_project_id
+        web = {"project_id": project, "api_key": settings.firebase_api_key,
+               "auth_domain": settings.firebase_auth_domain or f"{project}.firebaseapp.com"}
+    return {"auth": settings.auth, "firebase": web, "max_upload_mb": settings.max_upload_mb, "max_upload_bytes": settings.max_upload_bytes,
             "accepted_types": [f"image/{kind}" for kind in MAGIC.values()], "modalities": list(get_args(Modality)),
             "min_side": settings.min_side, "version": request.app.version}

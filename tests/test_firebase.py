@@ -1,0 +1,360 @@
+"""Firebase sign-in and the history in Firestore, on the real emulators (tests/firebase_emulators.py).
+
+The same history contract runs on both pairs, local + sqlite and firebase + firestore: create, list (paginated,
+newest first), get, delete, isolation between two users, admin-only routes, Idempotency-Key repeats. Then what
+only Firebase has: real ID tokens from the Auth emulator that are expired, revoked, malformed, another project's,
+or a disabled or deleted account's; admin rights from `branet users grant-admin` / `revoke-admin`; the security
+rules (firestore.rules) read through Firestore's REST API with a user's own ID token; and Firestore stopped in
+the middle of an analysis (503 within the bound, nothing half-written, a retry after it is back works).
+Each pair is a real app (real models, in-process); nothing of ours is mocked."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from models.preprocessing import box_of_mask
+from server.app import create_app
+from server.firebase import FirebaseConfigError, check_settings
+from server.settings import Settings
+from tests.firebase_emulators import PROJECT, AuthRest, auth_emulator, firestore_emulator
+from tests.live_server import BRANET
+from tests.test_api import busi_case
+
+TIMEOUT_S = 5.0  # BRANET_FIREBASE_TIMEOUT_S (the default): the fault test waits for it
+
+
+@pytest.fixture(scope="module")
+def emulators(tmp_path_factory, request):
+    """Firestore and Auth emulators on free ports, their variables set for this module only; their logs are
+    printed when a test of the module failed."""
+    workdir = tmp_path_factory.mktemp("emulators")
+    failed_before = request.session.testsfailed
+    firestore, auth = firestore_emulator(workdir), auth_emulator(workdir)
+    saved = {k: os.environ.get(k) for k in ("FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST")}
+    try:
+        firestore.start()
+        auth.start()
+        os.environ["FIRESTORE_EMULATOR_HOST"], os.environ["FIREBASE_AUTH_EMULATOR_HOST"] = firestore.host, auth.host
+        yield {"firestore": firestore, "auth": auth, "rest": AuthRest(auth.host)}
+    finally:
+        for emulator in (auth, firestore):
+            emulator.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if request.session.testsfailed > failed_before:
+            for emulator in (firestore, auth):
+                print(f"\n--- {emulator.name} emulator log ({emulator.log}) ---\n{emulator.tail()}", file=sys.__stderr__)
+
+
+class Pair:
+    """One app on one pair of backends, and how that pair makes a user's bearer."""
+
+    def __init__(self, name: str, client: TestClient, emulators: dict, env: dict[str, str]):
+        self.name, self.client, self.emulators, self.env = name, client, emulators, env
+        self.firebase = name == "firebase+firestore"
+
+    def user(self, admin: bool = False) -> tuple[dict, str]:
+        """A new user's Authorization header and its name (e-mail with Firebase)."""
+        name = f"u{uuid.uuid4().hex[:10]}"
+        if not self.firebase:
+            return {"Authorization": f"Bearer {self.client.app.state.users.add_user(name, admin)[1]}"}, name
+        email = f"{name}@example.com"
+        rest = self.emulators["rest"]
+        token = rest.sign_up(email)["idToken"]
+        if admin:
+            cli(self.env, "users", "grant-admin", email)
+            token = rest.sign_in(email)["idToken"]  # a new token carries the claim
+        return {"Authorization": f"Bearer {token}"}, email
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    res = subprocess.run([BRANET, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res
+
+
+@pytest.fixture(scope="module", params=["local+sqlite", "firebase+firestore"])
+def pair(request, emulators, tmp_path_factory):
+    home = tmp_path_factory.mktemp(request.param.replace("+", "-"))
+    auth, store = request.param.split("+")
+    env = {"BRANET_HOME": str(home), "BRANET_AUTH": auth, "BRANET_STORE": store,
+           "BRANET_FIREBASE_PROJECT_ID": PROJECT, "BRANET_FIREBASE_EMULATORS": "true",
+           "BRANET_FIREBASE_API_KEY": "fake-api-key", "BRANET_FIREBASE_TIMEOUT_S": str(TIMEOUT_S),
+           "BRANET_CREATE_DEV_USER": "false"}
+    settings = Settings(home=home, auth=auth, store=store, firebase_project_id=PROJECT, firebase_emulators=True,
+                        firebase_api_key="fake-api-key", firebase_timeout_s=TIMEOUT_S, create_dev_user=False,
+                        amg_points_per_side=4, metrics="token")
+    with TestClient(create_app(settings)) as client:
+        client.home = home
+        yield Pair(request.param, client, emulators, env)
+
+
+firebase_only = pytest.mark.parametrize("pair", ["firebase+firestore"], indirect=True)
+
+
+@pytest.fixture(scope="module")
+def case(busi_dir):
+    data, truth = busi_case(busi_dir, "benign (4)")
+    return data, list(box_of_mask(truth))
+
+
+def upload(client: TestClient, headers: dict, data: bytes, **extra) -> dict:
+    res = client.post("/v1/images", files={"file": ("b.png", data)}, data={"modality": "us"}, headers=headers, **extra)
+    assert res.status_code in (200, 201), res.text
+    return res.json()
+
+
+def analyse(client: TestClient, headers: dict, image_id: str, box: list, **extra):
+    return client.post("/v1/analyses", json={"image_id": image_id, "prompt": {"box": box}}, headers=headers, **extra)
+
+
+def files_of(home, image_id: str) -> list:
+    return list(home.glob(f"**/{image_id}.png"))
+
+
+# the same contract on both pairs
+def test_create_list_newest_first_get_and_delete(pair, case):
+    api, (data, box) = pair.client, case
+    alice, _ = pair.user()
+    image = upload(api, alice, data)
+    created = [analyse(api, alice, image["image_id"], box) for _ in range(3)]
+    assert [r.status_code for r in created] == [201] * 3, created[0].text
+    ids = [r.json()["id"] for r in created]
+    first = api.get("/v1/analyses?limit=2", headers=alice).json()
+    assert [a["id"] for a in first["items"]] == ids[::-1][:2]
+    assert first["items"][0] == {k: created[2].json()[k] for k in first["items"][0] if k != "classifier"} | {
+        "classifier": created[2].json()["models"]["classifier"]["name"]}
+    second = api.get(f"/v1/analyses?limit=2&cursor={first['next_cursor']}", headers=alice).json()
+    assert [a["id"] for a in second["items"]] == ids[:1] and second["next_cursor"] is None
+    got = api.get(f"/v1/analyses/{ids[1]}", headers=alice)
+    assert got.status_code == 200 and got.json() == created[1].json()  # pictures and all
+    assert api.get(f"/v1/analyses/{ids[1]}/overlay.png", headers=alice).content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert api.get(f"/v1/images/{image['image_id']}/image.png", headers=alice).status_code == 200
+    [image_file] = files_of(pair.client.home, image["image_id"])
+    for analysis_id in ids:
+        assert api.delete(f"/v1/analyses/{analysis_id}", headers=alice).status_code == 204
+        assert api.get(f"/v1/analyses/{analysis_id}", headers=alice).status_code == 404
+        assert api.delete(f"/v1/analyses/{analysis_id}", headers=alice).status_code == 404
+    assert api.get("/v1/analyses", headers=alice).json()["items"] == []
+    assert not image_file.exists()  # the last analysis of an image takes the image with it
+    assert api.get(f"/v1/images/{image['image_id']}/image.png", headers=alice).status_code == 404
+    if pair.firebase:  # no file is left behind in the user's folder: pictures went with their analyses
+        assert [p.name for p in (pair.client.home / "firestore").glob("*/*")] == []
+
+
+def test_users_never_see_each_others_history(pair, case):
+    api, (data, box) = pair.client, case
+    (alice, _), (bob, _) = pair.user(), pair.user()
+    image = upload(api, alice, data)
+    mine = analyse(api, alice, image["image_id"], box).json()
+    for method, path in [("get", f"/v1/analyses/{mine['id']}"), ("get", f"/v1/analyses/{mine['id']}/overlay.png"),
+                         ("delete", f"/v1/analyses/{mine['id']}"), ("get", f"/v1/images/{image['image_id']}/image.png")]:
+        res = api.request(method, path, headers=bob)
+        assert res.status_code == 404 and res.json()["error"]["code"] == "not_found", (method, path)
+    assert analyse(api, bob, image["image_id"], box).status_code == 404
+    assert api.get("/v1/analyses", headers=bob).json()["items"] == []
+    assert [a["id"] for a in api.get("/v1/analyses", headers=alice).json()["items"]] == [mine["id"]]
+
+
+def test_admin_only_routes_and_roles(pair):
+    api = pair.client
+    (clinician, _), (admin, _) = pair.user(), pair.user(admin=True)
+    assert api.get("/v1/me", headers=clinician).json()["role"] == "clinician"
+    me = api.get("/v1/me", headers=admin).json()
+    assert me["role"] == "admin" and me["auth"] == ("firebase" if pair.firebase else "token")
+    assert api.get("/metrics").status_code == 401
+    res = api.get("/metrics", headers=clinician)
+    assert res.status_code == 403 and res.json()["error"]["code"] == "forbidden"
+    assert api.get("/metrics", headers=admin).status_code == 200
+
+
+def test_a_repeated_idempotency_key_answers_the_first_request(pair, case):
+    api, (data, box) = pair.client, case
+    alice, _ = pair.user()
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = upload(api, {**alice, **key}, data)
+    res = api.post("/v1/images", files={"file": ("b.png", data)}, data={"modality": "us"}, headers={**alice, **key})
+    assert res.status_code == 200 and res.json() == first
+    done = analyse(api, {**alice, **key}, first["image_id"], box)
+    again = analyse(api, {**alice, **key}, first["image_id"], box)
+    assert (done.status_code, again.status_code) == (201, 200) and again.json() == done.json()
+    assert len(api.get("/v1/analyses", headers=alice).json()["items"]) == 1
+    assert len(files_of(pair.client.home, first["image_id"])) == 1
+
+
+# Firebase only
+def unsigned(claims: dict) -> str:
+    """An emulator-style (alg none) token with these claims."""
+    def enc(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    return f"{enc({'alg': 'none', 'typ': 'JWT'})}.{enc(claims)}."
+
+
+def claims_of(token: str) -> dict:
+    return json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+
+
+def error(res) -> tuple[int, str]:
+    return res.status_code, res.json()["error"]["code"]
+
+
+@firebase_only
+def test_config_names_firebase_and_local_sign_in_is_refused(pair):
+    config = pair.client.get("/v1/config").json()
+    assert config["auth"] == "firebase"
+    assert config["firebase"] == {"project_id": PROJECT, "api_key": "fake-api-key",
+                                  "auth_domain": f"{PROJECT}.firebaseapp.com"}
+    res = pair.client.post("/v1/auth/sessions", json={"username": "a", "password": "a long password"})
+    assert error(res) == (400, "firebase_sign_in")
+
+
+@firebase_only
+def test_bad_tokens_answer_401_and_a_disabled_account_403(pair):
+    from firebase_admin import auth
+    api, rest = pair.client, pair.emulators["rest"]
+    fb_app = api.app.state.users.app
+    headers, email = pair.user()
+    token = headers["Authorization"].split()[1]
+    assert api.get("/v1/me", headers=headers).json()["name"] == email
+
+    def who(token: str):
+        return api.get("/v1/analyses", headers={"Authorization": f"Bearer {token}"})
+    # malformed
+    for bad in ("not-a-jwt", "a.b.c", token[:-20]):
+        res = who(bad)
+        assert error(res) == (401, "invalid_token") and res.headers["www-authenticate"] == "Bearer", bad
+    # expired: the same user's token as the emulator issued it two hours ago
+    claims = claims_of(token)
+    old = claims | {"iat": claims["iat"] - 7200, "auth_time": claims["auth_time"] - 7200, "exp": claims["exp"] - 7200}
+    res = who(unsigned(old))
+    assert error(res) == (401, "token_expired") and "fresh" in res.json()["error"]["message"]
+    # another project's
+    res = who(unsigned(claims | {"aud": "other-project", "iss": "https://securetoken.google.com/other-project"}))
+    assert error(res) == (401, "invalid_token") and "another Firebase project" in res.json()["error"]["message"]
+    # revoked (tokens issued before the revocation, which counts in whole seconds)
+    time.sleep(1.1)
+    uid = claims["user_id"]
+    auth.revoke_refresh_tokens(uid, app=fb_app)
+    res = who(token)
+    assert error(res) == (401, "token_revoked") and "sign in again" in res.json()["error"]["message"]
+    time.sleep(1.1)
+    fresh = rest.sign_in(email)["idToken"]
+    assert who(fresh).status_code == 200
+    # disabled, then deleted
+    auth.update_user(uid, disabled=True, app=fb_app)
+    assert error(who(fresh)) == (403, "user_disabled")
+    auth.delete_user(uid, app=fb_app)
+    assert error(who(fresh)) == (401, "invalid_token")
+    # the upload routes refuse before reading the body, the same way
+    res = api.post("/v1/images", files={"file": ("b.png", b"\x89PNG")}, data={"modality": "us"},
+                   headers={"Authorization": f"Bearer {unsigned(old)}"})
+    assert error(res) == (401, "token_expired")
+
+
+@firebase_only
+def test_revoke_admin_ends_the_rights_at_once(pair):
+    api, rest = pair.client, pair.emulators["rest"]
+    admin, email = pair.user(admin=True)
+    assert api.get("/metrics", headers=admin).status_code == 200
+    time.sleep(1.1)  # revocation counts in whole seconds
+    res = cli(pair.env, "users", "revoke-admin", email)
+    assert "no longer an admin" in res.stderr
+    assert error(api.get("/metrics", headers=admin)) == (401, "token_revoked")
+    again = {"Authorization": f"Bearer {rest.sign_in(email)['idToken']}"}
+    assert api.get("/v1/me", headers=again).json()["role"] == "clinician"
+    assert api.get("/metrics", headers=again).status_code == 403
+    res = subprocess.run([BRANET, "users", "grant-admin", "nobody@example.com"], env={**os.environ, **pair.env},
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "no Firebase user" in res.stderr
+
+
+@firebase_only
+def test_security_rules_let_a_user_read_only_their_own_documents(pair, case):
+    api, (data, box) = pair.client, case
+    (alice, _), (bob, _) = pair.user(), pair.user()
+    image = upload(api, alice, data)
+    analysis = analyse(api, alice, image["image_id"], box).json()
+    uid = claims_of(alice["Authorization"].split()[1])["user_id"]
+    docs = f"http://{pair.emulators['firestore'].host}/v1/projects/{PROJECT}/databases/(default)/documents"
+    path = f"{docs}/users/{uid}/analyses/{analysis['id']}"
+    own = httpx.get(path, headers=alice, timeout=10)
+    assert own.status_code == 200, own.text
+    fields = own.json()["fields"]
+    assert fields["summary"]["mapValue"]["fields"]["label"]["stringValue"] == analysis["label"]
+    assert "mask_png" not in fields["result"]["stringValue"]  # pictures are files on the server, not documents
+    assert httpx.get(f"{docs}/users/{uid}/images/{image['image_id']}", headers=alice, timeout=10).status_code == 200
+    for headers in (bob, {}):
+        res = httpx.get(path, headers=headers, timeout=10)
+        assert res.status_code == 403 and res.json()["error"]["status"] == "PERMISSION_DENIED"
+        assert httpx.get(f"{docs}/users/{uid}/analyses", headers=headers, timeout=10).status_code == 403
+    write = {"fields": {"label": {"stringValue": "benign"}}}
+    for target in (path, f"{docs}/users/{uid}/analyses/forged"):
+        res = httpx.patch(target, json=write, headers=alice, timeout=10)
+        assert res.status_code == 403, target
+    assert httpx.delete(path, headers=alice, timeout=10).status_code == 403
+    assert api.get(f"/v1/analyses/{analysis['id']}", headers=alice).json() == analysis
+
+
+def test_emulator_variables_need_the_setting(monkeypatch, tmp_path):
+    monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", "127.0.0.1:9099")
+    settings = Settings(home=tmp_path, auth="firebase", store="firestore", firebase_project_id=PROJECT)
+    with pytest.raises(FirebaseConfigError, match="BRANET_FIREBASE_EMULATORS"):
+        check_settings(settings)
+    with pytest.raises(FirebaseConfigError, match="BRANET_FIREBASE_PROJECT_ID"):
+        check_settings(Settings(home=tmp_path, store="firestore", firebase_emulators=True))
+    with pytest.raises(FirebaseConfigError, match="BRANET_STORE=firestore"):
+        check_settings(Settings(home=tmp_path, auth="firebase", firebase_project_id=PROJECT, firebase_emulators=True))
+    check_settings(Settings(home=tmp_path))  # local + sqlite: the variables do not matter
+    res = subprocess.run([BRANET, "serve", "--port", "1"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "BRANET_HOME": str(tmp_path), "BRANET_AUTH": "firebase",
+                              "BRANET_STORE": "firestore", "BRANET_FIREBASE_PROJECT_ID": PROJECT})
+    assert res.returncode == 1 and "cannot start" in res.stderr and "BRANET_FIREBASE_EMULATORS" in res.stderr
+
+
+@firebase_only
+def test_firestore_stopped_mid_analysis_answers_503_and_a_retry_works(pair, case):
+    api, (data, box) = pair.client, case
+    firestore = pair.emulators["firestore"]
+    alice, _ = pair.user()
+    image = upload(api, alice, data)
+    folder = pair.client.home / "firestore"
+    before = sorted(p.name for p in folder.glob("*/*"))
+    # A one-call (multipart) analysis; Firestore stops while the models run, before anything is stored.
+    stopper = threading.Timer(0.3, firestore.stop)
+    stopper.start()
+    start = time.monotonic()
+    res = api.post("/v1/analyses", files={"file": ("b.png", data)}, data={"modality": "us",
+                   "prompt": json.dumps({"box": box})}, headers=alice)
+    elapsed = time.monotonic() - start
+    stopper.join()
+    assert error(res) == (503, "storage_unavailable"), res.text
+    assert "Firestore" in res.json()["error"]["message"] and "nothing was stored" in res.json()["error"]["message"]
+    assert sorted(p.name for p in folder.glob("*/*")) == before  # no file of the failed request is left
+    start = time.monotonic()
+    res = api.get("/v1/analyses", headers=alice)
+    listed_in = time.monotonic() - start
+    assert error(res) == (503, "storage_unavailable") and listed_in < TIMEOUT_S + 2, listed_in
+    print(f"\nFirestore down: analysis answered 503 in {elapsed:.1f} s, a history page in {listed_in:.1f} s "
+          f"(BRANET_FIREBASE_TIMEOUT_S={TIMEOUT_S:g})")
+    firestore.start()  # the same port; the emulator keeps nothing in memory across a restart
+    deadline, res = time.monotonic() + 30, None
+    while time.monotonic() < deadline:
+        res = api.post("/v1/analyses", files={"file": ("b.png", data)}, data={"modality": "us",
+                       "prompt": json.dumps({"box": box})}, headers=alice)
+        if res.status_code != 503:
+            break
+    assert res.status_code == 201, res.text
+    assert [a["id"] for a in api.get("/v1/analyses", headers=alice).json()["items"]] == [res.json()["id"]]
