@@ -484,10 +484,12 @@ export interface components {
             accepted_types: string[];
             /**
              * Auth
-             * @description how users sign in: local = user name and password on this server
-             * @constant
+             * @description how users sign in: local = user name and password on this server (POST /v1/auth/sessions); firebase = Firebase Authentication (e-mail and password, with the Firebase SDK and `firebase`), its ID token sent as the bearer
+             * @enum {string}
              */
-            auth: "local";
+            auth: "local" | "firebase";
+            /** @description the Firebase web config when auth is firebase */
+            firebase?: components["schemas"]["FirebaseWebConfig"] | null;
             /** Max Upload Bytes */
             max_upload_bytes: number;
             /** Max Upload Mb */
@@ -520,6 +522,21 @@ export interface components {
         /** ErrorResponse */
         ErrorResponse: {
             error: components["schemas"]["ErrorBody"];
+        };
+        /**
+         * FirebaseWebConfig
+         * @description The public values the Firebase JS SDK's initializeApp needs (not secrets: every web client has them).
+         */
+        FirebaseWebConfig: {
+            /**
+             * Api Key
+             * @description the web API key (null: not configured on the server)
+             */
+            api_key: string | null;
+            /** Auth Domain */
+            auth_domain: string;
+            /** Project Id */
+            project_id: string;
         };
         /**
          * ImageOut
@@ -561,13 +578,13 @@ export interface components {
         MeOut: {
             /**
              * Auth
-             * @description signed in (session) or an API token
+             * @description signed in (session), an API token, or a Firebase ID token (servers with auth firebase)
              * @enum {string}
              */
-            auth: "session" | "token";
+            auth: "session" | "token" | "firebase";
             /**
              * Expires At
-             * @description when the session ends (ISO-8601, UTC); null for an API token
+             * @description when the session or the Firebase ID token ends (ISO-8601, UTC); null for an API token
              */
             expires_at: string | null;
             /** Name */
@@ -1165,7 +1182,7 @@ export interface operations {
                     "application/json": components["schemas"]["AnalysisPage"];
                 };
             };
-            /** @description missing or unknown token */
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1230,7 +1247,7 @@ export interface operations {
                     "application/json": components["schemas"]["AnalysisOut"];
                 };
             };
-            /** @description missing or unknown token */
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1315,7 +1332,7 @@ export interface operations {
                     "application/json": components["schemas"]["AnalysisOut"];
                 };
             };
-            /** @description missing or unknown token */
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1362,7 +1379,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description missing or unknown token */
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1411,7 +1428,7 @@ export interface operations {
                     "image/png": unknown;
                 };
             };
-            /** @description missing or unknown token */
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1460,6 +1477,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["SessionOut"];
+                };
+            };
+            /** @description `firebase_sign_in`: the server signs in with Firebase */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
             /** @description `invalid_credentials`: wrong user name or password (the same for both) */
@@ -1518,7 +1544,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description missing or unknown token */
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1592,7 +1618,7 @@ export interface operations {
                     "application/json": components["schemas"]["ImageOut"];
                 };
             };
-            /** @description missing or unknown token */
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1668,7 +1694,7 @@ export interface operations {
                     "image/png": unknown;
                 };
             };
-            /** @description missing or unknown token */
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1721,7 +1747,7 @@ export interface operations {
                     "application/json": components["schemas"]["SegmentationOut"];
                 };
             };
-            /** @description missing or unknown token */
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1777,7 +1803,7 @@ export interface operations {
                     "application/json": components["schemas"]["MeOut"];
                 };
             };
-            /** @description missing or unknown token */
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1806,7 +1832,7 @@ export interface operations {
                     "application/json": components["schemas"]["ModelsOut"];
                 };
             };
-            /** @description missing or unknown token */
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
                 headers: {
                     [name: string]: unknown;
