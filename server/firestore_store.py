@@ -144,6 +144,11 @@ class FirestoreStore:
     def _folder(self, uid: str) -> Path:
         return self.files_dir / (uid if SAFE_UID.match(uid) else hashlib.sha256(uid.encode()).hexdigest())
 
+    def _ensure_folder(self, user: User) -> None:
+        folder = self._folder(user.id)
+        if folder.name != user.id and not (folder / ".uid").exists():  # a uid not safe as a name: hashed, noted
+            self._write_file(folder / ".uid", user.id.encode())
+
     def _user(self, uid: str):
         return self.db.collection("users").document(uid)
 
@@ -185,50 +190,64 @@ class FirestoreStore:
         except OSError as err:
             log.warning("branet.store: could not remove %s (%s): the next start-up repair will", path.name, err)
 
-    def _create(self, uid: str, table: str, item_id: str, doc: dict, request_key: str | None, path: Path,
-                data: bytes) -> None:
-        """The file first (durably), then the document and its request key's claim in one batch. A taken key:
-        the file goes and DuplicateRequest carries the first request's item. Another failure: the documents
-        are deleted if the write may have landed (a timeout), then the file; if even that fails, the file stays
-        for the next start's repair (never a document without its file)."""
-        ref = self._user(uid).collection(table).document(item_id)
-        key_ref = self._key_ref(uid, table, request_key) if request_key is not None else None
-        self._write_file(path, data)
+    def _create(self, uid: str, items: list[tuple[str, str, dict, Path, bytes]], key_table: str,
+                request_key: str | None) -> None:
+        """Items (table, id, document, file, bytes), all or nothing: the files first (durably), then the documents
+        and the request key's claim (on the last item, the one `key_table` names) in one batch. A taken key: the
+        files go and DuplicateRequest carries the first request's item. Another failure: the documents are
+        deleted if the write may have landed (a timeout), then the files; if even that fails, the files stay for
+        the next start's repair (never a document without its file)."""
+        refs = [self._user(uid).collection(table).document(item_id) for table, item_id, *_ in items]
+        claimed_id = items[-1][1]
+        key_ref = self._key_ref(uid, key_table, request_key) if request_key is not None else None
+        paths = [path for *_, path, _ in items]
+        try:
+            for *_, path, data in items:
+                self._write_file(path, data)
+        except BaseException:
+            for path in paths:
+                self._unlink(path)
+            raise
 
         def write(deadline: _Deadline) -> None:
             batch = self.db.batch()
             if key_ref is not None:
-                batch.create(key_ref, {"id": item_id})
-            batch.create(ref, doc)
+                batch.create(key_ref, {"id": claimed_id})
+            for ref, (_, _, doc, _, _) in zip(refs, items):
+                batch.create(ref, doc)
             batch.commit(**deadline.kw())
         try:
             self._call(True, write)
         except (gexc.AlreadyExists, gexc.Conflict):  # the key is taken: nothing of this request was written
-            self._unlink(path)
+            for path in paths:
+                self._unlink(path)
             if key_ref is None:
                 raise
-            raise DuplicateRequest(self.image_for_key(User(uid, uid), request_key) if table == "images"
+            raise DuplicateRequest(self.image_for_key(User(uid, uid), request_key) if key_table == "images"
                                    else self.analysis_for_key(User(uid, uid), request_key)) from None
         except BaseException as err:
             if not _may_have_landed(err):
-                self._unlink(path)
+                for path in paths:
+                    self._unlink(path)
                 raise
 
             def undo(deadline: _Deadline) -> None:
                 batch = self.db.batch()
-                batch.delete(ref)
+                for ref in refs:
+                    batch.delete(ref)
                 if key_ref is not None:  # only our own claim (another request's stays)
                     claim = key_ref.get(**deadline.kw())
-                    if claim.exists and claim.get("id") == item_id:
+                    if claim.exists and claim.get("id") == claimed_id:
                         batch.delete(key_ref)
                 batch.commit(**deadline.kw())
             try:
                 self._call(True, undo)
             except BaseException as undo_err:  # noqa: BLE001 - the first error is the one to report
                 log.warning("branet.store: could not undo a failed write (%s): %s kept for the next start's repair",
-                            undo_err, path.name)
+                            undo_err, [p.name for p in paths])
             else:
-                self._unlink(path)
+                for path in paths:
+                    self._unlink(path)
             raise
 
     def repair(self) -> dict[str, list[str]]:
@@ -272,16 +291,16 @@ class FirestoreStore:
 
     def add_image(self, user: User, sha256: str, modality: str, width: int, height: int, png: bytes,
                   request_key: str | None = None) -> ImageRecord:
-        image_id = uuid.uuid4().hex
-        folder = self._folder(user.id)
-        path = folder / f"{image_id}.png"
-        if folder.name != user.id and not (folder / ".uid").exists():
-            self._write_file(folder / ".uid", user.id.encode())
-        record = ImageRecord(image_id, user.id, sha256, modality, width, height, path, now())
-        doc = {"id": image_id, "sha256": sha256, "modality": modality, "width": width, "height": height,
-               "created": record.created, "request_key": request_key, "file": str(path.relative_to(self.home))}
-        self._create(user.id, "images", image_id, doc, request_key, path, png)
+        self._ensure_folder(user)
+        record = self.new_image(user, sha256, modality, width, height)
+        self._create(user.id, [self._image_item(record, png, request_key)], "images", request_key)
         return record
+
+    def _image_item(self, record: ImageRecord, png: bytes, request_key: str | None) -> tuple:
+        doc = {"id": record.id, "sha256": record.sha256, "modality": record.modality, "width": record.width,
+               "height": record.height, "created": record.created, "request_key": request_key,
+               "file": str(record.file.relative_to(self.home))}
+        return "images", record.id, doc, record.file, png
 
     def get_image(self, user: User, image_id: str) -> ImageRecord | None:
         snap = self._call(False, lambda d: self._user(user.id).collection("images").document(image_id).get(**d.kw()))
@@ -310,15 +329,35 @@ class FirestoreStore:
             self._unlink(record.file)
 
     # analyses
-    def add_analysis(self, user: User, image_id: str, summary: dict, result: dict,
-                     request_key: str | None = None) -> str:
+    def _analysis_item(self, user: User, image_id: str, summary: dict, result: dict,
+                       request_key: str | None) -> tuple:
         analysis_id = result["id"]
         stripped, pictures = _pictures(result)
-        path = self._folder(user.id) / f"{analysis_id}.json"
         doc = {"id": analysis_id, "image_id": image_id, "created": result["created"], "seq": self._next_seq(),
                "summary": summary, "request_key": request_key, "result": json.dumps(stripped)}
-        self._create(user.id, "analyses", analysis_id, doc, request_key, path, json.dumps(pictures).encode())
-        return analysis_id
+        return "analyses", analysis_id, doc, self._folder(user.id) / f"{analysis_id}.json", json.dumps(pictures).encode()
+
+    def add_analysis(self, user: User, image_id: str, summary: dict, result: dict,
+                     request_key: str | None = None) -> str:
+        self._create(user.id, [self._analysis_item(user, image_id, summary, result, request_key)], "analyses",
+                     request_key)
+        return result["id"]
+
+    def new_image(self, user: User, sha256: str, modality: str, width: int, height: int) -> ImageRecord:
+        """The record an image will have, not stored yet (add_analysis_with_image stores it)."""
+        image_id = uuid.uuid4().hex
+        return ImageRecord(image_id, user.id, sha256, modality, width, height,
+                           self._folder(user.id) / f"{image_id}.png", now())
+
+    def add_analysis_with_image(self, user: User, record: ImageRecord, png: bytes, summary: dict, result: dict,
+                                request_key: str | None = None) -> str:
+        """A one-call analysis and its new image (from new_image) in one atomic write, bytes included: both or
+        neither. DuplicateRequest (nothing written) when the user already used `request_key` for an analysis."""
+        self._ensure_folder(user)
+        self._create(user.id, [self._image_item(record, png, None),
+                               self._analysis_item(user, record.id, summary, result, request_key)],
+                     "analyses", request_key)
+        return result["id"]
 
     def _full(self, uid: str, data: dict) -> dict | None:
         result = json.loads(data["result"])

@@ -197,7 +197,15 @@ async def analyze(services: Services, user: User, source: Source, prompt: Prompt
                 "roi_png": render.b64(render.png_bytes(result.roi)),
                 "heatmap_png": render.b64(render.heatmap_png(result.roi, result.cam))}
     pngs = await engine.run(timer.stage, "render", pictures)
-    record = source.record or await store_image(services, user, source.decoded, source.modality, timer)
+    history = services.history
+    # A store that writes an analysis and its new image in one atomic write (Firestore) gets both at the end;
+    # else the image is stored first and removed again if the analysis cannot be.
+    together = source.record is None and hasattr(history, "add_analysis_with_image")
+    if together:
+        decoded = source.decoded
+        record = history.new_image(user, decoded.sha256, source.modality, decoded.width, decoded.height)
+    else:
+        record = source.record or await store_image(services, user, source.decoded, source.modality, timer)
     timer.ms["total"] = round((time.perf_counter() - start) * 1000, 2)
     body = {
         "id": uuid.uuid4().hex, "image_id": record.id, "created": now(), "modality": record.modality,
@@ -210,11 +218,17 @@ async def analyze(services: Services, user: User, source: Source, prompt: Prompt
     }
     summary = {k: body[k] for k in ("id", "image_id", "created", "modality", "label", "p_malignant")}
     summary["classifier"] = entry.name
+    if together:  # both or neither (DuplicateRequest: neither)
+        await run_in_threadpool(history.add_analysis_with_image, user, record, source.decoded.png, summary, body,
+                                request_key)
+        services.images.put(record.id, source.decoded.rgb)
+        observe_stages(timer.ms)
+        return body
     try:
-        await run_in_threadpool(services.history.add_analysis, user, record.id, summary, body, request_key)
+        await run_in_threadpool(history.add_analysis, user, record.id, summary, body, request_key)
     except BaseException:  # DuplicateRequest included: the image uploaded with a lost race goes too
         if source.record is None:
-            await run_in_threadpool(services.history.delete_image, user, record.id)
+            await run_in_threadpool(history.delete_image, user, record.id)
         raise
     observe_stages(timer.ms)
     return body

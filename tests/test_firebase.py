@@ -193,6 +193,14 @@ def test_a_repeated_idempotency_key_answers_the_first_request(pair, case):
     assert (done.status_code, again.status_code) == (201, 200) and again.json() == done.json()
     assert len(api.get("/v1/analyses", headers=alice).json()["items"]) == 1
     assert len(files_of(pair.client.home, first["image_id"])) == 1
+    # a one-call analysis (its image stored with it) and its repeat
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    one, repeat = [api.post("/v1/analyses", files={"file": ("b.png", data)}, headers={**alice, **key},
+                            data={"modality": "us", "prompt": json.dumps({"box": box})}) for _ in range(2)]
+    assert (one.status_code, repeat.status_code) == (201, 200) and repeat.json() == one.json()
+    assert len(api.get("/v1/analyses", headers=alice).json()["items"]) == 2
+    assert len(files_of(pair.client.home, one.json()["image_id"])) == 1
+    assert api.get(f"/v1/images/{one.json()['image_id']}/image.png", headers=alice).status_code == 200
 
 
 # Firebase only
@@ -357,4 +365,9 @@ def test_firestore_stopped_mid_analysis_answers_503_and_a_retry_works(pair, case
         if res.status_code != 503:
             break
     assert res.status_code == 201, res.text
-    assert [a["id"] for a in api.get("/v1/analyses", headers=alice).json()["items"]] == [res.json()["id"]]
+    done = res.json()
+    assert [a["id"] for a in api.get("/v1/analyses", headers=alice).json()["items"]] == [done["id"]]
+    # the analysis and its new image were written together, bytes included
+    assert sorted(p.name for p in folder.glob("*/*")) == sorted(before + [f"{done['image_id']}.png",
+                                                                          f"{done['id']}.json"])
+    assert api.get(f"/v1/images/{done['image_id']}/image.png", headers=alice).status_code == 200
