@@ -108,12 +108,23 @@ def test_holdout_site_trains_and_calibrates_on_the_other_site(data_dir, tmp_path
     assert main(["export", "--from", str(out / "weights"), "--to", str(tmp_path / "served"),
                  "--out-of-site", str(out / "holdout" / "report.json")]) == 0
     served = json.loads((tmp_path / "served" / "manifest.json").read_text())["models"]["classifier-us"]["metrics"]
-    assert served["out_of_site"] == [{"trained_on": ["busi"], "tested_on": "busbra", "regime": "real",
+    assert served["out_of_site"] == [{"trained_on": ["busi"], "tested_on": "busbra", "regime": "real", "protocol": "holdout",
                                       **{k: rep[k] for k in ("n", "n_malignant", "roc_auc", "roc_auc_ci", "sensitivity",
                                                              "specificity", "ece", "threshold")}}]
     assert main(["export", "--from", str(out / "weights"), "--to", str(tmp_path / "bad"),
                  "--out-of-site", str(out / "cv" / "report.json")]) == 2
     assert not (tmp_path / "bad" / "manifest.json").exists()
+    # an evaluate report counts only for the very weights exported, on a site they never trained on
+    from models.manifest import WeightsError, read_manifest
+    from training.export import attach_out_of_site
+    entry = read_manifest(out / "weights").models["classifier-us"]
+    row = {"tested_on": "busbra", "model_sha256": entry.sha256, "protocol": "evaluate", "roc_auc": 0.8}
+    assert attach_out_of_site(entry, [row]).metrics["out_of_site"] == [
+        {"trained_on": ["busi"], "tested_on": "busbra", "protocol": "evaluate", "roc_auc": 0.8}]
+    with pytest.raises(WeightsError, match="not of the exported"):
+        attach_out_of_site(entry, [{**row, "model_sha256": "0" * 64}])
+    with pytest.raises(WeightsError, match="not out of site"):
+        attach_out_of_site(entry, [{**row, "tested_on": "busi"}])
 
 
 def test_holdout_site_must_be_one_of_several(data_dir, tmp_path, capsys):
@@ -151,3 +162,29 @@ def test_the_fused_model_is_scored_on_the_held_out_site(data_dir, tmp_path):
     from training.metrics import roc_auc
     assert rep["parts"]["resnet"]["roc_auc"] == pytest.approx(roc_auc(y, 1 / (1 + np.exp(-np.array(list(resnet.values()))))))
     assert "ResNet18 + SAM probe" in (probe / "holdout" / "report.md").read_text()
+    # the two side by side on the held-out site, paired over its patients
+    from training.__main__ import main
+    assert main(["site-ablation", "--site", "busbra", "--row", f"resnet={run / 'holdout'}",
+                 "--row", f"fused={probe / 'holdout'}", "--out", str(tmp_path / "ablation")]) == 0
+    table = json.loads((tmp_path / "ablation" / "site-ablation.json").read_text())
+    assert [r["name"] for r in table] == ["resnet", "fused"] and table[1]["roc_auc"] == pytest.approx(rep["roc_auc"])
+    assert table[0]["roc_auc"] == pytest.approx(rep["parts"]["resnet"]["roc_auc"])
+    assert table[1]["delta_auc"] == pytest.approx(rep["roc_auc"] - rep["parts"]["resnet"]["roc_auc"])
+    assert (table[1]["sensitivity"], table[1]["threshold"]) == (rep["sensitivity"], rep["threshold"])
+    assert main(["site-ablation", "--site", "busi", "--row", f"resnet={run / 'holdout'}",
+                 "--out", str(tmp_path / "none")]) == 2  # busi was trained on, not held out
+
+
+def test_probe_sites_scores_the_probe_on_each_site_and_each_held_out_site(data_dir, tmp_path):
+    out = tmp_path / "probe-sites"
+    res = subprocess.run([sys.executable, "-m", "training", "probe-sites", "--rois", str(data_dir), "--limit", "4",
+                          "--threads", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    per_site = rep["all_sites"]["per_site"]
+    assert {s: m["n"] for s, m in per_site.items()} == {"busi": 8, "busbra": 8}
+    assert all(m["sensitivity"] >= 0.9 for m in per_site.values())  # the served rule, on each site
+    assert {s: (m["trained_on"], m["n"]) for s, m in rep["held_out"].items()} == {
+        "busi": (["busbra"], 8), "busbra": (["busi"], 8)}
+    assert "trained on busi only" in (out / "report.md").read_text()
+    assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"

@@ -13,9 +13,13 @@ COMMANDS = {
     "kappa": ("training.kappa", "reader agreement: Cohen's kappa between two readers and each reader's accuracy"),
     "fold-fid": ("training.fold_fid", "FID/KID of one cross-validation fold's SNGAN against its training ROIs"),
     "compare": ("training.compare", "regimes side by side: AUC with CIs and paired AUC differences, plot"),
+    "site-ablation": ("training.site_ablation", "recipes side by side on one site's lesions (held out or out of fold), "
+                      "paired bootstrap CIs over its patients"),
     "ensemble": ("training.ensemble", "mean of several runs (seeds): out-of-fold report and one weights file"),
     "sam-probe": ("training.sam_probe", "SAM's embedding of the lesion as a probe fused with runs on SAM crops: "
                   "cross-fitted report and weights"),
+    "probe-sites": ("training.probe_sites", "study: the SAM probe alone across sites, CV per site and each site "
+                    "held out"),
     "probe-regions": ("training.probe_regions", "the SAM probe by region of SAM's embedding over many fold splits, "
                       "alone and fused"),
     "export": ("training.export", "write chosen weights (fp16 safetensors) + manifest into models/weights"),

@@ -5,8 +5,9 @@ finetune-sam output folder (its final decoder becomes `sam_decoders[<base>-<moda
 that name everywhere a SAM name is taken). Entries are verified (sha256, architecture) before anything
 is copied; the served manifest is replaced atomically, so a failed export leaves the served weights as
 they were. Each `--out-of-site` is a held-out-site report (`train-classifier --holdout-site` or `sam-probe`
-on such a run: OUT/holdout/report.json) of the exported recipe, trained on one site and tested on another;
-its figures go into the entry of its modality (`metrics.out_of_site`), so `GET /v1/models` shows them.
+on such a run: OUT/holdout/report.json) of the exported recipe, trained on one site and tested on another,
+or an `evaluate` report of the exported weights themselves on a site they were not trained on; its figures
+go into the entry of its modality (`metrics.out_of_site`), so `GET /v1/models` shows them.
 """
 from __future__ import annotations
 
@@ -40,12 +41,35 @@ def out_of_site(reports: list[Path]) -> dict[str, list[dict]]:
     for path in reports:
         try:
             rep = json.loads(Path(path).read_text())
-            row = {"trained_on": rep["trained_on"], "tested_on": rep["site"], "regime": rep["regime"],
-                   **{k: rep[k] for k in OUT_OF_SITE_KEYS}}
+            if "model_sha256" in rep and "site" not in rep:  # evaluate: these very weights on one other site
+                (site,) = rep["data"]["sources"]
+                row = {"tested_on": site, "model_sha256": rep["model_sha256"], "protocol": "evaluate"}
+            else:
+                row = {"trained_on": rep["trained_on"], "tested_on": rep["site"], "regime": rep["regime"],
+                       "protocol": "holdout"}
+            row |= {k: rep[k] for k in OUT_OF_SITE_KEYS}
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise WeightsError(f"{path} is not a held-out-site report (train-classifier --holdout-site): {e}") from e
+            raise WeightsError(f"{path} is not a held-out-site report (train-classifier --holdout-site) nor an "
+                               f"evaluate report on one site: {e}") from e
         found.setdefault(rep["modality"], []).append(row)
     return found
+
+
+def attach_out_of_site(entry: ModelEntry, rows: list[dict]) -> ModelEntry:
+    """The entry with these out-of-site rows in its metrics; an evaluate row must be of this very model, on
+    a site it was not trained on."""
+    trained_on = sorted(entry.data.get("sources", {}))
+    checked = []
+    for row in rows:
+        if row["protocol"] == "evaluate":
+            if row["model_sha256"] != entry.sha256:
+                raise WeightsError(f"an --out-of-site evaluate report is of model {row['model_sha256'][:12]}, "
+                                   f"not of the exported {entry.name} {entry.sha256[:12]}")
+            if row["tested_on"] in trained_on:
+                raise WeightsError(f"{entry.name} was trained on {row['tested_on']}: that is not out of site")
+            row = {"trained_on": trained_on, **{k: v for k, v in row.items() if k != "model_sha256"}}
+        checked.append(row)
+    return entry.model_copy(update={"metrics": {**entry.metrics, "out_of_site": checked}})
 
 
 def decoder_entry(folder: Path) -> SamDecoderEntry:
@@ -74,7 +98,7 @@ def export(sources: list[Path], target: Path, decoders: list[Path] = (), out_of_
             load_classifier(name, src)  # verifies sha256 and shape before anything is copied
             load_sam_probe(entry, src)
             if entry.modality in held_out:
-                entry = entry.model_copy(update={"metrics": {**entry.metrics, "out_of_site": held_out.pop(entry.modality)}})
+                entry = attach_out_of_site(entry, held_out.pop(entry.modality))
             staged.append((src / entry.file, entry))
     if held_out:
         raise WeightsError(f"--out-of-site reports for {', '.join(held_out)}, but no exported model of that modality")

@@ -432,6 +432,11 @@ def holdout(runs: list[Path], train: list[RoiRecord], held: list[RoiRecord], x: 
                                  "per_site": report.get("per_site", {})}}
     folder = out / "holdout"
     folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["lesion_id", "group", "source", "label", "diff_resnet", "diff_probe", "p_malignant"])
+        w.writerows([r.lesion_id, r.group, r.source, r.label, float(a), float(b), repr(float(q))]
+                    for r, a, b, q in zip(held, parts["resnet"], parts["probe"], p))
     title = f"{report['modality'].upper()} ResNet18 + SAM probe trained on {', '.join(trained_on)}, tested on {site}"
     plot_roc([(site, y_h, p)], folder / "roc.png", title)
     plot_reliability(y_h, p, folder / "reliability.png", title)
