@@ -11,9 +11,10 @@ Documents (everything the API returns but image bytes):
 Bytes stay in the server's data folder (BRANET_HOME/firestore/{uid}/): the image as `{image id}.png`, an
 analysis' pictures (mask, ROI, heat map: the result's `*_png` fields) as `{analysis id}.json`. The file protocol
 of the SQLite store: a file is written to `.part`, fsync'd, renamed (folder fsync'd) before its document is
-written, and unlinked only after its document is deleted. A write that fails deletes its document (a timed-out
-write may have landed) and then its file; if even that fails the file is kept (never a document without its
-file) and the next start's repair removes files whose document does not exist (`.part` leftovers too).
+written, and unlinked only after its document is deleted. A write that surely did not reach Firestore removes its
+files at once; one that timed out (it may still land) is undone by a background thread once Firestore answers:
+its documents deleted, then its files (never a document without its file). A stop before that leaves files
+that the next start's repair removes when their document does not exist (`.part` leftovers too).
 
 Every call to Firestore is bounded by BRANET_FIRESTORE_TIMEOUT_S (transient errors are retried within it);
 past it, or when Firestore is unreachable, `FirestoreUnavailable` (503 `storage_unavailable`): nothing of the
@@ -118,6 +119,8 @@ class FirestoreStore:
         self.files_dir = self.home / "firestore"
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self._seq_lock = threading.Lock()
+        self._undo_lock, self._undos, self._undo_thread = threading.Lock(), [], None
+        self._closing = threading.Event()
         self._last_seq = 0
         self.repaired: dict[str, list[str]] | None = None
         # As server.store.Store: the first process to open this folder repairs it, others share it.
@@ -135,6 +138,7 @@ class FirestoreStore:
         fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
 
     def close(self) -> None:
+        self._closing.set()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -194,9 +198,8 @@ class FirestoreStore:
                 request_key: str | None) -> None:
         """Items (table, id, document, file, bytes), all or nothing: the files first (durably), then the documents
         and the request key's claim (on the last item, the one `key_table` names) in one batch. A taken key: the
-        files go and DuplicateRequest carries the first request's item. Another failure: the documents are
-        deleted if the write may have landed (a timeout), then the files; if even that fails, the files stay for
-        the next start's repair (never a document without its file)."""
+        files go and DuplicateRequest carries the first request's item. Another failure: the files go at once if
+        the write surely did not reach Firestore, else (a timeout: it may still land) _undo_later."""
         refs = [self._user(uid).collection(table).document(item_id) for table, item_id, *_ in items]
         claimed_id = items[-1][1]
         key_ref = self._key_ref(uid, key_table, request_key) if request_key is not None else None
@@ -229,26 +232,52 @@ class FirestoreStore:
             if not _may_have_landed(err):
                 for path in paths:
                     self._unlink(path)
-                raise
+            else:  # Firestore is slow, not gone: undone in the background, not in this request's time
+                self._undo_later(refs, key_ref, claimed_id, paths)
+            raise
 
-            def undo(deadline: _Deadline) -> None:
-                batch = self.db.batch()
-                for ref in refs:
-                    batch.delete(ref)
-                if key_ref is not None:  # only our own claim (another request's stays)
-                    claim = key_ref.get(**deadline.kw())
-                    if claim.exists and claim.get("id") == claimed_id:
-                        batch.delete(key_ref)
-                batch.commit(**deadline.kw())
-            try:
-                self._call(True, undo)
-            except BaseException as undo_err:  # noqa: BLE001 - the first error is the one to report
-                log.warning("branet.store: could not undo a failed write (%s): %s kept for the next start's repair",
-                            undo_err, [p.name for p in paths])
-            else:
+    def _undo_later(self, refs: list, key_ref, claimed_id: str, paths: list[Path]) -> None:
+        """A write that timed out may still land: its documents are deleted (and only then its files) by a
+        background thread that retries every second until Firestore answers. Until then the files stay (never
+        a document without its file); a stop before it is done leaves them to the next start's repair."""
+        with self._undo_lock:
+            self._undos.append((refs, key_ref, claimed_id, paths))
+            log.warning("branet.store: a write to Firestore timed out: %s will be undone once Firestore answers",
+                        [p.name for p in paths])
+            if self._undo_thread is None or not self._undo_thread.is_alive():
+                self._undo_thread = threading.Thread(target=self._undo_loop, name="branet-firestore-undo", daemon=True)
+                self._undo_thread.start()
+
+    def _undo_loop(self) -> None:
+        while not self._closing.is_set():
+            with self._undo_lock:
+                pending = list(self._undos)
+                if not pending:
+                    self._undo_thread = None
+                    return
+            for item in pending:
+                refs, key_ref, claimed_id, paths = item
+
+                def undo(deadline: _Deadline) -> None:
+                    batch = self.db.batch()
+                    for ref in refs:
+                        batch.delete(ref)
+                    if key_ref is not None:  # only our own claim (another request's stays)
+                        claim = key_ref.get(**deadline.kw())
+                        if claim.exists and claim.get("id") == claimed_id:
+                            batch.delete(key_ref)
+                    batch.commit(**deadline.kw())
+                try:
+                    self._call(True, undo)
+                except Exception as err:  # noqa: BLE001 - retried
+                    log.debug("branet.store: undo not done yet: %s", err)
+                    continue
                 for path in paths:
                     self._unlink(path)
-            raise
+                with self._undo_lock:
+                    self._undos.remove(item)
+                log.warning("branet.store: undid the timed-out write of %s", [p.name for p in paths])
+            self._closing.wait(1.0)
 
     def repair(self) -> dict[str, list[str]]:
         """Files without their document (a crash between writing a file and its document, or deleting a document

@@ -85,11 +85,19 @@ class Emulator:
         pytest.fail(f"the {self.name} emulator was not up after {self.timeout_s:.0f} s; its log {self.log}:\n"
                     f"{self.tail()}")
 
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers (a slow or hung service)."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             self.proc = None
             return
         try:
+            os.killpg(self.proc.pid, signal.SIGCONT)  # if it was paused
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:

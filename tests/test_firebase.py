@@ -316,6 +316,28 @@ def test_security_rules_let_a_user_read_only_their_own_documents(pair, case):
     assert api.get(f"/v1/analyses/{analysis['id']}", headers=alice).json() == analysis
 
 
+def test_start_up_repair_deletes_files_without_documents(emulators, tmp_path):
+    from server.firestore_store import FirestoreStore, client
+    from server.store import User
+    user = User(f"u{uuid.uuid4().hex[:12]}", "x@example.com")
+    store = FirestoreStore(client(PROJECT), tmp_path)
+    kept = store.add_image(user, "0" * 64, "us", 4, 4, b"png bytes")
+    store.close()
+    folder = tmp_path / "firestore" / user.id
+    orphans = [folder / f"{uuid.uuid4().hex}.png", folder / f"{uuid.uuid4().hex}.json"]  # a crash's leftovers
+    partial = folder / f"{uuid.uuid4().hex}.part"
+    for path in orphans + [partial]:
+        path.write_bytes(b"x")
+    store = FirestoreStore(client(PROJECT), tmp_path)
+    try:
+        assert store.repaired == {"files_without_documents": sorted(p.name for p in orphans),
+                                  "partial_files": [partial.name]}
+        assert sorted(folder.iterdir()) == [kept.file]
+        assert store.get_image(user, kept.id).file.read_bytes() == b"png bytes"
+    finally:
+        store.close()
+
+
 def test_emulator_variables_need_the_setting(monkeypatch, tmp_path):
     monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", "127.0.0.1:9099")
     settings = Settings(home=tmp_path, auth="firebase", store="firestore", firebase_project_id=PROJECT)
@@ -330,6 +352,39 @@ def test_emulator_variables_need_the_setting(monkeypatch, tmp_path):
                          env={**os.environ, "BRANET_HOME": str(tmp_path), "BRANET_AUTH": "firebase",
                               "BRANET_STORE": "firestore", "BRANET_FIREBASE_PROJECT_ID": PROJECT})
     assert res.returncode == 1 and "cannot start" in res.stderr and "BRANET_FIREBASE_EMULATORS" in res.stderr
+
+
+@firebase_only
+def test_a_hung_firestore_answers_503_in_time_and_the_timed_out_write_is_undone(pair, case):
+    api, (data, box) = pair.client, case
+    firestore = pair.emulators["firestore"]
+    alice, _ = pair.user()
+    image = upload(api, alice, data)  # also makes the user's folder
+    uid = claims_of(alice["Authorization"].split()[1])["user_id"]
+    folder = pair.client.home / "firestore" / uid
+    before = sorted(p.name for p in folder.iterdir())
+    firestore.pause()  # connections are accepted, nothing answers
+    try:
+        start = time.monotonic()
+        res = api.post("/v1/images", files={"file": ("b.png", data)}, data={"modality": "us"}, headers=alice)
+        uploaded_in = time.monotonic() - start
+        start = time.monotonic()
+        page = api.get("/v1/analyses", headers=alice)
+        listed_in = time.monotonic() - start
+    finally:
+        firestore.resume()
+    print(f"\nFirestore hung: an upload answered 503 in {uploaded_in:.1f} s, a history page in {listed_in:.1f} s")
+    assert error(res) == (503, "storage_unavailable") and uploaded_in < TIMEOUT_S + 2, uploaded_in
+    assert error(page) == (503, "storage_unavailable") and listed_in < TIMEOUT_S + 2, listed_in
+    # The timed-out write may have landed: it is undone (documents, then the file) once Firestore answers.
+    docs = f"http://{firestore.host}/v1/projects/{PROJECT}/databases/(default)/documents/users/{uid}/images"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and sorted(p.name for p in folder.iterdir()) != before:
+        time.sleep(0.5)
+    assert sorted(p.name for p in folder.iterdir()) == before
+    listed = httpx.get(docs, headers={"Authorization": "Bearer owner"}, timeout=10).json().get("documents", [])
+    assert [d["name"].rsplit("/", 1)[1] for d in listed] == [image["image_id"]]
+    assert upload(api, alice, data)["image_id"] != image["image_id"]  # and it works again
 
 
 @firebase_only
