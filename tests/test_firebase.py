@@ -388,6 +388,23 @@ def test_a_hung_firestore_answers_503_in_time_and_the_timed_out_write_is_undone(
 
 
 @firebase_only
+def test_a_hung_auth_service_answers_503_in_time(pair):
+    api, auth = pair.client, pair.emulators["auth"]
+    alice, _ = pair.user()
+    auth.pause()
+    try:
+        start = time.monotonic()
+        res = api.get("/v1/analyses", headers=alice)
+        elapsed = time.monotonic() - start
+    finally:
+        auth.resume()
+    print(f"\nAuth hung: 503 in {elapsed:.1f} s")
+    assert error(res) == (503, "auth_unavailable") and elapsed < TIMEOUT_S + 2, elapsed
+    assert res.headers["retry-after"] == "5"
+    assert api.get("/v1/analyses", headers=alice).status_code == 200
+
+
+@firebase_only
 def test_firestore_stopped_mid_analysis_answers_503_and_a_retry_works(pair, case):
     api, (data, box) = pair.client, case
     firestore = pair.emulators["firestore"]
