@@ -257,6 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     analyze.add_argument("--timeout", type=float, default=600.0)
     analyze.set_defaults(run=_analyze)
     args = parser.parse_args(argv)
+    if args.command == "users" and args.users_command not in ("grant-admin", "revoke-admin"):
+        from server.settings import get_settings
+        if get_settings().auth == "firebase":
+            print("branet: BRANET_AUTH=firebase: people sign in with Firebase Authentication, whose users are managed "
+                  "there (Firebase console, or the app's sign-up); here only `branet users grant-admin EMAIL` and "
+                  "`revoke-admin EMAIL`", file=sys.stderr)
+            return 2
     return args.run(args)
 
 

@@ -70,4 +70,6 @@ COMMON_ERRORS = {401: {"model": ErrorResponse, "description": "missing or unknow
                                                                "Firebase sign-in `token_expired` (get a fresh ID "
                                                                "token), `token_revoked` (sign in again) or "
                                                                "`invalid_token`"},
+                 403: {"model": ErrorResponse, "description": "`user_disabled`: with Firebase sign-in, the account "
+                                                              "is disabled"},
                  422: {"model": ErrorResponse, "description": "invalid request"}}

@@ -260,6 +260,9 @@ class FirebaseWebConfig(BaseModel):
     project_id: str
     api_key: str | None = Field(description="the web API key (null: not configured on the server)")
     auth_domain: str
+    auth_emulator: str | None = Field(None, description="the Auth emulator's URL when the server runs against the "
+                                                        "Firebase emulators (tests, development): the app connects "
+                                                        "to it (connectAuthEmulator); null in production")
 
 
 class ConfigOut(BaseModel):

@@ -224,9 +224,27 @@ def test_config_names_firebase_and_local_sign_in_is_refused(pair):
     config = pair.client.get("/v1/config").json()
     assert config["auth"] == "firebase"
     assert config["firebase"] == {"project_id": PROJECT, "api_key": "fake-api-key",
-                                  "auth_domain": f"{PROJECT}.firebaseapp.com"}
+                                  "auth_domain": f"{PROJECT}.firebaseapp.com",
+                                  "auth_emulator": f"http://{pair.emulators['auth'].host}"}
     res = pair.client.post("/v1/auth/sessions", json={"username": "a", "password": "a long password"})
     assert error(res) == (400, "firebase_sign_in")
+
+
+def test_local_user_commands_refuse_with_firebase_sign_in(monkeypatch, capsys):
+    from server.cli import main
+    from server.settings import get_settings
+    monkeypatch.setenv("BRANET_AUTH", "firebase")
+    get_settings.cache_clear()
+    try:
+        for args in (["users", "add", "x", "--no-password"], ["users", "list"], ["users", "revoke", "x"]):
+            assert main(args) == 2
+            assert "only `branet users grant-admin EMAIL`" in capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
+    monkeypatch.setenv("BRANET_AUTH", "local")
+    assert main(["users", "grant-admin", "x@example.com"]) == 2
+    assert "for BRANET_AUTH=firebase" in capsys.readouterr().err
+    get_settings.cache_clear()
 
 
 @firebase_only

@@ -535,6 +535,11 @@ export interface components {
             api_key: string | null;
             /** Auth Domain */
             auth_domain: string;
+            /**
+             * Auth Emulator
+             * @description the Auth emulator's URL when the server runs against the Firebase emulators (tests, development): the app connects to it (connectAuthEmulator); null in production
+             */
+            auth_emulator?: string | null;
             /** Project Id */
             project_id: string;
         };
@@ -1191,6 +1196,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description `user_disabled`: with Firebase sign-in, the account is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description invalid request */
             422: {
                 headers: {
@@ -1249,6 +1263,15 @@ export interface operations {
             };
             /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `user_disabled`: with Firebase sign-in, the account is disabled */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1341,6 +1364,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description `user_disabled`: with Firebase sign-in, the account is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description no such analysis (of this user) */
             404: {
                 headers: {
@@ -1381,6 +1413,15 @@ export interface operations {
             };
             /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `user_disabled`: with Firebase sign-in, the account is disabled */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1430,6 +1471,15 @@ export interface operations {
             };
             /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `user_disabled`: with Firebase sign-in, the account is disabled */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1553,6 +1603,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description `user_disabled`: with Firebase sign-in, the account is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description invalid request */
             422: {
                 headers: {
@@ -1620,6 +1679,15 @@ export interface operations {
             };
             /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `user_disabled`: with Firebase sign-in, the account is disabled */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1703,6 +1771,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description `user_disabled`: with Firebase sign-in, the account is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description no such image (of this user) */
             404: {
                 headers: {
@@ -1749,6 +1826,15 @@ export interface operations {
             };
             /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `user_disabled`: with Firebase sign-in, the account is disabled */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1834,6 +1920,15 @@ export interface operations {
             };
             /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `user_disabled`: with Firebase sign-in, the account is disabled */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
