@@ -123,7 +123,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, h
     app.add_middleware(UploadAuth)  # 401 for an upload without a valid token before its body is read
     app.add_middleware(RequestMetrics)
     app.add_middleware(RequestContext)  # X-Request-ID on every answer, JSON 500 for the unhandled
-    app.add_middleware(SecurityHeaders)  # outermost: nosniff, CSP, no-store on every answer, 413s and 500s too
+    app.add_middleware(SecurityHeaders,  # outermost: nosniff, CSP, no-store on every answer, 413s and 500s too
+                       connect_src=firebase.connect_sources(settings))
     app.state.metrics_mode = settings.metrics
     return app
 

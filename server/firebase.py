@@ -86,6 +86,17 @@ def firestore_client(settings: Settings, app):
     return client(settings.firebase_project_id, app.credential.get_credential())
 
 
+def connect_sources(settings: Settings) -> tuple[str, ...]:
+    """What the app's pages may call besides this server (their CSP connect-src): with Firebase sign-in, the
+    Firebase JS SDK talks to Firebase Authentication (or its emulator, when the emulators are allowed)."""
+    if settings.auth != "firebase":
+        return ()
+    emulator = os.environ.get("FIREBASE_AUTH_EMULATOR_HOST") if settings.firebase_emulators else None
+    if emulator:
+        return (f"http://{emulator}",)
+    return ("https://identitytoolkit.googleapis.com", "https://securetoken.googleapis.com")
+
+
 def _unavailable(settings: Settings) -> ApiError:
     return ApiError(503, "auth_unavailable", f"Firebase Authentication did not answer within "
                                              f"{settings.firebase_timeout_s:g} s; try again shortly",

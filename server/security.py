@@ -30,8 +30,13 @@ NO_STORE_EXCEPT = ("/v1/config",)
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
-def csp_for(path: str) -> str:
-    return PAGE_CSP if path.startswith(PAGES) else API_CSP
+def csp_for(path: str, page_csp: str = PAGE_CSP) -> str:
+    return page_csp if path.startswith(PAGES) else API_CSP
+
+
+def page_csp(connect_src: tuple[str, ...] = ()) -> str:
+    """The pages' policy, with more origins the app may call (Firebase Authentication's, with Firebase sign-in)."""
+    return PAGE_CSP.replace("connect-src 'self'", " ".join(("connect-src 'self'",) + connect_src))
 
 
 def patient_data(path: str) -> bool:
@@ -41,15 +46,16 @@ def patient_data(path: str) -> bool:
 class SecurityHeaders:
     """ASGI middleware (outermost, so the 413s and 500s other middlewares write get them too)."""
 
-    def __init__(self, app):
+    def __init__(self, app, connect_src: tuple[str, ...] = ()):
         self.app = app
+        self.page_csp = page_csp(connect_src)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
         fixed = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-                 (b"content-security-policy", csp_for(path).encode())]
+                 (b"content-security-policy", csp_for(path, self.page_csp).encode())]
         no_store = patient_data(path)
 
         async def send_with_headers(message) -> None:

@@ -228,6 +228,19 @@ def test_config_names_firebase_and_local_sign_in_is_refused(pair):
                                   "auth_emulator": f"http://{pair.emulators['auth'].host}"}
     res = pair.client.post("/v1/auth/sessions", json={"username": "a", "password": "a long password"})
     assert error(res) == (400, "firebase_sign_in")
+    # the app's pages may call the Auth emulator (the Firebase SDK), the API still nothing
+    page_csp = pair.client.get("/app/").headers["content-security-policy"]
+    assert f"connect-src 'self' http://{pair.emulators['auth'].host};" in page_csp
+    assert pair.client.get("/v1/config").headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_the_pages_may_call_firebase_authentication_in_production(tmp_path, monkeypatch):
+    from server.firebase import connect_sources
+    monkeypatch.delenv("FIREBASE_AUTH_EMULATOR_HOST", raising=False)
+    production = Settings(home=tmp_path, auth="firebase", store="firestore", firebase_project_id="p")
+    assert connect_sources(production) == ("https://identitytoolkit.googleapis.com",
+                                           "https://securetoken.googleapis.com")
+    assert connect_sources(Settings(home=tmp_path)) == ()
 
 
 def test_local_user_commands_refuse_with_firebase_sign_in(monkeypatch, capsys):
