@@ -1,4 +1,5 @@
-// Module 1: which server, who you are.
+// Module 1: which server, who you are: a user name and password on a local server, an e-mail and password
+// (sign-in, sign-up, password reset) on a server with Firebase sign-in.
 import { Redirect } from 'expo-router';
 import { useState } from 'react';
 import { StyleSheet, TextInput } from 'react-native';
@@ -18,6 +19,8 @@ export default function SignIn() {
   const [password, setPassword] = useState('');
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
+  const [info, setInfo] = useState<string | null>(null);
+  const [signingUp, setSigningUp] = useState(false);
   const [check, setCheck] = useState<'idle' | 'checking' | 'ok' | 'fail'>('idle');
 
   if (session.signedIn) return <Redirect href="/new" />;
@@ -28,19 +31,31 @@ export default function SignIn() {
     setCheck((await new Client(server).ready()) ? 'ok' : 'fail');
     if (server !== session.stored.server) session.setServer(server);
   };
-  const submit = async () => {
+  const run = async (work: () => Promise<void>, keepPassword = false) => {
     setBusy(true);
     setError(null);
+    setInfo(null);
     try {
       if (server !== session.stored.server) session.setServer(server);
-      await session.signIn(username.trim(), password);
+      await work();
     } catch (err) {
       setError(errorMessage(t, err));
-      setPassword('');
+      if (!keepPassword) setPassword('');
     } finally {
       setBusy(false);
+      setSigningUp(false);
     }
   };
+  const submit = () => run(() => session.signIn(username.trim(), password));
+  const signUp = () => {
+    setSigningUp(true);
+    return run(() => session.signUp(username.trim(), password));
+  };
+  const reset = () => run(async () => {
+    await session.resetPassword(username.trim());
+    setInfo(t('signIn.resetSent'));
+  }, true);
+  const firebase = session.firebase;
 
   return (
     <Page>
@@ -56,16 +71,26 @@ export default function SignIn() {
           {check === 'ok' ? <Message kind="info" text={t('signIn.reachable')} testID="server-ok" /> : null}
           {check === 'fail' ? <Message text={t('signIn.unreachable')} testID="server-fail" /> : null}
         </Row>
-        {session.config && session.config.auth !== 'local' ? <Message kind="warning" text={t('signIn.firebase')} /> : null}
-        <Body>{t('signIn.username')}</Body>
-        <TextInput value={username} onChangeText={setUsername} style={input} accessibilityLabel={t('signIn.username')}
-          autoCapitalize="none" autoCorrect={false} autoComplete="username" textContentType="username" testID="username" />
+        <Body>{t(firebase ? 'signIn.email' : 'signIn.username')}</Body>
+        <TextInput value={username} onChangeText={setUsername} style={input}
+          accessibilityLabel={t(firebase ? 'signIn.email' : 'signIn.username')} autoCapitalize="none" autoCorrect={false}
+          autoComplete={firebase ? 'email' : 'username'} textContentType={firebase ? 'emailAddress' : 'username'}
+          keyboardType={firebase ? 'email-address' : 'default'} testID="username" />
         <Body>{t('signIn.password')}</Body>
         <TextInput value={password} onChangeText={setPassword} style={input} accessibilityLabel={t('signIn.password')}
           secureTextEntry autoComplete="current-password" textContentType="password" onSubmitEditing={submit} testID="password" />
         <Message text={error} testID="sign-in-error" />
-        <Button label={t(busy ? 'signIn.busy' : 'signIn.submit')} onPress={submit} busy={busy}
-          disabled={!username.trim() || !password} testID="sign-in" />
+        <Message kind="info" text={info} testID="sign-in-info" />
+        <Button label={t(busy && !signingUp ? 'signIn.busy' : 'signIn.submit')} onPress={submit} busy={busy && !signingUp}
+          disabled={busy || !username.trim() || !password} testID="sign-in" />
+        {firebase ? (
+          <Row>
+            <Button variant="secondary" label={t(signingUp ? 'signIn.signingUp' : 'signIn.signUp')} onPress={signUp}
+              busy={signingUp} disabled={busy || !username.trim() || !password} testID="sign-up" />
+            <Button variant="secondary" label={t('signIn.reset')} onPress={reset} disabled={busy || !username.trim()}
+              testID="reset-password" />
+          </Row>
+        ) : null}
       </Card>
       <Notice />
     </Page>

@@ -3,8 +3,12 @@
 // result in history, open it, delete it; a wrong password and an oversized file give their messages.
 // Phone (light) and tablet (dark) viewports; a screenshot of every step in $OUT. Then /docs and /redoc, offline.
 //
+// With AUTH=firebase (a server with Firebase sign-in, against the emulators): the phone flow signs up with
+// USERNAME as the e-mail through the Firebase SDK, sees the e-mail unverified on the profile, and signs in
+// again after signing out; the tablet flow and the docs are the local run's.
+//
 // env: BASE_URL, USERNAME, PASSWORD, IMAGE (PNG path), IMAGE_W, IMAGE_H, BOX ("x0,y0,x1,y1" in image
-// pixels), BIG_FILE (a file over the upload limit), OUT (screenshot folder)
+// pixels), BIG_FILE (a file over the upload limit), OUT (screenshot folder), AUTH (local or firebase)
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -20,6 +24,7 @@ const BASE = env('BASE_URL');
 const OUT = env('OUT');
 const [X0, Y0, X1, Y1] = env('BOX').split(',').map(Number);
 const IMAGE_W = Number(env('IMAGE_W'));
+const FIREBASE = process.env.AUTH === 'firebase';
 mkdirSync(OUT, { recursive: true });
 
 const VIEWPORTS = { phone: { width: 390, height: 844 }, tablet: { width: 1024, height: 1366 } };
@@ -73,9 +78,9 @@ async function appFlow(open, label, viewport, colorScheme) {
     await byTest(page, 'sign-in').click();
     await page.getByText('Wrong user name or password.').waitFor();
   });
-  await s('03-signed-in', async () => {
+  await s(FIREBASE ? '03-signed-up' : '03-signed-in', async () => {
     await byTest(page, 'password').fill(env('PASSWORD'));
-    await byTest(page, 'sign-in').click();
+    await byTest(page, FIREBASE ? 'sign-up' : 'sign-in').click();
     await byTest(page, 'pick-file').waitFor();
   });
   await s('04-oversized-file', async () => {
@@ -126,6 +131,7 @@ async function appFlow(open, label, viewport, colorScheme) {
     await page.goto(`${BASE}/app/profile`);
     await byTest(page, 'profile-user').waitFor();
     assert.match(await byTest(page, 'profile-user').innerText(), new RegExp(env('USERNAME')));
+    if (FIREBASE) assert.equal(await byTest(page, 'profile-email-verified').innerText(), 'E-mail not verified yet');
     await byTest(page, 'language-es').click();
     await page.getByText('Cerrar sesión').waitFor();
     assert.equal(await byTest(page, 'notice').innerText(), 'Solo para investigación. No apto para diagnóstico clínico.');
@@ -135,6 +141,16 @@ async function appFlow(open, label, viewport, colorScheme) {
     await byTest(page, 'sign-out').click();
     await byTest(page, 'username').waitFor();
   });
+  if (FIREBASE) {
+    await s('14-signed-in-again', async () => {
+      await byTest(page, 'username').fill(env('USERNAME'));
+      await byTest(page, 'password').fill(env('PASSWORD'));
+      await byTest(page, 'sign-in').click();
+      await byTest(page, 'pick-file').waitFor();
+      await page.goto(`${BASE}/app/history`);
+      await byTest(page, 'history-empty').waitFor();
+    });
+  }
   await page.context().close();
 }
 
@@ -159,9 +175,11 @@ async function docs(open) {
 
 const { browser, page: open, outside } = await launch();
 try {
-  await appFlow(open, 'phone', VIEWPORTS.phone, 'light');
-  await appFlow(open, 'tablet', VIEWPORTS.tablet, 'dark');
-  await docs(open);
+  await appFlow(open, FIREBASE ? 'firebase-phone' : 'phone', VIEWPORTS.phone, 'light');
+  if (!FIREBASE) {
+    await appFlow(open, 'tablet', VIEWPORTS.tablet, 'dark');
+    await docs(open);
+  }
 } finally {
   await browser.close();
 }

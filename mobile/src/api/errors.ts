@@ -3,6 +3,10 @@ export type ErrorKind =
   | 'network' // no answer at all (offline, wrong server, DNS)
   | 'cancelled' // the user cancelled the upload
   | 'signInFailed'
+  | 'invalidEmail' // Firebase sign-in: not an e-mail address
+  | 'emailInUse' // Firebase sign-up: an account has this e-mail already
+  | 'weakPassword' // Firebase sign-up: the password is too short
+  | 'accountDisabled' // Firebase: the account is disabled (403 user_disabled)
   | 'tooManyAttempts'
   | 'sessionExpired'
   | 'tooLarge'
@@ -34,6 +38,7 @@ export function fromResponse(status: number, body: unknown, retryAfter: string |
   const seconds = retryAfter !== null && /^\d+$/.test(retryAfter) ? Number(retryAfter) : null;
   const kind: ErrorKind =
     code === 'invalid_credentials' ? 'signInFailed'
+    : code === 'user_disabled' ? 'accountDisabled'
     : status === 429 ? 'tooManyAttempts'
     : status === 401 ? 'sessionExpired'
     : status === 413 ? 'tooLarge'

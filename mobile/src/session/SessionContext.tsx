@@ -1,11 +1,14 @@
 // Who is signed in to which server: restored at start, checked against GET /v1/me, cleared on
-// sign-out or when the server says the session ended.
+// sign-out or when the server says the session ended. A server with Firebase sign-in (GET /v1/config) gets
+// the Firebase SDK's ID token as the bearer, kept fresh by the SDK (src/session/firebase.ts).
 import { Platform } from 'react-native';
-import { createContext, useCallback, useContext, useEffect, useMemo, useState, type ReactNode } from 'react';
+import { createContext, useCallback, useContext, useEffect, useMemo, useRef, useState, type ReactNode } from 'react';
+import { onIdTokenChanged, type Auth } from 'firebase/auth';
 
 import { Client, type Config, type Session as SessionOut } from '../api/client';
 import { ApiError } from '../api/errors';
 import type { Language } from '../i18n';
+import * as fb from './firebase';
 import * as storage from './storage';
 
 export interface Stored {
@@ -31,7 +34,17 @@ interface SessionState {
   signedIn: boolean;
   setServer: (server: string) => void;
   setLanguage: (language: Language) => void;
+  /** Whether people sign in with Firebase (e-mail) on this server, per its GET /v1/config. */
+  firebase: boolean;
+  /** Firebase only: whether the signed-in person's e-mail is verified (null: not known, or local sign-in). */
+  emailVerified: boolean | null;
   signIn: (username: string, password: string) => Promise<void>;
+  /** Firebase only: a new account (a verification e-mail is sent), then signed in. */
+  signUp: (email: string, password: string) => Promise<void>;
+  /** Firebase only: the password reset e-mail. */
+  resetPassword: (email: string) => Promise<void>;
+  /** Firebase only: the verification e-mail again. */
+  sendVerification: () => Promise<void>;
   signOut: () => Promise<void>;
   /** Call with any API error: a 401 ends the session. */
   handleError: (err: unknown) => void;
@@ -74,28 +87,90 @@ export function SessionProvider({ children }: { children: ReactNode }) {
     client.config().then(setConfig, () => setConfig(null));
   }, [client, stored.server]);
 
+  const auth: Auth | null = useMemo(
+    () => (config?.auth === 'firebase' && config.firebase ? fb.authFor(config.firebase) : null),
+    [config],
+  );
+  const [emailVerified, setEmailVerified] = useState<boolean | null>(null);
+  const storedRef = useRef(stored);
+  useEffect(() => {
+    storedRef.current = stored;
+  }, [stored]);
+
+  // Firebase: the SDK says when the person or their ID token changes (sign-in, hourly refresh, sign-out);
+  // the server then says who that is (name, role, until when).
+  useEffect(() => {
+    if (!auth) return;
+    return onIdTokenChanged(auth, (user) => {
+      const current = storedRef.current;
+      if (!user) {
+        if (current.token !== null) update({ ...current, token: null, name: null, role: null, expiresAt: null });
+        setEmailVerified(null);
+        return;
+      }
+      setEmailVerified(user.emailVerified);
+      void user.getIdToken().then(async (token) => {
+        const me = await new Client(current.server, token).me().catch(() => null);
+        update({ ...storedRef.current, token, name: me?.name ?? user.email, role: me?.role ?? null,
+          expiresAt: me?.expires_at ?? null });
+      });
+    });
+  }, [auth, update]);
+
   const signIn = useCallback(
     async (username: string, password: string) => {
+      if (auth) {
+        await fb.signIn(auth, username, password); // onIdTokenChanged takes it from here
+        return;
+      }
       const session: SessionOut = await new Client(stored.server).signIn(username, password);
       update({ ...stored, token: session.token, name: session.user.name, role: session.user.role, expiresAt: session.expires_at });
     },
-    [stored, update],
+    [auth, stored, update],
   );
+
+  const signUp = useCallback(
+    async (email: string, password: string) => {
+      if (!auth) throw new ApiError('server', 'this server does not sign in with Firebase');
+      await fb.signUp(auth, email, password);
+    },
+    [auth],
+  );
+
+  const resetPassword = useCallback(
+    async (email: string) => {
+      if (!auth) throw new ApiError('server', 'this server does not sign in with Firebase');
+      await fb.resetPassword(auth, email);
+    },
+    [auth],
+  );
+
+  const sendVerification = useCallback(async () => {
+    if (auth?.currentUser) await fb.verifyEmail(auth.currentUser);
+  }, [auth]);
 
   const signOut = useCallback(async () => {
     try {
-      await client.signOut();
+      if (auth) await fb.end(auth);
+      else await client.signOut();
     } catch {
       // signed out locally either way; the server forgets the session when it expires
     }
     update({ ...stored, token: null, name: null, role: null, expiresAt: null });
-  }, [client, stored, update]);
+  }, [auth, client, stored, update]);
 
   const handleError = useCallback(
     (err: unknown) => {
-      if (err instanceof ApiError && err.kind === 'sessionExpired') update({ ...stored, token: null });
+      if (!(err instanceof ApiError) || err.kind !== 'sessionExpired') return;
+      if (auth?.currentUser && err.code === 'token_expired') {
+        // a token that expired in flight: a fresh one, not a sign-out (onIdTokenChanged stores it)
+        void auth.currentUser.getIdToken(true).catch(() => update({ ...storedRef.current, token: null }));
+        return;
+      }
+      if (auth) void fb.end(auth).catch(() => undefined);
+      update({ ...stored, token: null });
     },
-    [stored, update],
+    [auth, stored, update],
   );
 
   const value = useMemo<SessionState>(
@@ -105,13 +180,19 @@ export function SessionProvider({ children }: { children: ReactNode }) {
       client,
       config,
       signedIn: stored.token !== null,
+      firebase: auth !== null,
+      emailVerified,
       setServer: (server) => update({ ...stored, server: server.trim() }),
       setLanguage: (language) => update({ ...stored, language }),
       signIn,
+      signUp,
+      resetPassword,
+      sendVerification,
       signOut,
       handleError,
     }),
-    [restored, stored, client, config, update, signIn, signOut, handleError],
+    [restored, stored, client, config, auth, emailVerified, update, signIn, signUp, resetPassword, sendVerification,
+      signOut, handleError],
   );
   return <SessionContext.Provider value={value}>{children}</SessionContext.Provider>;
 }
