@@ -31,6 +31,7 @@ from tests.live_server import BRANET
 from tests.test_api import busi_case
 
 TIMEOUT_S = 5.0  # BRANET_FIREBASE_TIMEOUT_S (the default): the fault test waits for it
+SLACK_S = 4.0  # beyond it, for a 2-core machine shared with training runs (without the bound: gRPC's 60 s and more)
 
 
 @pytest.fixture(scope="module")
@@ -351,7 +352,8 @@ def test_start_up_repair_deletes_files_without_documents(emulators, tmp_path):
     from server.firestore_store import FirestoreStore, client
     from server.store import User
     user = User(f"u{uuid.uuid4().hex[:12]}", "x@example.com")
-    store = FirestoreStore(client(PROJECT), tmp_path)
+    # a generous bound: this is about what the repair deletes (the bound is the fault tests')
+    store = FirestoreStore(client(PROJECT), tmp_path, timeout_s=60)
     kept = store.add_image(user, "0" * 64, "us", 4, 4, b"png bytes")
     store.close()
     folder = tmp_path / "firestore" / user.id
@@ -359,7 +361,7 @@ def test_start_up_repair_deletes_files_without_documents(emulators, tmp_path):
     partial = folder / f"{uuid.uuid4().hex}.part"
     for path in orphans + [partial]:
         path.write_bytes(b"x")
-    store = FirestoreStore(client(PROJECT), tmp_path)
+    store = FirestoreStore(client(PROJECT), tmp_path, timeout_s=60)
     try:
         assert store.repaired == {"files_without_documents": sorted(p.name for p in orphans),
                                   "partial_files": [partial.name]}
@@ -405,8 +407,8 @@ def test_a_hung_firestore_answers_503_in_time_and_the_timed_out_write_is_undone(
     finally:
         firestore.resume()
     print(f"\nFirestore hung: an upload answered 503 in {uploaded_in:.1f} s, a history page in {listed_in:.1f} s")
-    assert error(res) == (503, "storage_unavailable") and uploaded_in < TIMEOUT_S + 2, uploaded_in
-    assert error(page) == (503, "storage_unavailable") and listed_in < TIMEOUT_S + 2, listed_in
+    assert error(res) == (503, "storage_unavailable") and uploaded_in < TIMEOUT_S + SLACK_S, uploaded_in
+    assert error(page) == (503, "storage_unavailable") and listed_in < TIMEOUT_S + SLACK_S, listed_in
     # The timed-out write may have landed: it is undone (documents, then the file) once Firestore answers.
     docs = f"http://{firestore.host}/v1/projects/{PROJECT}/databases/(default)/documents/users/{uid}/images"
     deadline = time.monotonic() + 30
@@ -430,7 +432,7 @@ def test_a_hung_auth_service_answers_503_in_time(pair):
     finally:
         auth.resume()
     print(f"\nAuth hung: 503 in {elapsed:.1f} s")
-    assert error(res) == (503, "auth_unavailable") and elapsed < TIMEOUT_S + 2, elapsed
+    assert error(res) == (503, "auth_unavailable") and elapsed < TIMEOUT_S + SLACK_S, elapsed
     assert res.headers["retry-after"] == "5"
     assert api.get("/v1/analyses", headers=alice).status_code == 200
 
@@ -457,16 +459,20 @@ def test_firestore_stopped_mid_analysis_answers_503_and_a_retry_works(pair, case
     start = time.monotonic()
     res = api.get("/v1/analyses", headers=alice)
     listed_in = time.monotonic() - start
-    assert error(res) == (503, "storage_unavailable") and listed_in < TIMEOUT_S + 2, listed_in
+    assert error(res) == (503, "storage_unavailable") and listed_in < TIMEOUT_S + SLACK_S, listed_in
     print(f"\nFirestore down: analysis answered 503 in {elapsed:.1f} s, a history page in {listed_in:.1f} s "
           f"(BRANET_FIREBASE_TIMEOUT_S={TIMEOUT_S:g})")
     firestore.start()  # the same port; the emulator keeps nothing in memory across a restart
-    deadline, res = time.monotonic() + 30, None
-    while time.monotonic() < deadline:
-        res = api.post("/v1/analyses", files={"file": ("b.png", data)}, data={"modality": "us",
-                       "prompt": json.dumps({"box": box})}, headers=alice)
+    # gRPC reconnects after its backoff (which grew while Firestore was down): a later retry works
+    back, res = time.monotonic(), None
+    while time.monotonic() < back + 90:
+        res = api.get("/v1/analyses", headers=alice)
         if res.status_code != 503:
             break
+    assert res.status_code == 200, res.text
+    print(f"Firestore restarted: the history answered again after {time.monotonic() - back:.1f} s")
+    res = api.post("/v1/analyses", files={"file": ("b.png", data)}, data={"modality": "us",
+                   "prompt": json.dumps({"box": box})}, headers=alice)
     assert res.status_code == 201, res.text
     done = res.json()
     assert [a["id"] for a in api.get("/v1/analyses", headers=alice).json()["items"]] == [done["id"]]
