@@ -325,8 +325,18 @@ def test_models_show_their_measured_quality(api, alice):
     assert {c["modality"] for c in classifiers} == {"us", "dm"}
     for c in classifiers:
         metrics = manifest[c["name"]]["metrics"]
+        crossed = metrics.get("cross_fitted", {})
         assert c["quality"] == {"cv_auc": metrics["oof_roc_auc"], "cv_auc_ci": metrics["oof_roc_auc_ci"],
                                 "sensitivity": metrics["oof_sensitivity"], "specificity": metrics["oof_specificity"],
-                                "folds": metrics["cv_folds"], "roi_source": metrics["roi_source"]}
+                                "folds": metrics["cv_folds"], "roi_source": metrics["roi_source"],
+                                "cross_fitted_sensitivity": crossed.get("sensitivity"),
+                                "cross_fitted_specificity": crossed.get("specificity"),
+                                "sites": [{"site": s, "n": m["n"], "auc": m["roc_auc"], "auc_ci": m["roc_auc_ci"],
+                                           "sensitivity": m["sensitivity"], "specificity": m["specificity"]}
+                                          for s, m in sorted(metrics.get("per_site", {}).items())],
+                                "out_of_site": [{"site": o["tested_on"], "trained_on": o["trained_on"], "n": o["n"],
+                                                 "auc": o["roc_auc"], "auc_ci": o["roc_auc_ci"],
+                                                 "sensitivity": o["sensitivity"], "specificity": o["specificity"],
+                                                 "ece": o["ece"]} for o in metrics.get("out_of_site", [])]}
         lo, hi = c["quality"]["cv_auc_ci"]
         assert 0.5 < lo < c["quality"]["cv_auc"] < hi <= 1
