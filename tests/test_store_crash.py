@@ -184,7 +184,7 @@ def test_a_full_disk_answers_507_keeps_reads_and_recovers(tmp_path, busi_dir, ho
         analysis = client.post("/v1/analyses", json={"image_id": image_id, "prompt": {"box": [60, 40, 200, 160]}})
         assert analysis.status_code == 201, analysis.text
         analysis_id = analysis.json()["id"]
-        before_files, before_rows, folders = image_files(home), rows(home), set(images.iterdir())
+        before_files, before_rows = image_files(home), rows(home)
 
         filler = home / "filler"
         if how == "tmpfs":  # fill the disk to the last byte
