@@ -414,8 +414,8 @@ def holdout(runs: list[Path], train: list[RoiRecord], held: list[RoiRecord], x: 
     site = held[0].source
     trained_on = sorted({r.source for r in train})
 
-    def alone(diff: np.ndarray) -> dict:  # each part at its own temperature, fitted on the training sites' OOF
-        oof = read_oof(out / "cv" / ("oof_resnet.csv" if diff is parts["resnet"] else "oof_probe.csv"))
+    def alone(part: str) -> dict:  # each part at its own temperature, fitted on the training sites' OOF
+        diff, oof = parts[part], read_oof(out / "cv" / f"oof_{part}.csv")
         t_part = fit_temperature(oof[0], oof[2])
         q = 1 / (1 + np.exp(-diff.astype(np.float64) / t_part))
         return {k: v for k, v in binary_report(y_h, q, 0.5, groups=groups).items() if k in ("roc_auc", "roc_auc_ci", "ece")}
@@ -426,7 +426,7 @@ def holdout(runs: list[Path], train: list[RoiRecord], held: list[RoiRecord], x: 
            "calibration": f"temperature and threshold fitted on the fused out-of-fold predictions of "
                           f"{', '.join(trained_on)}; {site} never trained or calibrated on",
            **binary_report(y_h, p, thr, groups=groups),
-           "parts": {"resnet": alone(parts["resnet"]), "probe": alone(parts["probe"]),
+           "parts": {"resnet": alone("resnet"), "probe": alone("probe"),
                      "fused_minus_resnet": {"delta": delta, "ci": ci}},
            "training_sites_cv": {"pooled": {k: report["summary"]["pooled"][k] for k in SITE_KEYS},
                                  "per_site": report.get("per_site", {})}}
