@@ -10,6 +10,12 @@ the file's sha256, the checkpoint's, the versions it was made and checked with, 
 Loading refuses (WeightsError, "run `make install`") a file that changed, a record made from another
 checkpoint or with other runtime versions, and a runtime/precision whose check did not pass.
 
+Their prompt encoders and mask decoders are exported too (`PromptDecoder`: box corners and points in,
+the low-resolution mask logits and predicted IoUs of all four mask tokens out), checked the same way
+(box and point prompts' masks and logits against PyTorch's) and run on the encoder's runtime at f32,
+so a re-prompt on a cached embedding costs a few milliseconds. A fine-tuned decoder (`finetune-sam`)
+and the automatic mask generator's batched prompts run on PyTorch.
+
 Settings (environment): BRANET_ENCODER_RUNTIME = openvino | onnxruntime | torch, and
 BRANET_ENCODER_PRECISION = f32 | bf16 (bf16: OpenVINO only). Defaults, by measurement (bench/README.md):
 on a CPU the first of openvino, onnxruntime whose check passed at install, at f32; on CUDA `torch`.
@@ -152,15 +158,59 @@ def export(sam: LoadedSam, path: Path) -> None:
                           input_names=["image"], output_names=list(OUTPUTS))
 
 
+DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels")
+DECODER_OUTPUTS = ("low_res_masks", "iou_predictions")
+
+
+class PromptDecoder(torch.nn.Module):
+    """SAM's prompt encoder + mask decoder for one image embedding and one prompt, as one graph.
+
+    `point_coords` (1, N, 2) in the encoder's input frame and `point_labels` (1, N): 1 / 0 for positive /
+    negative points, 2 / 3 for a box's corners, -1 for the padding point SAM adds when there is no box:
+    PromptEncoder's `_embed_points` and `_embed_boxes` in one (a box corner is a point with its own
+    learned embedding). No mask prompt. Out: all four mask tokens' low-resolution logits and IoUs; the
+    caller picks the single-mask token or the three multimask ones as MaskDecoder.forward does. Unlike
+    segment-anything's SamOnnxModel it does not choose a mask by point count (LiteMedSAM's multimask
+    tokens were never trained: choosing among them outlines garbage)."""
+
+    def __init__(self, sam_model):
+        super().__init__()
+        self.prompt_encoder, self.mask_decoder = sam_model.prompt_encoder, sam_model.mask_decoder
+
+    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor):
+        pe = self.prompt_encoder
+        sparse = pe.pe_layer.forward_with_coords(point_coords + 0.5, pe.input_image_size)
+        labels = point_labels[..., None]
+        sparse = torch.where(labels == -1, pe.not_a_point_embed.weight.expand_as(sparse), sparse)
+        for i, embedding in enumerate(pe.point_embeddings):
+            sparse = sparse + embedding.weight * (labels == i).to(sparse.dtype)
+        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *pe.image_embedding_size)
+        return self.mask_decoder.predict_masks(image_embeddings, pe.get_dense_pe(), sparse, dense)
+
+
+def export_decoder(sam: LoadedSam, path: Path) -> None:
+    """`sam`'s prompt encoder + mask decoder as ONNX (opset 17), any number of prompt points."""
+    decoder = PromptDecoder(sam.model).eval()
+    side = sam.model.prompt_encoder.image_embedding_size
+    example = (torch.zeros(1, sam.model.prompt_encoder.embed_dim, *side), torch.zeros(1, 2, 2),
+               torch.tensor([[2.0, 3.0]]))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(decoder, example, str(path), opset_version=OPSET, dynamo=False,
+                          input_names=list(DECODER_INPUTS), output_names=list(DECODER_OUTPUTS),
+                          dynamic_axes={"point_coords": {1: "points"}, "point_labels": {1: "points"}})
+
+
 # runtimes
-class CompiledEncoder:
-    """One exported encoder on one runtime: `__call__(x)` -> {output name: (1, C, h, w) float32 tensor}.
+class CompiledModel:
+    """One exported file on one runtime: `__call__(*tensors)` (its inputs, in order) -> {output name: float32
+    tensor}. Compiled on first use with torch.get_num_threads() threads, and again if that number changes."""
 
-    Compiled on first use with torch.get_num_threads() threads, and again if that number changes."""
-
-    def __init__(self, name: str, path: Path, runtime: str, precision: str, sha256: str | None = None):
+    def __init__(self, name: str, path: Path, runtime: str, precision: str, sha256: str | None = None,
+                 inputs: tuple[str, ...] = ("image",), outputs: tuple[str, ...] = OUTPUTS):
         self.name, self.path, self.runtime, self.precision = name, Path(path), runtime, precision
         self.sha256 = sha256  # the exported file's, as verified at load
+        self.inputs, self.outputs = inputs, outputs
         self._threads = 0
         self.threads = 0  # what the compiled model runs with (0: not compiled yet)
         self._run = None
@@ -182,9 +232,9 @@ class CompiledEncoder:
             request = compiled.create_infer_request()
             self.threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
 
-            def run(x: np.ndarray) -> list[np.ndarray]:
-                request.infer({0: x})
-                return [request.get_output_tensor(i).data.copy() for i in range(len(OUTPUTS))]
+            def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+                request.infer(dict(enumerate(arrays)))
+                return [request.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
             return run
         if self.runtime == "onnxruntime":
             import onnxruntime as ort
@@ -193,16 +243,17 @@ class CompiledEncoder:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
             self.threads = threads
-            return lambda x: session.run(list(OUTPUTS), {"image": x})
-        raise ValueError(f"no compiled encoder on {self.runtime}")
+            return lambda arrays: session.run(list(self.outputs), dict(zip(self.inputs, arrays)))
+        raise ValueError(f"no compiled model on {self.runtime}")
 
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, *tensors: torch.Tensor) -> dict[str, torch.Tensor]:
         threads = torch.get_num_threads()
+        arrays = [np.ascontiguousarray(t.detach().float().cpu().numpy()) for t in tensors]
         with self._lock:
             if self._run is None or threads != self._threads:
                 self._run, self._threads = self._compile(threads), threads
-            outs = self._run(np.ascontiguousarray(x.detach().float().cpu().numpy()))
-        return {name: torch.from_numpy(out).to(x.device) for name, out in zip(OUTPUTS, outs)}
+            outs = self._run(arrays)
+        return {name: torch.from_numpy(out).to(tensors[0].device) for name, out in zip(self.outputs, outs)}
 
 
 def _read_record(folder: Path) -> dict:
@@ -213,18 +264,41 @@ def _read_record(folder: Path) -> dict:
         return {}
 
 
-def load_encoder(sam: LoadedSam, runtime: str, precision: str, folder: Path | None = None) -> CompiledEncoder | None:
+def load_encoder(sam: LoadedSam, runtime: str, precision: str, folder: Path | None = None) -> CompiledModel | None:
     """The verified exported encoder of `sam` on `runtime` (None for torch, or a SAM that is not
     exported); WeightsError, saying to run `make install`, for anything that does not match."""
     name = encoder_name(sam)
     if runtime == "torch" or name not in EXPORTED:
         return None
     folder = Path(folder or ENCODERS_DIR)
-    fix = "run `make install`, which exports and checks it from the verified checkpoint"
     entry = _read_record(folder).get(name)
-    path = folder / f"{name}.onnx"
+    path, digest = _verified(entry, folder / f"{name}.onnx", f"{name}'s image encoder", runtime, precision)
+    return CompiledModel(name, path, runtime, precision, digest)
+
+
+def load_decoder(sam: LoadedSam, runtime: str, folder: Path | None = None) -> CompiledModel | None:
+    """The verified exported prompt encoder + mask decoder of `sam` on `runtime`, at f32 (None for torch,
+    a SAM that is not exported, or a fine-tuned decoder: those run on PyTorch); WeightsError, saying to
+    run `make install`, for anything that does not match."""
+    if runtime == "torch" or sam.name not in EXPORTED or sam.base is not None:
+        return None
+    folder = Path(folder or ENCODERS_DIR)
+    entry = _read_record(folder).get(sam.name)
+    decoder = entry.get("decoder") if entry else None
+    label = f"{sam.name}'s mask decoder"
+    if decoder is not None:
+        decoder = {**decoder, "checkpoint_sha256": entry.get("checkpoint_sha256"), "versions": entry.get("versions")}
+    path, digest = _verified(decoder, folder / f"{sam.name}-decoder.onnx", label, runtime, "f32")
+    return CompiledModel(f"{sam.name}-decoder", path, runtime, "f32", digest, DECODER_INPUTS, DECODER_OUTPUTS)
+
+
+def _verified(entry: dict | None, path: Path, what: str, runtime: str, precision: str) -> tuple[Path, str]:
+    """`path` and its sha256 if its record `entry` says it is the file exported from the installed
+    checkpoint with the installed runtimes, and checked on `runtime` at `precision`; else WeightsError."""
+    name = path.stem.removesuffix("-decoder")
+    fix = "run `make install`, which exports and checks it from the verified checkpoint"
     if entry is None or not path.is_file():
-        raise WeightsError(f"{name}'s image encoder for {runtime} is missing from {folder}: {fix}")
+        raise WeightsError(f"{what} for {runtime} is missing from {path.parent}: {fix}")
     digest = sha256_file(path)
     if digest != entry.get("sha256"):
         raise WeightsError(f"{path} has sha256 {digest[:12]}, but {RECORD} recorded {str(entry.get('sha256'))[:12]} "
@@ -235,15 +309,15 @@ def load_encoder(sam: LoadedSam, runtime: str, precision: str, folder: Path | No
                            f"but {name}'s checkpoint is {checkpoint[:12]}; {fix}")
     now = versions()
     wanted = ("torch", "onnx", runtime)
-    if any(entry.get("versions", {}).get(p) != now[p] for p in wanted):
-        made = ", ".join(f"{p} {entry.get('versions', {}).get(p)}" for p in wanted)
+    if any((entry.get("versions") or {}).get(p) != now[p] for p in wanted):
+        made = ", ".join(f"{p} {(entry.get('versions') or {}).get(p)}" for p in wanted)
         raise WeightsError(f"{path} was checked with {made}; installed: {', '.join(f'{p} {now[p]}' for p in wanted)}; "
                            f"{fix}")
     check = entry.get("checks", {}).get(f"{runtime}-{precision}")
     if not check or not check.get("passed"):
-        raise WeightsError(f"{name}'s image encoder on {runtime} at {precision} did not pass the equivalence check at "
+        raise WeightsError(f"{what} on {runtime} at {precision} did not pass the equivalence check at "
                            f"install ({check}); use another {ENV_RUNTIME}/{ENV_PRECISION}, or {fix}")
-    return CompiledEncoder(name, path, runtime, precision, digest)
+    return path, digest
 
 
 # the install step: export, check, record
@@ -322,26 +396,80 @@ def build_one(name: str, folder: Path) -> dict:
                 checks[f"{runtime}-{precision}"] = {"passed": False, "note": "this CPU offers no bf16 (OpenVINO's "
                                                     "OPTIMIZATION_CAPABILITIES): it would run f32"}
                 continue
-            candidate.encoder = CompiledEncoder(name, path, runtime, precision)
+            candidate.encoder = CompiledModel(name, path, runtime, precision)
             per_image = [compare(ref, _outputs_and_mask(candidate, rgb, box)) for ref, (_, rgb, box) in zip(refs, images)]
             figures = {"max_abs": max(f["max_abs"] for f in per_image), "max_rel": max(f["max_rel"] for f in per_image),
                        "min_cosine": min(f["min_cosine"] for f in per_image),
                        "dice": min(f["dice"] for f in per_image)}
             checks[f"{runtime}-{precision}"] = {**figures, "passed": _passes(figures, precision)}
             print(f"{name} {runtime}-{precision}: {checks[f'{runtime}-{precision}']}", file=sys.stderr)
+        decoder_path = Path(tmp) / f"{name}-decoder.onnx"
+        export_decoder(sam, decoder_path)
+        decoder_checks = {}
+        for runtime in CPU_PREFERENCE:
+            compiled = CompiledModel(f"{name}-decoder", decoder_path, runtime, "f32", None, DECODER_INPUTS, DECODER_OUTPUTS)
+            figures = check_decoder(reference, compiled, images)
+            decoder_checks[f"{runtime}-f32"] = {**figures, "passed": figures["max_rel"] <= F32_MAX_REL
+                                                 and figures["dice"] >= MIN_DICE}
+            print(f"{name} mask decoder {runtime}-f32: {decoder_checks[f'{runtime}-f32']}", file=sys.stderr)
         os.replace(path, folder / f"{name}.onnx")
+        os.replace(decoder_path, folder / decoder_path.name)
     final = folder / f"{name}.onnx"
     return {"file": final.name, "sha256": sha256_file(final), "checkpoint_sha256": sam.sha256,
             "input_size": sam.model.image_encoder.img_size, "outputs": list(OUTPUTS), "opset": OPSET,
             "versions": versions(), "checked_on": [label for label, _, _ in images],
             "thresholds": {"f32_max_rel": F32_MAX_REL, "min_cosine": MIN_COSINE, "min_dice": MIN_DICE},
-            "checks": checks}
+            "checks": checks,
+            "decoder": {"file": decoder_path.name, "sha256": sha256_file(folder / decoder_path.name),
+                        "inputs": list(DECODER_INPUTS), "outputs": list(DECODER_OUTPUTS),
+                        "prompts": list(CHECK_PROMPTS), "checks": decoder_checks}}
+
+
+CHECK_PROMPTS = ("box", "one point (multimask)", "two points + box")
+
+
+def _check_prompts(box: np.ndarray) -> list[dict]:
+    """SamPredictor.predict arguments for CHECK_PROMPTS around a lesion box: a box alone, its centre as
+    one positive point (three masks), and the centre plus a negative point above-left of the box with
+    the box (points and a box together)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    centre = [(x0 + x1) / 2, (y0 + y1) / 2]
+    outside = [max(0.0, x0 - 10), max(0.0, y0 - 10)]
+    return [dict(box=np.asarray(box, dtype=np.float32), multimask_output=False),
+            dict(point_coords=np.array([centre], dtype=np.float32), point_labels=np.array([1]), multimask_output=True),
+            dict(point_coords=np.array([centre, outside], dtype=np.float32), point_labels=np.array([1, 0]),
+                 box=np.asarray(box, dtype=np.float32), multimask_output=False)]
+
+
+def check_decoder(segmenter, decoder: CompiledModel, images) -> dict:
+    """`decoder` against `segmenter`'s PyTorch prompt encoder + mask decoder on each image's PyTorch
+    embedding and every CHECK_PROMPTS prompt: the largest logit difference (absolute, and relative to
+    the largest |logit|), and the smallest Dice between the two masks."""
+    worst_abs, worst_rel, worst_dice = 0.0, 0.0, 1.0
+    for _, rgb, box in images:
+        embedding = segmenter.encode(rgb)
+        with segmenter._lock:
+            predictor = segmenter._on(embedding)
+            for kwargs in _check_prompts(box):
+                predictor.decoder = None
+                ref, ref_iou, _ = predictor.predict(**kwargs, return_logits=True)
+                predictor.decoder = decoder
+                got, got_iou, _ = predictor.predict(**kwargs, return_logits=True)
+                predictor.decoder = None
+                diff = float(np.abs(ref - got).max())
+                worst_abs = max(worst_abs, diff, float(np.abs(ref_iou - got_iou).max()))
+                worst_rel = max(worst_rel, diff / max(float(np.abs(ref).max()), 1e-12))
+                a, b = ref > 0, got > 0
+                both_empty = not (a.any() or b.any())  # LiteMedSAM draws nothing for some point prompts
+                worst_dice = min(worst_dice, 1.0 if both_empty else float(2 * (a & b).sum() / (a.sum() + b.sum())))
+    return {"max_abs": worst_abs, "max_rel": worst_rel, "dice": worst_dice}
 
 
 def _current(entry: dict | None, name: str, folder: Path) -> bool:
-    path = folder / f"{name}.onnx"
+    path, decoder = folder / f"{name}.onnx", folder / f"{name}-decoder.onnx"
     return bool(entry) and path.is_file() and entry.get("sha256") == sha256_file(path) \
-        and entry.get("checkpoint_sha256") == SAM_MODELS[name].sha256 and entry.get("versions") == versions()
+        and entry.get("checkpoint_sha256") == SAM_MODELS[name].sha256 and entry.get("versions") == versions() \
+        and decoder.is_file() and (entry.get("decoder") or {}).get("sha256") == sha256_file(decoder)
 
 
 def build(folder: Path = ENCODERS_DIR, names: tuple[str, ...] = EXPORTED, force: bool = False) -> dict:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.utils.amg import mask_to_rle_pytorch
 
-from models.encoder_runtime import CompiledEncoder, choose, load_encoder
+from models.encoder_runtime import CompiledModel, choose, load_decoder, load_encoder
 from models.guarded_image import ImageRejected, open_checked
 from models.preprocessing import box_of_mask
 from models.sam import LoadedSam
@@ -195,13 +195,39 @@ def _catch(into: dict[str, torch.Tensor], name: str):
 
 
 class _RuntimePredictor(SamPredictor):
-    """SamPredictor whose image encoder runs on a compiled runtime: `set_image`'s own preprocessing
-    (ResizeLongestSide, CHW, `Sam.preprocess`), then the compiled encoder; `stages` keeps the wanted
-    stage maps of the last image. With no encoder it is SamPredictor itself."""
+    """SamPredictor whose image encoder and mask decoder run on a compiled runtime: `set_image`'s own
+    preprocessing (ResizeLongestSide, CHW, `Sam.preprocess`), then the compiled encoder; `stages` keeps
+    the wanted stage maps of the last image; `predict`'s own prompt transform, then the compiled prompt
+    encoder + mask decoder (models.encoder_runtime.PromptDecoder) and Sam.postprocess_masks. With neither
+    it is SamPredictor itself."""
 
-    def __init__(self, sam_model, encoder: CompiledEncoder | None = None, stages: tuple[str, ...] = ()):
+    def __init__(self, sam_model, encoder: CompiledModel | None = None, stages: tuple[str, ...] = (),
+                 decoder: CompiledModel | None = None):
         super().__init__(sam_model)
-        self.encoder, self.wanted, self.stages = encoder, stages, {}
+        self.encoder, self.wanted, self.stages, self.decoder = encoder, stages, {}, decoder
+
+    @torch.no_grad()
+    def predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True,
+                      return_logits=False):
+        one_prompt = all(t is None or t.shape[0] == 1 for t in (point_coords, boxes))
+        if self.decoder is None or mask_input is not None or not one_prompt:
+            return super().predict_torch(point_coords, point_labels, boxes, mask_input, multimask_output, return_logits)
+        coords, labels = [], []
+        if point_coords is not None:
+            coords.append(point_coords.float())
+            labels.append(point_labels.float())
+        if boxes is not None:
+            coords.append(boxes.reshape(1, 2, 2).float())
+            labels.append(torch.tensor([[2.0, 3.0]]))
+        else:  # as PromptEncoder._embed_points pads points without a box
+            coords.append(torch.zeros(1, 1, 2))
+            labels.append(-torch.ones(1, 1))
+        out = self.decoder(self.features, torch.cat(coords, dim=1).to(self.features.device),
+                           torch.cat(labels, dim=1).to(self.features.device))
+        tokens = slice(1, None) if multimask_output else slice(0, 1)  # as MaskDecoder.forward
+        low_res, iou = out["low_res_masks"][:, tokens], out["iou_predictions"][:, tokens]
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        return (masks if return_logits else masks > self.model.mask_threshold), iou, low_res
 
     @torch.no_grad()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size) -> None:
@@ -237,19 +263,25 @@ class SamSegmenter:
         self.runtime, self.precision = choose(next(sam.model.parameters()).device, runtime, precision)
         self.predictor = _RuntimePredictor(sam.model, stages=tuple(stages))
         self.encoder = load_encoder(sam, self.runtime, self.precision)
+        self.predictor.decoder = load_decoder(sam, self.runtime)
 
     @property
-    def encoder(self) -> CompiledEncoder | None:
+    def encoder(self) -> CompiledModel | None:
         """The compiled image encoder; None: PyTorch (the runtime `torch`, or a SAM that is not exported)."""
         return self.predictor.encoder
 
     @encoder.setter
-    def encoder(self, encoder: CompiledEncoder | None) -> None:
+    def encoder(self, encoder: CompiledModel | None) -> None:
         self.predictor.encoder = encoder
         if encoder is None:
             self.runtime, self.precision = "torch", "f32"
         else:
             self.runtime, self.precision = encoder.runtime, encoder.precision
+
+    @property
+    def decoder(self) -> CompiledModel | None:
+        """The compiled prompt encoder + mask decoder; None: PyTorch."""
+        return self.predictor.decoder
 
     def model_input(self, rgb: np.ndarray) -> np.ndarray:
         if not self.sam.min_max_scale:
@@ -299,11 +331,14 @@ class SamSegmenter:
         caught: list[torch.Tensor] = []
         head = self.sam.model.mask_decoder.iou_prediction_head
         with self._lock:
+            predictor = self._on(embedding)
             hook = head.register_forward_hook(lambda _m, inputs, _o: caught.append(inputs[0][0].detach()))
+            decoder, predictor.decoder = predictor.decoder, None  # the hook reads PyTorch's decoder
             try:
-                self._on(embedding).predict(box=box, multimask_output=False)
+                predictor.predict(box=box, multimask_output=False)
             finally:
                 hook.remove()
+                predictor.decoder = decoder
         return caught[0].float().cpu().numpy()
 
     def _on(self, embedding: Embedding) -> SamPredictor:

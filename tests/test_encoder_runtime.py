@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.encoder_runtime import ENCODERS_DIR, RECORD, EncoderSettingError, choose, load_encoder
+from models.encoder_runtime import ENCODERS_DIR, RECORD, EncoderSettingError, choose, load_decoder, load_encoder
 from models.manifest import WeightsError
 from models.sam import load_sam
 from models.segmentation import Prompt, SamSegmenter
@@ -46,6 +46,7 @@ def references(torch_path, busi_dir):
 def test_the_runtime_gives_pytorchs_embedding_stages_and_masks(litemedsam, torch_path, references, busi_dir, runtime):
     on_runtime = SamSegmenter(litemedsam, stages=STAGES, runtime=runtime)
     assert on_runtime.encoder is not None and torch_path.encoder is None
+    assert on_runtime.decoder is not None and torch_path.decoder is None
     for rel in IMAGES:
         rgb, box = _image_and_box(busi_dir, rel)
         ref, got = references[rel], on_runtime.encode(rgb)
@@ -59,6 +60,15 @@ def test_the_runtime_gives_pytorchs_embedding_stages_and_masks(litemedsam, torch
             torch.testing.assert_close(got.stages[name], ref.stages[name], atol=1e-3, rtol=1e-3)
         prompt = Prompt(box=box)
         assert _dice(on_runtime.predict(got, prompt).mask, torch_path.predict(ref, prompt).mask) >= 0.99
+        # the decoder alone, on PyTorch's embedding: points, a negative point with a box
+        x0, y0, x1, y1 = box
+        centre = [(x0 + x1) / 2, (y0 + y1) / 2]
+        for prompt in (Prompt(box=box), Prompt(points=[[*centre, 1], [x0 + 2, y0 + 2, 0]]),
+                       Prompt(points=[[*centre, 1]])):
+            a, b = on_runtime.predict(ref, prompt), torch_path.predict(ref, prompt)
+            assert _dice(a.mask, b.mask) >= 0.999 and abs(a.score - b.score) < 1e-3
+        # the probe's IoU token still comes from PyTorch's decoder head
+        np.testing.assert_allclose(on_runtime.iou_token(ref, box), torch_path.iou_token(ref, box), atol=1e-5)
 
 
 def test_mobilesam_on_the_runtime_answers_points_like_pytorch(busi_dir):
@@ -102,6 +112,18 @@ def test_a_changed_exported_encoder_refuses_to_start(litemedsam, copied_encoders
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(WeightsError, match=r"changed.*run `make install`"):
         load_encoder(litemedsam, "openvino", "f32", copied_encoders)
+
+
+def test_a_changed_exported_decoder_refuses_to_start(litemedsam, copied_encoders):
+    assert load_decoder(litemedsam, "onnxruntime", copied_encoders) is not None
+    assert load_decoder(litemedsam, "torch", copied_encoders) is None
+    with open(copied_encoders / "litemedsam-decoder.onnx", "r+b") as f:
+        f.seek(-100, 2)
+        byte = f.read(1)
+        f.seek(-100, 2)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(WeightsError, match=r"changed.*run `make install`"):
+        load_decoder(litemedsam, "openvino", copied_encoders)
 
 
 def test_an_encoder_exported_from_another_checkpoint_or_missing_refuses(litemedsam, copied_encoders):
