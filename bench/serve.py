@@ -14,6 +14,9 @@ Bare and served run one after the other, never at once, so they do not share the
 Each image encoder runtime (models/encoder_runtime.py, issue 28) side by side in the same run: the bare
 time of every runtime in `--runtimes` (each image through each runtime in turn, so they see the same
 load; ratios to torch), and steps 2-4 against a server started with each of `--serve-runtimes`.
+`--store firestore` (issue 22) runs instead the history store's share of an analysis at concurrency 1,
+Firestore + Firebase sign-in on the real emulators against SQLite + local sign-in, the same images through
+both servers in the same run (bench/store_share.py): `--store-images` analyses each, the first a warm-up.
 """
 from __future__ import annotations
 
@@ -189,7 +192,19 @@ def main() -> None:
     parser.add_argument("--serve-runtimes", nargs="*", default=None,
                         help="a server per runtime for the served steps (default: the default runtime only)")
     parser.add_argument("--out", type=Path, help="write the numbers as JSON here")
+    parser.add_argument("--store", choices=["sqlite", "firestore"], default="sqlite",
+                        help="firestore: the store's share of an analysis, Firestore vs SQLite (bench/store_share.py)")
+    parser.add_argument("--store-images", type=int, default=21, help="with --store firestore: images (1st: warm-up)")
     args = parser.parse_args()
+    if args.store == "firestore":
+        import store_share
+        runtime = args.serve_runtimes[0] if args.serve_runtimes else None
+        out = store_share.run(busi_cases(args.data, args.store_images), runtime)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(out | {"torch_threads": torch.get_num_threads(),
+                                                  "cpu_count": os.cpu_count()}, indent=2))
+        return
     from models.encoder_runtime import choose
     default = choose("cpu")[0]
     serve_runtimes = args.serve_runtimes if args.serve_runtimes is not None else [default]
