@@ -4,7 +4,9 @@ It never serves an unverified network: the lifespan loads every classifier and S
 checked) before the first request, and a WeightsError stops the start naming the file."""
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
 import sys
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -21,12 +23,27 @@ from server.passwords import hash_password, typeable_password
 from server.request_context import RequestContext
 from server.security import SecurityHeaders
 from server.upload_auth import UploadAuth
-from server.routers import analyses, auth, images, service
+from server.model_manager import ModelManager
+from server.model_registry import ModelRegistry
+from server.routers import admin_models, analyses, auth, images, service
 from server.schemas import NOTICE
 from server.settings import Settings, get_settings
 from server.store import HistoryStore, Store, UserStore
 
 MULTIPART_ALLOWANCE = 256 * 1024  # part headers and the prompt field around the image
+log = logging.getLogger("branet")
+
+
+async def follow_models(models: ModelManager, period_s: float) -> None:
+    """Poll the models folder's active pointer: an activation made by another replica (or by the CLI on
+    the folder) is served here within `period_s` plus the time to load it."""
+    from starlette.concurrency import run_in_threadpool
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            await run_in_threadpool(models.follow)
+        except Exception:  # noqa: BLE001 - keep following; the next poll tries again
+            log.exception("branet: following the models folder failed")
 
 
 def loopback(host: str | None) -> bool:
@@ -95,9 +112,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, h
         users, history, close_backends = open_backends(settings, host)
         app.state.users = users
         app.state.services = Services(settings, engine, history, ImageMemory())
+        registry = ModelRegistry(settings.models_root)
+        registry.clean_staging()
+        app.state.models = ModelManager(settings, registry, engine)
+        follower = asyncio.create_task(follow_models(app.state.models, settings.models_poll_s))
         try:
             yield
         finally:
+            follower.cancel()
             app.state.services = None
             engine.close()
             engine = None
@@ -114,12 +136,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, h
     analyses.document_request_body(app)
     app.include_router(service.router)
     app.include_router(auth.router)
+    app.include_router(admin_models.router)
     app.state.login_limiter = LoginLimiter(settings.login_max_failures, settings.login_lockout_s,
                                            settings.login_delay_s)  # failed sign-ins, in memory
     offline_docs.install(app)  # /docs and /redoc with local assets only (closed hospital networks)
     web_app.install(app, settings)  # the web build at /app, / redirects there
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + MULTIPART_ALLOWANCE,
-                       message=f"the request is larger than the {settings.max_upload_mb:g} MB upload limit")
+                       message=f"the request is larger than the {settings.max_upload_mb:g} MB upload limit",
+                       larger={"/v1/admin/models": int(settings.max_model_upload_mb * 1024 * 1024)})
     app.add_middleware(UploadAuth)  # 401 for an upload without a valid token before its body is read
     app.add_middleware(RequestMetrics)
     app.add_middleware(RequestContext)  # X-Request-ID on every answer, JSON 500 for the unhandled

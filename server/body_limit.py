@@ -16,8 +16,10 @@ class BodyLimit:
     The limit covers the whole body; the image limit itself is checked on the file part, so the
     allowance for multipart headers and the prompt is added by the caller."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, message: str):
+    def __init__(self, app: ASGIApp, max_bytes: int, message: str, larger: dict[str, int] | None = None):
+        """`larger`: exact paths with a limit of their own (a model upload is far larger than an image)."""
         self.app, self.max_bytes, self.message = app, max_bytes, message
+        self.larger = larger or {}
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps({"error": {"code": "too_large", "message": self.message}}).encode()
@@ -29,8 +31,9 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        max_bytes = self.larger.get(scope["path"].rstrip("/"), self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             return await self._reject(send)
         received = 0
         started = False
@@ -40,7 +43,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     raise BodyTooLarge()
             return message
 

@@ -206,6 +206,148 @@ def _analyze(args: argparse.Namespace) -> int:
     print(result["notice"])
     return 0
 
+# models: over the API with an admin token, else (or when the server does not answer) on the models folder
+class _Api:
+    def __init__(self, args: argparse.Namespace):
+        import httpx
+        self.client = httpx.Client(base_url=args.server, headers={"Authorization": f"Bearer {args.token}"},
+                                   timeout=args.timeout)
+
+    def call(self, method: str, path: str, **kw) -> dict:
+        res = self.client.request(method, path, **kw)
+        if res.status_code >= 400:
+            try:
+                message = res.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = res.text[:200]
+            raise _CliError(f"{res.status_code}: {message}")
+        return res.json()
+
+
+class _CliError(Exception):
+    pass
+
+
+def _local_manager(with_engine: bool = False):
+    from server.engine import Engine
+    from server.model_manager import ModelManager
+    from server.model_registry import ModelRegistry
+    from server.settings import get_settings
+    settings = get_settings()
+    registry = ModelRegistry(settings.models_root)
+    registry.register_committed(settings.weights)  # a fresh install: the committed weights are version 1
+    return ModelManager(settings, registry, Engine(settings) if with_engine else None)
+
+
+def _actor() -> str:
+    import getpass
+    return f"cli:{getpass.getuser()}"
+
+
+def _models(args: argparse.Namespace) -> int:
+    """Run args.models_command over the API when a token is given and the server answers, else locally."""
+    import httpx
+    try:
+        if args.token:
+            try:
+                api = _Api(args)
+                api.client.get("/healthz")
+            except httpx.HTTPError as e:
+                print(f"branet: {args.server} does not answer ({e}); working on the local models folder",
+                      file=sys.stderr)
+            else:
+                return MODEL_COMMANDS[args.models_command](args, api)
+        return MODEL_COMMANDS[args.models_command](args, None)
+    except _CliError as e:
+        print(f"branet: {e}", file=sys.stderr)
+        return 1
+
+
+def _models_list(args: argparse.Namespace, api) -> int:
+    versions = api.call("GET", "/v1/models")["versions"] if api else _local_manager().listing()
+    rows = [("role", "id", "active", "source", "sha256", "deployed", "activated", "cv_auc")]
+    for role, listed in sorted(versions.items()):
+        for v in listed:
+            quality = v.get("quality")
+            quality = quality.model_dump() if hasattr(quality, "model_dump") else quality
+            rows.append((role, v["id"], "*" if v["active"] else "", v["source"], v["sha256"][:12],
+                         f"{v['deployed_by']} {v['deployed_at'][:19]}",
+                         f"{v['activated_by']} {v['activated_at'][:19]}" if v.get("activated_by") else "-",
+                         f"{quality['cv_auc']:.3f}" if quality else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _models_deploy(args: argparse.Namespace, api) -> int:
+    from models.manifest import Manifest
+    from server.model_manager import ModelRefused, needed_files
+    from server.model_registry import ROLES
+    manifest_path = args.dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise _CliError(f"no manifest.json in {args.dir} (a folder `python -m training export --to` wrote)")
+    manifest_bytes = manifest_path.read_bytes()
+    manifest = Manifest.model_validate_json(manifest_bytes)
+    roles = [args.role] if args.role else [r for r in ROLES if r in manifest.models]
+    if not roles:
+        raise _CliError(f"{manifest_path} has no classifier-us or classifier-dm entry")
+    manager = None if api else _local_manager(with_engine=True)
+    for role in roles:
+        files = needed_files(manifest, role) if role in manifest.models else {}
+        gate = {"gate_data": args.gate, "gate_margin": args.gate_margin, "gate_roi_source": args.gate_roi_source or "sam"}
+        if api:
+            handles = [(args.dir / name).open("rb") for name in files if (args.dir / name).is_file()]
+            try:
+                version = api.call("POST", "/v1/admin/models", data={"role": role, **{k: v for k, v in gate.items()
+                                                                                    if v is not None}},
+                                   files=[("manifest", ("manifest.json", manifest_bytes)),
+                                          *[("files", (Path(h.name).name, h)) for h in handles]])
+            finally:
+                for h in handles:
+                    h.close()
+        else:
+            import shutil
+            staging = manager.registry.new_staging()
+            for name in files:
+                if (args.dir / name).is_file():
+                    shutil.copyfile(args.dir / name, staging / name)
+            try:
+                version = manager.deploy(staging, manifest_bytes, role, _actor(), **gate).model_dump()
+            except ModelRefused as e:
+                raise _CliError(f"{role} refused: check {e.check!r} failed: {e.message}") from None
+        print(f"{version['id']}: {role} sha256 {version['sha256'][:12]} deployed")
+        if args.activate:
+            _print_switch(api.call("POST", f"/v1/admin/models/{version['id']}/activate") if api
+                          else manager.activate(version["id"], _actor()))
+    return 0
+
+
+def _print_switch(result: dict) -> None:
+    print(f"{result['role']}: {result['active']} active (was {result['previous']})")
+
+
+def _models_switch(args: argparse.Namespace, api) -> int:
+    from server.model_manager import ModelRefused, NothingToRollBack, NotFound
+    rollback = args.models_command == "rollback"
+    if api:
+        path = f"/v1/admin/models/{args.role}/rollback" if rollback else f"/v1/admin/models/{args.id}/activate"
+        _print_switch(api.call("POST", path))
+        return 0
+    manager = _local_manager()
+    try:
+        _print_switch(manager.rollback(args.role, _actor()) if rollback else manager.activate(args.id, _actor()))
+    except (NotFound, NothingToRollBack) as e:
+        raise _CliError(str(e)) from None
+    except ModelRefused as e:
+        raise _CliError(f"check {e.check!r} failed: {e.message}") from None
+    print("branet: a running server serves it within BRANET_MODELS_POLL_S", file=sys.stderr)
+    return 0
+
+
+MODEL_COMMANDS = {"list": _models_list, "deploy": _models_deploy, "activate": _models_switch,
+                  "rollback": _models_switch}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="branet", description="BraNet server (research use only)")
@@ -256,6 +398,27 @@ def main(argv: list[str] | None = None) -> int:
     analyze.add_argument("--overlay", type=Path, help="where to write the overlay PNG")
     analyze.add_argument("--timeout", type=float, default=600.0)
     analyze.set_defaults(run=_analyze)
+    models = sub.add_parser("models", help="model versions: list, deploy, activate, roll back (over the API with an "
+                                           "admin token, else on the local models folder)")
+    models.set_defaults(run=_models)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server", default=os.environ.get("BRANET_SERVER", "http://127.0.0.1:8000"))
+    common.add_argument("--token", default=os.environ.get("BRANET_TOKEN"), help="an admin's token (else: local)")
+    common.add_argument("--timeout", type=float, default=1800.0)
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    models_sub.add_parser("list", parents=[common], help="every version per role; * marks the active one")
+    deploy = models_sub.add_parser("deploy", parents=[common], help="validate and store the versions in DIR (a `training export` "
+                                                  "folder): every classifier role it holds, or --role")
+    deploy.add_argument("dir", type=Path)
+    deploy.add_argument("--role", choices=["classifier-us", "classifier-dm"])
+    deploy.add_argument("--activate", action="store_true", help="serve it once it is stored")
+    deploy.add_argument("--gate", metavar="DATA", help="validation folder (on the server; relative: under BRANET_DATA)")
+    deploy.add_argument("--gate-margin", type=float)
+    deploy.add_argument("--gate-roi-source", choices=["sam", "box", "expert"])
+    activate = models_sub.add_parser("activate", parents=[common], help="serve this version in its role")
+    activate.add_argument("id")
+    rollback = models_sub.add_parser("rollback", parents=[common], help="serve the role's previously active version again")
+    rollback.add_argument("role", choices=["classifier-us", "classifier-dm"])
     args = parser.parse_args(argv)
     if args.command == "users" and args.users_command not in ("grant-admin", "revoke-admin"):
         from server.settings import get_settings

@@ -48,3 +48,11 @@ class EmbeddingCache:
             while self._bytes > self.max_bytes:
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= evicted.nbytes
+
+    def drop_model(self, model: str) -> int:
+        """Forget every embedding of `model` (its weights or kept stages changed in a model swap)."""
+        with self._lock:
+            keys = [k for k in self._items if k[1] == model]
+            for key in keys:
+                self._bytes -= self._items.pop(key).nbytes
+            return len(keys)

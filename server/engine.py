@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
@@ -19,7 +20,7 @@ import torch
 from models.gradcam import grad_cam
 from models.manifest import ModelEntry, WeightsError, load_classifier, load_sam_probe, read_manifest
 from models.preprocessing import classifier_input, normalize, to_gray
-from models.sam import load_sam
+from models.sam import LoadedSam, load_sam
 from models.sam_probe import SamProbe, encoder_only, fuse, probe_input
 from models.segmentation import Embedding, Prompt, SamSegmenter, Segmentation
 from server.embedding_cache import EmbeddingCache
@@ -38,6 +39,15 @@ class Classification:
     roi: np.ndarray  # 128x128 uint8, exactly what the classifier saw
     cam: np.ndarray  # 128x128 in [0, 1]
     entry: ModelEntry
+    version: str = ""  # the classifier's version id in the models folder
+    sam: LoadedSam | None = None  # the SAM that outlined the lesion, in the same Served
+
+
+def probe_stages(classifiers: dict[str, tuple[torch.nn.Module, ModelEntry]], sam: str) -> tuple[str, ...]:
+    """The encoder stages the probes on `sam`'s embedding read; every embedding of it keeps them, so
+    the route's cached embedding serves the probe too."""
+    specs = [e.sam_probe for _, e in classifiers.values() if e.sam_probe and e.sam_probe.sam == sam]
+    return tuple(sorted({s for spec in specs for s in encoder_only(spec.stages)}))
 
 
 @dataclass
@@ -54,6 +64,22 @@ class Timer:
             self.ms[name] = round(self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000, 2)
 
 
+@dataclass(frozen=True)
+class Served:
+    """Everything one analysis reads, swapped whole (server.model_manager): a job takes `engine.served` once
+    and finishes on it, so a request in flight never mixes two versions."""
+
+    classifiers: dict[str, tuple[torch.nn.Module, ModelEntry]]
+    probes: dict[str, SamProbe]
+    segmenters: dict[str, SamSegmenter]
+    routes: dict[str, dict[str, str]]
+    versions: dict[str, str] = field(default_factory=dict)  # modality -> the classifier's version id
+    sam_keys: dict[str, tuple] = field(default_factory=dict)  # SAM name -> what its embeddings depend on
+
+
+EMPTY = Served({}, {}, {}, {})
+
+
 class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -61,40 +87,101 @@ class Engine:
                                    else ("cpu" if settings.device == "auto" else settings.device))
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        self.classifiers: dict[str, tuple[torch.nn.Module, ModelEntry]] = {}
-        self.probes: dict[str, SamProbe] = {}
-        self.segmenters: dict[str, SamSegmenter] = {}
-        self.routes: dict[str, dict[str, str]] = {}
+        self.served: Served = EMPTY
+        self.serial = -1  # the models folder's active.json serial that `served` reflects
         self.cache = EmbeddingCache(int(settings.cache_mb * 1024 * 1024))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.pending = 0
         self.seconds_per_job = 1.0  # running mean, for Retry-After
 
+    # what is served now (read by routes, metrics and benches)
+    @property
+    def classifiers(self) -> dict[str, tuple[torch.nn.Module, ModelEntry]]:
+        return self.served.classifiers
+
+    @property
+    def probes(self) -> dict[str, SamProbe]:
+        return self.served.probes
+
+    @property
+    def segmenters(self) -> dict[str, SamSegmenter]:
+        return self.served.segmenters
+
+    @property
+    def routes(self) -> dict[str, dict[str, str]]:
+        return self.served.routes
+
     # loading
     def load(self) -> None:
-        """Every served classifier and every routed SAM, verified; WeightsError names what is wrong."""
+        """The active version of every role in the models folder (the committed weights on a fresh one), and
+        every routed SAM, verified; WeightsError names what is wrong."""
+        from server.model_registry import ModelRegistry
         read_manifest(self.settings.weights)
-        for modality, name in SERVED.items():
-            self.classifiers[modality] = load_classifier(name, self.settings.weights, self.device)
-            probe = load_sam_probe(self.classifiers[modality][1], self.settings.weights, self.device)
+        registry = ModelRegistry(self.settings.models_root)
+        registry.register_committed(self.settings.weights)
+        serial = registry.serial()
+        self.served = self.build({role: (v.id, d) for role, (v, d) in registry.active_dirs().items()})
+        self.serial = serial
+
+    def build(self, dirs: dict[str, tuple[str, Path]], reuse: Served | None = None) -> Served:
+        """A Served from each role's (version id, weights folder); SAMs whose embeddings would not change
+        are taken from `reuse` (the one served now) instead of being loaded again."""
+        classifiers, probes, versions, decoders = {}, {}, {}, {}
+        for modality, role in SERVED.items():
+            if role not in dirs:
+                raise WeightsError(f"no active version of {role} in the models folder")
+            version_id, weights = dirs[role]
+            classifiers[modality] = load_classifier(role, weights, self.device)
+            probe = load_sam_probe(classifiers[modality][1], weights, self.device)
             if probe is not None:
-                self.probes[modality] = probe
-        self.routes = self.settings.routes({m: e.input.sam for m, (_, e) in self.classifiers.items()})
+                probes[modality] = probe
+            versions[modality] = version_id
+            for name, decoder in read_manifest(weights).sam_decoders.items():
+                decoders[name] = (weights, decoder.sha256)
+        routes = self.settings.routes({m: e.input.sam for m, (_, e) in classifiers.items()})
+        probe_sams = {e.sam_probe.sam for _, e in classifiers.values() if e.sam_probe}
+        names = {name for route in routes.values() for name in route.values()} | probe_sams
         amg = {"points_per_side": self.settings.amg_points_per_side}
-        for name in sorted(self.sam_names()):
+        segmenters, keys = {}, {}
+        for name in sorted(names):
+            stages = probe_stages(classifiers, name)
+            weights, decoder_sha = decoders.get(name, (self.settings.weights, None))
+            keys[name] = (decoder_sha, stages)
+            if reuse is not None and reuse.sam_keys.get(name) == keys[name]:
+                segmenters[name] = reuse.segmenters[name]
+                continue
             sam = load_sam(name, self.settings.sam_checkpoints.get(name), self.device, self.settings.sam_sha256.get(name),
-                           weights_dir=self.settings.weights)
+                           weights_dir=weights)
             try:
-                self.segmenters[name] = SamSegmenter(sam, amg, self.probe_stages(name), self.settings.encoder_runtime,
-                                                     self.settings.encoder_precision)
+                segmenters[name] = SamSegmenter(sam, amg, stages, self.settings.encoder_runtime,
+                                                self.settings.encoder_precision)
             except ValueError as err:
                 raise WeightsError(f"a SAM probe reads {name}'s encoder: {err}") from err
+        return Served(classifiers, probes, segmenters, routes, versions, keys)
+
+    def install(self, served: Served, serial: int | None = None) -> list[str]:
+        """Serve `served` from the next job on (called on the inference thread, between jobs: `swap`). The
+        embeddings of every SAM whose weights or kept stages changed are dropped; the others stay valid.
+        Returns the SAMs whose embeddings were dropped."""
+        old, self.served = self.served, served
+        if serial is not None:
+            self.serial = serial
+        dropped = [name for name, key in old.sam_keys.items() if served.sam_keys.get(name) != key]
+        for name in dropped:
+            self.cache.drop_model(name)
+        return dropped
+
+    async def swap(self, served: Served, serial: int | None = None) -> list[str]:
+        """`install` on the inference thread, after the jobs queued before it; never refused as busy."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.install, served, serial)
+
+    def on_inference_thread(self, fn: Callable[..., T], *args) -> T:
+        """`fn(*args)` on the inference thread after the jobs queued before it, waited for (from another
+        thread: the thread pool, the CLI); never refused as busy."""
+        return self._executor.submit(fn, *args).result()
 
     def probe_stages(self, sam: str) -> tuple[str, ...]:
-        """The encoder stages the probes on `sam`'s embedding read; every embedding of it keeps them, so
-        the route's cached embedding serves the probe too."""
-        specs = [e.sam_probe for _, e in self.classifiers.values() if e.sam_probe and e.sam_probe.sam == sam]
-        return tuple(sorted({s for spec in specs for s in encoder_only(spec.stages)}))
+        return probe_stages(self.classifiers, sam)
 
     def sam_names(self) -> set[str]:
         probes = {e.sam_probe.sam for _, e in self.classifiers.values() if e.sam_probe}
@@ -121,9 +208,10 @@ class Engine:
             self.pending -= 1
             self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (time.perf_counter() - start)
 
-    # the work (called on the inference thread)
-    def route(self, modality: str, kind: str) -> SamSegmenter:
-        return self.segmenters[self.routes[modality][kind]]
+    # the work (called on the inference thread; `served`: what to run, default what is served now)
+    def route(self, modality: str, kind: str, served: Served | None = None) -> SamSegmenter:
+        served = served or self.served
+        return served.segmenters[served.routes[modality][kind]]
 
     def embedding(self, sha256: str, rgb: np.ndarray, segmenter: SamSegmenter, timer: Timer) -> Embedding:
         cached = self.cache.get(sha256, segmenter.name)
@@ -131,21 +219,26 @@ class Engine:
             timer.ms.setdefault("encode", 0.0)
             return cached
         embedding = timer.stage("encode", lambda: segmenter.encode(rgb))
-        self.cache.put(sha256, embedding)
+        # Only a served SAM's embedding is kept: a job queued before a swap (an upload's encode) must not put
+        # the replaced SAM's embedding back under its name after `install` dropped them.
+        if self.served.segmenters.get(segmenter.name) is segmenter:
+            self.cache.put(sha256, embedding)
         return embedding
 
-    def segment(self, sha256: str, rgb: np.ndarray, modality: str, prompt: Prompt, timer: Timer) -> Segmentation:
-        segmenter = self.route(modality, prompt.kind)
+    def segment(self, sha256: str, rgb: np.ndarray, modality: str, prompt: Prompt, timer: Timer,
+                served: Served | None = None) -> Segmentation:
+        segmenter = self.route(modality, prompt.kind, served)
         if prompt.kind == "auto":
             return timer.stage("auto_segment", lambda: segmenter.automatic(rgb))
         embedding = self.embedding(sha256, rgb, segmenter, timer)
         return timer.stage("decode", lambda: segmenter.predict(embedding, prompt))
 
     def classify(self, rgb: np.ndarray, modality: str, seg: Segmentation, timer: Timer,
-                 sha256: str | None = None) -> Classification:
+                 sha256: str | None = None, served: Served | None = None) -> Classification:
         """The crop training used (models.preprocessing.classifier_input), around SAM's mask; with a SAM
         probe, its logit from the image's embedding (cached under `sha256`, shared with the route's SAM)."""
-        model, entry = self.classifiers[modality]
+        served = served or self.served
+        model, entry = served.classifiers[modality]
         spec = entry.input
         inputs = timer.stage("crop", lambda: classifier_input(
             to_gray(rgb), seg.box, seg.mask if spec.channels == 2 else None, spec.size, spec.roi_margin,
@@ -157,18 +250,20 @@ class Engine:
             with torch.inference_mode():
                 return model(x)
         out = timer.stage("classify", logits)
-        if modality in self.probes:
-            out = self.with_probe(out, rgb, modality, seg, timer, sha256)
+        if modality in served.probes:
+            out = self.with_probe(out, rgb, modality, seg, timer, sha256, served)
         p = float(torch.softmax(out / entry.temperature, dim=1)[0, 1])
         cam = timer.stage("gradcam", lambda: grad_cam(model, x.clone())[0].cpu().numpy())
         label = entry.classes[1] if p >= entry.threshold else entry.classes[0]
-        return Classification(label, p, entry.threshold, roi, cam, entry)
+        return Classification(label, p, entry.threshold, roi, cam, entry, served.versions.get(modality, ""),
+                              served.segmenters[seg.model].sam if seg.model in served.segmenters else None)
 
     def with_probe(self, logits: torch.Tensor, rgb: np.ndarray, modality: str, seg: Segmentation, timer: Timer,
-                   sha256: str | None) -> torch.Tensor:
-        entry = self.classifiers[modality][1]
+                   sha256: str | None, served: Served | None = None) -> torch.Tensor:
+        served = served or self.served
+        entry = served.classifiers[modality][1]
         spec = entry.sam_probe
-        segmenter = self.segmenters[spec.sam]
+        segmenter = served.segmenters[spec.sam]
         embedding = (self.embedding(sha256, rgb, segmenter, timer) if sha256
                      else timer.stage("encode", lambda: segmenter.encode(rgb)))
 
@@ -176,5 +271,5 @@ class Engine:
             f = probe_input(segmenter, embedding, seg.mask, seg.box, entry.input.roi_margin, spec.regions,
                             spec.iou_token, spec.stages)
             with torch.inference_mode():
-                return self.probes[modality](f[None].to(self.device))
+                return served.probes[modality](f[None].to(self.device))
         return fuse(logits, timer.stage("sam_probe", probe_logit), spec.alpha)

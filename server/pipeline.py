@@ -190,7 +190,8 @@ async def analyze(services: Services, user: User, source: Source, prompt: Prompt
         seg = _segment(services, source, prompt, timer)
         return seg, engine.classify(source.rgb, source.modality, seg, timer, source.cache_key)
     seg, result = await engine.run(job)
-    sam, entry = engine.segmenters[seg.model].sam, result.entry
+    # Both from the Served the job ran on (a model swap may have happened since): the result names them.
+    sam, entry = result.sam, result.entry
 
     def pictures() -> dict:
         return {"segmentation": segmentation_out(seg, timer.ms),
@@ -212,7 +213,7 @@ async def analyze(services: Services, user: User, source: Source, prompt: Prompt
         "label": result.label, "p_malignant": round(result.p_malignant, 4), "threshold": round(result.threshold, 4),
         **pngs,
         "models": {"classifier": {"name": entry.name, "sha256": entry.sha256, "version": entry.sha256[:12],
-                                  "regime": entry.regime, "temperature": entry.temperature},
+                                  "id": result.version, "regime": entry.regime, "temperature": entry.temperature},
                    "sam": {"name": sam.name, "sha256": sam.sha256, "version": sam.sha256[:12]}},
         "timings_ms": timer.ms, "notice": NOTICE,
     }

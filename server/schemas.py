@@ -65,6 +65,8 @@ class ModelInfo(BaseModel):
 
 
 class ClassifierInfo(ModelInfo):
+    id: str | None = Field(None, description="its version id in the models folder (GET /v1/models): the version "
+                                             "this result was computed with")
     regime: str
     temperature: float
 
@@ -188,6 +190,7 @@ class ModelQuality(BaseModel):
 class ServedClassifier(BaseModel):
     modality: Modality
     name: str
+    id: str | None = Field(None, description="its version id in the models folder (see versions)")
     sha256: str
     version: str
     architecture: str
@@ -212,11 +215,66 @@ class ServedSam(BaseModel):
                                                    "(null on torch)")
 
 
+class ModelVersionOut(BaseModel):
+    """One version of a role in the models folder (server/model_registry.py)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "classifier-us-v2", "role": "classifier-us", "sha256": "1560028d5f08" + "0" * 52,
+        "files": {"classifier-us.safetensors": "1560028d5f08" + "0" * 52}, "source": "upload",
+        "deployed_by": "dev", "deployed_at": "2026-12-01T15:00:00.000+00:00", "gate": None, "active": True,
+        "activated_by": "dev", "activated_at": "2026-12-01T15:01:00.000+00:00", "regime": "real",
+        "threshold": 0.27, "quality": None}]})
+    id: str
+    role: str = Field(description="classifier-us or classifier-dm")
+    sha256: str = Field(description="the classifier file's sha256")
+    files: dict[str, str] = Field(description="every file of the version (classifier, SAM probe, SAM decoders) "
+                                              "and its sha256")
+    source: Literal["committed", "upload"] = Field(description="the weights committed with the server, or an "
+                                                               "admin's upload")
+    deployed_by: str
+    deployed_at: str
+    gate: dict | None = Field(None, description="its validation gate, when the admin asked for one: AUCs of it "
+                                                "and of the version active then, on the same folder")
+    active: bool
+    activated_by: str | None = Field(None, description="who made it active last (null: never active)")
+    activated_at: str | None = None
+    regime: str | None = None
+    threshold: float | None = None
+    quality: ModelQuality | None = Field(None, description="measured, from its manifest (as for classifiers)")
+
+
 class ModelsOut(BaseModel):
     notice: str = NOTICE
     classifiers: list[ServedClassifier]
     sam: list[ServedSam]
     routes: dict[str, dict[str, str]] = Field(description="SAM model per modality and prompt kind")
+    versions: dict[str, list[ModelVersionOut]] = Field(
+        default_factory=dict, description="per role every version in the models folder, oldest first")
+
+
+class ActivationOut(BaseModel):
+    role: str
+    active: str = Field(description="the version now served in this role")
+    previous: str | None = Field(description="the version it replaced")
+    sha256: str
+    serial: int = Field(description="the models folder's change counter after this change")
+    embeddings_dropped: list[str] = Field(description="SAM models whose cached embeddings were dropped (their "
+                                                      "weights or the encoder stages kept changed)")
+
+
+class AuditEvent(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    at: str
+    action: Literal["register", "upload", "refuse", "activate", "rollback"]
+    actor: str
+    role: str | None = None
+    version: str | None = None
+    check: str | None = Field(None, description="a refusal: the check that failed")
+    message: str | None = None
+
+
+class AuditOut(BaseModel):
+    events: list[AuditEvent] = Field(description="oldest first; append-only")
 
 
 # sign-in and what the app needs to know before it

@@ -23,7 +23,22 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BRANET_", extra="ignore")
 
     home: Path = Field(Path.home() / ".branet", description="SQLite history and uploaded images")
-    weights: Path = Field(WEIGHTS_DIR, description="folder with the classifier manifest and weights")
+    weights: Path = Field(WEIGHTS_DIR, description="folder with the classifier manifest and weights: the committed "
+                                                   "ones, registered as each role's first version in models_dir")
+    models_dir: Path | None = Field(None, description="the versioned models folder (server/model_registry.py; default "
+                                                      "HOME/models): every deployed version and the active one per "
+                                                      "role; survives restarts, shared by replicas")
+    models_poll_s: float = Field(2.0, gt=0, description="how often a server reads the models folder's active pointer "
+                                                        "(an activation on another replica reaches this one)")
+    max_model_upload_mb: float = Field(512.0, gt=0, description="largest model upload (POST /v1/admin/models)")
+    probe_images: Path | None = Field(None, description="folder of real images for a deployed model's smoke "
+                                                        "inference: us/ and dm/ of PNG/JPEG (default: BUSI and "
+                                                        "mini-MIAS under BRANET_DATA)")
+    data: Path = Field(Path(__file__).resolve().parents[1].parent / "shared" / "data",
+                       description="the datasets folder (BRANET_DATA): default probe images, and where a relative "
+                                   "gate folder of a model upload is looked up")
+    gate_margin: float = Field(0.02, ge=0, description="a deployed model's gate: its AUC on the admin's validation "
+                                                       "folder may be this much below the active model's")
     max_upload_mb: float = Field(10.0, gt=0, description="largest accepted image file")
     max_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")
     min_side: int = Field(16, ge=1, description="smallest accepted image side in pixels")
@@ -76,6 +91,10 @@ class Settings(BaseSettings):
                                                         "start when one is set")
     firebase_timeout_s: float = Field(5.0, gt=0, description="longest wait for Firestore or Firebase Authentication "
                                                              "before a request answers 503")
+
+    @property
+    def models_root(self) -> Path:
+        return self.models_dir or self.home / "models"
 
     @property
     def max_upload_bytes(self) -> int:

@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.auth import current_identity
 from server.errors import ApiError
 
-UPLOAD_ROUTES = {"/v1/images", "/v1/analyses"}
+UPLOAD_ROUTES = {"/v1/images", "/v1/analyses", "/v1/admin/models"}
+ADMIN_ROUTES = {"/v1/admin/models"}  # a model upload: only an admin may make the server read it
 
 
 class UploadAuth:
@@ -33,7 +34,9 @@ class UploadAuth:
                        if header and scheme.lower() == "bearer" and token else None)
         try:
             # In the thread pool: with Firebase sign-in the check asks Firebase Authentication (check_revoked).
-            await run_in_threadpool(current_identity, credentials, scope["app"].state.users)
+            identity = await run_in_threadpool(current_identity, credentials, scope["app"].state.users)
+            if scope["path"].rstrip("/") in ADMIN_ROUTES and not identity.user.is_admin:
+                raise ApiError(403, "forbidden", "model management needs an admin")
         except ApiError as err:
             body = json.dumps({"error": {"code": err.code, "message": err.message}}).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

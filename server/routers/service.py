@@ -1,7 +1,7 @@
 """What is served and whether it is up: /v1/models, /healthz, /readyz, /metrics."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from server.auth import current_user
 from server.deps import services
@@ -16,9 +16,11 @@ router = APIRouter()
 
 @router.get("/v1/models", response_model=ModelsOut, tags=["models"], responses=COMMON_ERRORS,
             dependencies=[Depends(current_user)], summary="The classifiers and SAM models served, and the routes")
-def served_models(svc: Services = Depends(services)) -> dict:
+def served_models(request: Request, svc: Services = Depends(services)) -> dict:
     engine = svc.engine
-    classifiers = [{"modality": m, "name": e.name, "sha256": e.sha256, "version": e.sha256[:12],
+    served = engine.served  # one snapshot: a swap during this answer does not mix two versions
+    classifiers = [{"modality": m, "name": e.name, "id": served.versions.get(m), "sha256": e.sha256,
+                    "version": e.sha256[:12],
                     "architecture": e.architecture, "regime": e.regime, "members": e.members,
                     "sam_probe": e.sam_probe and {"sam": e.sam_probe.sam, "alpha": e.sam_probe.alpha,
                                                   "regions": list(e.sam_probe.regions),
@@ -26,12 +28,14 @@ def served_models(svc: Services = Depends(services)) -> dict:
                                                   "sha256": e.sam_probe.sha256},
                     "temperature": e.temperature, "threshold": e.threshold,
                     "quality": ModelQuality.from_metrics(e.metrics), "metrics": e.metrics}
-                   for m, (_, e) in sorted(engine.classifiers.items())]
+                   for m, (_, e) in sorted(served.classifiers.items())]
     sam = [{"name": name, "sha256": s.sam.sha256, "checkpoint": s.sam.checkpoint.name,
             "encoder_runtime": s.runtime, "encoder_precision": s.precision,
             "encoder_sha256": s.encoder.sha256 if s.encoder else None}
-           for name, s in sorted(engine.segmenters.items())]
-    return {"classifiers": classifiers, "sam": sam, "routes": engine.routes}
+           for name, s in sorted(served.segmenters.items())]
+    manager = getattr(request.app.state, "models", None)
+    return {"classifiers": classifiers, "sam": sam, "routes": served.routes,
+            "versions": manager.listing() if manager else {}}
 
 
 @router.get("/healthz", tags=["service"], summary="The process answers")

@@ -1,0 +1,294 @@
+"""Admin model management against real `branet serve` processes (issue 23): deploy, refusals, activation and
+rollback, the audit log, the CLI, a second replica following the models folder, and zero failed analyses
+while the server swaps versions 20 times under load.
+
+The second version is the committed US classifier with its last layer scaled by 1.01 (another file, another
+sha256, still a working model): the two versions' results are told apart by sha256 alone."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from safetensors.torch import load_file
+
+from models.manifest import WEIGHTS_DIR, read_manifest, save_classifier, sha256_file
+from tests.live_server import BRANET, free_port, server_env
+
+SWAPS = 20  # activations + rollbacks during the load loop
+CLIENTS = 3
+
+
+@pytest.fixture(scope="module")
+def variant(tmp_path_factory) -> Path:
+    """A `training export`-style folder: classifier-us (changed) + its SAM probe, and the manifest."""
+    import torch
+
+    from models.classifier import build_classifier
+    out = tmp_path_factory.mktemp("variant")
+    manifest = read_manifest(WEIGHTS_DIR)
+    entry = manifest.models["classifier-us"]
+    model = build_classifier(in_channels=entry.input.channels, num_classes=2, members=entry.members)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(WEIGHTS_DIR / entry.file)).items()})
+    with torch.no_grad():
+        model.fc.weight.mul_(1.01)
+    sha = save_classifier(model, out / entry.file)
+    shutil.copyfile(WEIGHTS_DIR / entry.sam_probe.file, out / entry.sam_probe.file)
+    manifest.models = {"classifier-us": entry.model_copy(update={"sha256": sha, "created": "2026-12-01T15:00:00+00:00"})}
+    (out / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    return out
+
+
+def start(home: Path, log_name: str, **env: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    log = (home / log_name).open("w")
+    proc = subprocess.Popen([BRANET, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                            env=server_env(home, BRANET_TORCH_THREADS="1", OMP_NUM_THREADS="1", **env),
+                            stdout=log, stderr=subprocess.STDOUT)
+    proc.log = log
+    return proc, port
+
+
+def wait_ready(proc: subprocess.Popen, port: int, home: Path, log_name: str) -> None:
+    for _ in range(480):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json().get("ready"):
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {(home / log_name).read_text()[-2000:]}")
+        time.sleep(0.25)
+    pytest.fail("server not ready in 120 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.log.close()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """Two replicas sharing one home: the SQLite store and the models folder (HOME/models)."""
+    home = tmp_path_factory.mktemp("home")
+    tokens = {}
+    for name, admin in (("root", True), ("carol", False)):
+        args = ["users", "add", name, "--no-password", *(["--admin"] if admin else [])]
+        tokens[name] = subprocess.run([BRANET, *args], env=server_env(home), check=True, capture_output=True,
+                                      text=True).stdout.strip()
+    first = start(home, "server-a.log")
+    wait_ready(*first, home, "server-a.log")  # the first start registers the committed weights alone
+    second = start(home, "server-b.log", BRANET_MODELS_POLL_S="0.5")
+    try:
+        wait_ready(*second, home, "server-b.log")
+        yield {"home": home, "a": first[1], "b": second[1], "tokens": tokens}
+    finally:
+        stop(second[0])
+        stop(first[0])
+
+
+def client(servers, which: str = "a", user: str = "root") -> httpx.Client:
+    return httpx.Client(base_url=f"http://127.0.0.1:{servers[which]}", timeout=300,
+                        headers={"Authorization": f"Bearer {servers['tokens'][user]}"})
+
+
+def upload(c: httpx.Client, folder: Path, role: str = "classifier-us", files: dict[str, Path] | None = None,
+           **data: str) -> httpx.Response:
+    entry = read_manifest(folder).models["classifier-us"]
+    files = files or {name: folder / name for name in (entry.file, entry.sam_probe.file)}
+    parts = [("manifest", ("manifest.json", (folder / "manifest.json").read_bytes()))]
+    parts += [("files", (name, path.read_bytes())) for name, path in files.items()]
+    return c.post("/v1/admin/models", data={"role": role, **data}, files=parts)
+
+
+@pytest.fixture(scope="module")
+def deployed(servers, variant) -> dict:
+    """The variant deployed (not active) on server a; both versions' ids and sha256."""
+    with client(servers) as c:
+        res = upload(c, variant)
+        assert res.status_code == 201, res.text
+        version = res.json()
+        listed = c.get("/v1/models").json()["versions"]["classifier-us"]
+    v1 = next(v for v in listed if v["source"] == "committed")
+    return {"v1": v1["id"], "v2": version["id"], v1["id"]: v1["sha256"], version["id"]: version["sha256"],
+            "version": version}
+
+
+def test_the_committed_weights_are_the_first_version_of_each_role(servers):
+    with client(servers) as c:
+        body = c.get("/v1/models").json()
+    for role in ("classifier-us", "classifier-dm"):
+        (v1,) = [v for v in body["versions"][role] if v["source"] == "committed"]
+        assert v1["id"] == f"{role}-v1" and v1["active"] and v1["deployed_by"] == "system"
+        assert v1["quality"]["cv_auc"] > 0.5  # measured quality from its manifest
+    assert {c["modality"]: c["id"] for c in body["classifiers"]} == {"us": "classifier-us-v1", "dm": "classifier-dm-v1"}
+
+
+def test_a_deploy_is_validated_and_stored_but_not_served(servers, deployed, variant):
+    version = deployed["version"]
+    assert version["id"] == "classifier-us-v2" and not version["active"] and version["deployed_by"] == "root"
+    assert version["sha256"] == sha256_file(variant / "classifier-us.safetensors") != deployed["classifier-us-v1"]
+    assert version["quality"]["cv_auc"] == pytest.approx(0.9417, abs=1e-3)
+    with client(servers) as c:
+        served = {x["modality"]: x for x in c.get("/v1/models").json()["classifiers"]}
+    assert served["us"]["id"] == "classifier-us-v1"
+    stored = servers["home"] / "models" / "versions" / "classifier-us-v2"
+    assert sorted(p.name for p in stored.iterdir()) == ["classifier-us.safetensors", "manifest.json",
+                                                         "sam-probe-us.safetensors", "version.json"]
+
+
+def test_refused_deploys_name_the_check_and_leave_nothing(servers, deployed, variant, tmp_path):
+    corrupt = tmp_path / "classifier-us.safetensors"
+    data = bytearray((variant / "classifier-us.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    files = {"classifier-us.safetensors": corrupt, "sam-probe-us.safetensors": variant / "sam-probe-us.safetensors"}
+    with client(servers) as c:
+        bad_sha = upload(c, variant, files=files)
+        wrong_role = upload(c, variant, role="classifier-dm")
+        missing = upload(c, variant, files={"classifier-us.safetensors": variant / "classifier-us.safetensors"})
+        versions = c.get("/v1/models").json()["versions"]["classifier-us"]
+    assert bad_sha.status_code == 422 and bad_sha.json()["error"]["code"] == "model_refused"
+    assert bad_sha.headers["X-Model-Check"] == "sha256" and "check 'sha256' failed" in bad_sha.json()["error"]["message"]
+    assert wrong_role.status_code == 422 and wrong_role.headers["X-Model-Check"] == "role"
+    assert "no entry 'classifier-dm'" in wrong_role.json()["error"]["message"]
+    assert missing.status_code == 422 and missing.headers["X-Model-Check"] == "files"
+    assert [v["id"] for v in versions] == ["classifier-us-v1", "classifier-us-v2"]  # nothing new
+    models = servers["home"] / "models"
+    assert not list((models / ".staging").iterdir())  # nothing half-written left
+    assert sorted(p.name for p in (models / "versions").iterdir()) == [
+        "classifier-dm-v1", "classifier-us-v1", "classifier-us-v2"]
+
+
+def test_a_non_admin_is_refused(servers, variant):
+    with client(servers, user="carol") as c:
+        assert upload(c, variant).status_code == 403
+        assert c.post("/v1/admin/models/classifier-us-v1/activate").status_code == 403
+        assert c.post("/v1/admin/models/classifier-us/rollback").status_code == 403
+        res = c.get("/v1/admin/audit")
+        assert res.status_code == 403 and res.json()["error"]["code"] == "forbidden"
+        assert c.get("/v1/models").status_code == 200  # reading what is served stays open to every user
+
+
+def analyses_under_swaps(servers, deployed, busi_dir) -> tuple[Counter, list[str], list[dict], list[dict]]:
+    """CLIENTS threads analyse real BUSI images (stored ones, cached embeddings, and one-call uploads)
+    while the main thread activates and rolls back SWAPS times; every answer is recorded."""
+    images = sorted((busi_dir / "malignant").glob("malignant (*).png"))[:2] + \
+        sorted((busi_dir / "benign").glob("benign (*).png"))[:2]
+    with client(servers) as c:
+        stored = [c.post("/v1/images", files={"file": (p.name, p.read_bytes())}, data={"modality": "us"}).json()
+                  for p in images]
+    stop_flag, failures, results = threading.Event(), [], []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        with client(servers) as c:
+            i = k
+            while not stop_flag.is_set():
+                i += 1
+                image = stored[i % len(stored)]
+                box = [image["width"] * 0.3, image["height"] * 0.3, image["width"] * 0.7, image["height"] * 0.7]
+                if i % 4 == 0:  # an upload and its analysis in one call: a fresh embedding
+                    path = images[i % len(images)]
+                    res = c.post("/v1/analyses", files={"file": (path.name, path.read_bytes())},
+                                 data={"modality": "us", "prompt": json.dumps({"box": box})})
+                else:
+                    res = c.post("/v1/analyses", json={"image_id": image["image_id"], "prompt": {"box": box}})
+                with lock:
+                    if res.status_code not in (200, 201):
+                        failures.append(f"{res.status_code} {res.text[:300]}")
+                    else:
+                        results.append(res.json()["models"]["classifier"])
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    swaps = []
+    try:
+        with client(servers) as c:
+            time.sleep(1.0)
+            for n in range(SWAPS):
+                res = (c.post(f"/v1/admin/models/{deployed['v2']}/activate") if n % 2 == 0
+                       else c.post("/v1/admin/models/classifier-us/rollback"))
+                assert res.status_code == 200, res.text
+                swaps.append(res.json())
+                time.sleep(0.3)
+    finally:
+        time.sleep(1.0)
+        stop_flag.set()
+        for t in threads:
+            t.join(timeout=300)
+    return Counter(r["id"] for r in results), failures, results, swaps
+
+
+def test_zero_failed_analyses_while_swapping_20_times(servers, deployed, busi_dir):
+    start = time.perf_counter()
+    by_version, failures, results, swaps = analyses_under_swaps(servers, deployed, busi_dir)
+    elapsed = time.perf_counter() - start
+    print(f"{len(results)} analyses in {elapsed:.1f} s during {SWAPS} swaps; by version {dict(by_version)}")
+    assert not failures, failures[:5]
+    assert [s["active"] for s in swaps] == [deployed["v2"], deployed["v1"]] * (SWAPS // 2)
+    assert all(s["embeddings_dropped"] == [] for s in swaps)  # the SAM did not change: the cache stays valid
+    for r in results:  # every result names the version it was computed with, and that version's sha256
+        assert r["id"] in (deployed["v1"], deployed["v2"]) and r["sha256"] == deployed[r["id"]]
+    assert len(results) >= 2 * CLIENTS and set(by_version) == {deployed["v1"], deployed["v2"]}
+    with client(servers) as c:  # ended on a rollback: v1 served, and both replicas say so
+        assert {x["modality"]: x["id"] for x in c.get("/v1/models").json()["classifiers"]}["us"] == deployed["v1"]
+
+
+def test_the_other_replica_follows_an_activation(servers, deployed):
+    """Server b shares the models folder: an activation on a reaches it by polling active.json."""
+    with client(servers, "a") as a, client(servers, "b") as b:
+        res = a.post(f"/v1/admin/models/{deployed['v2']}/activate")
+        assert res.status_code == 200, res.text
+        start = time.perf_counter()
+        while True:
+            served = {x["modality"]: x["id"] for x in b.get("/v1/models").json()["classifiers"]}
+            if served["us"] == deployed["v2"]:
+                break
+            assert time.perf_counter() - start < 30, "server b did not follow within 30 s"
+            time.sleep(0.2)
+        followed = time.perf_counter() - start
+        print(f"server b served {deployed['v2']} {followed:.2f} s after the activation on a")
+        res = a.post("/v1/admin/models/classifier-us/rollback")
+        assert res.status_code == 200 and res.json()["active"] == deployed["v1"]
+
+
+def test_cli_lists_over_the_api_and_on_the_folder(servers, deployed):
+    env = server_env(servers["home"])
+    url = f"http://127.0.0.1:{servers['a']}"
+    over_api = subprocess.run([BRANET, "models", "list", "--server", url, "--token", servers["tokens"]["root"]],
+                              env=env, check=True, capture_output=True, text=True).stdout
+    local = subprocess.run([BRANET, "models", "list"], env=env, check=True, capture_output=True, text=True).stdout
+    for out in (over_api, local):
+        assert "classifier-us-v2" in out and "classifier-dm-v1" in out
+        (active_us,) = [line for line in out.splitlines() if line.startswith("classifier-us ") and " * " in line]
+        assert deployed["v1"] in active_us
+    refused = subprocess.run([BRANET, "models", "rollback", "classifier-dm"], env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "no earlier active version" in refused.stderr
+
+
+def test_the_audit_log_records_every_change(servers, deployed):
+    with client(servers) as c:
+        events = c.get("/v1/admin/audit").json()["events"]
+    actions = Counter(e["action"] for e in events)
+    assert actions["register"] == 2 and actions["upload"] == 1
+    assert actions["activate"] >= 2 + SWAPS // 2 and actions["rollback"] >= SWAPS // 2
+    refusals = [e for e in events if e["action"] == "refuse"]
+    assert {"sha256", "role", "files"} <= {e["check"] for e in refusals}
+    upload_event = next(e for e in events if e["action"] == "upload")
+    assert (upload_event["actor"], upload_event["version"], upload_event["sha256"]) == (
+        "root", deployed["v2"], deployed[deployed["v2"]])
+    assert all(e["actor"] == "root" for e in events if e["action"] in ("activate", "rollback") and e["actor"] != "system")
+    times = [e["at"] for e in events]
+    assert times == sorted(times)  # appended, oldest first
