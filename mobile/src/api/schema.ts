@@ -55,6 +55,74 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The append-only log of uploads, refusals, activations and rollbacks (oldest first) */
+        get: operations["audit_v1_admin_audit_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Deploy a model version (validated; not served until activated) */
+        post: operations["deploy_v1_admin_models_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/models/{role}/rollback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Serve the role's previously active version again */
+        post: operations["rollback_v1_admin_models__role__rollback_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/models/{version_id}/activate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Serve this version in its role, now (no restart; requests in flight finish on the old one) */
+        post: operations["activate_v1_admin_models__version_id__activate_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/analyses": {
         parameters: {
             query?: never;
@@ -248,6 +316,33 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** ActivationOut */
+        ActivationOut: {
+            /**
+             * Active
+             * @description the version now served in this role
+             */
+            active: string;
+            /**
+             * Embeddings Dropped
+             * @description SAM models whose cached embeddings were dropped (their weights or the encoder stages kept changed)
+             */
+            embeddings_dropped: string[];
+            /**
+             * Previous
+             * @description the version it replaced
+             */
+            previous: string | null;
+            /** Role */
+            role: string;
+            /**
+             * Serial
+             * @description the models folder's change counter after this change
+             */
+            serial: number;
+            /** Sha256 */
+            sha256: string;
+        };
         /** AnalysisModels */
         AnalysisModels: {
             classifier: components["schemas"]["ClassifierInfo"];
@@ -430,6 +525,75 @@ export interface components {
             /** P Malignant */
             p_malignant: number;
         };
+        /** AuditEvent */
+        AuditEvent: {
+            /**
+             * Action
+             * @enum {string}
+             */
+            action: "register" | "upload" | "refuse" | "activate" | "rollback";
+            /** Actor */
+            actor: string;
+            /** At */
+            at: string;
+            /**
+             * Check
+             * @description a refusal: the check that failed
+             */
+            check?: string | null;
+            /** Message */
+            message?: string | null;
+            /** Role */
+            role?: string | null;
+            /** Version */
+            version?: string | null;
+        } & {
+            [key: string]: unknown;
+        };
+        /** AuditOut */
+        AuditOut: {
+            /**
+             * Events
+             * @description oldest first; append-only
+             */
+            events: components["schemas"]["AuditEvent"][];
+        };
+        /** Body_deploy_v1_admin_models_post */
+        Body_deploy_v1_admin_models_post: {
+            /**
+             * Files
+             * @description every file the entry names: the classifier, its SAM probe, SAM decoders
+             */
+            files: string[];
+            /**
+             * Gate Data
+             * @description a validation folder on the server (relative: under BRANET_DATA): the new version's AUC there may not be below the active one's by more than gate_margin
+             */
+            gate_data?: string | null;
+            /**
+             * Gate Margin
+             * @description default BRANET_GATE_MARGIN
+             */
+            gate_margin?: number | null;
+            /**
+             * Gate Roi Source
+             * @description as `evaluate`
+             * @default sam
+             * @enum {string}
+             */
+            gate_roi_source: "sam" | "box" | "expert";
+            /**
+             * Manifest
+             * @description manifest.json as `python -m training export` writes it, holding the role's entry
+             */
+            manifest: string;
+            /**
+             * Role
+             * @description the role it serves
+             * @enum {string}
+             */
+            role: "classifier-us" | "classifier-dm";
+        };
         /** Body_upload_image_v1_images_post */
         Body_upload_image_v1_images_post: {
             /**
@@ -446,6 +610,11 @@ export interface components {
         };
         /** ClassifierInfo */
         ClassifierInfo: {
+            /**
+             * Id
+             * @description its version id in the models folder (GET /v1/models): the version this result was computed with
+             */
+            id?: string | null;
             /** Name */
             name: string;
             /** Regime */
@@ -684,6 +853,79 @@ export interface components {
              */
             specificity: number;
         };
+        /**
+         * ModelVersionOut
+         * @description One version of a role in the models folder (server/model_registry.py).
+         * @example {
+         *       "activated_at": "2026-12-01T15:01:00.000+00:00",
+         *       "activated_by": "dev",
+         *       "active": true,
+         *       "deployed_at": "2026-12-01T15:00:00.000+00:00",
+         *       "deployed_by": "dev",
+         *       "files": {
+         *         "classifier-us.safetensors": "1560028d5f080000000000000000000000000000000000000000000000000000"
+         *       },
+         *       "id": "classifier-us-v2",
+         *       "regime": "real",
+         *       "role": "classifier-us",
+         *       "sha256": "1560028d5f080000000000000000000000000000000000000000000000000000",
+         *       "source": "upload",
+         *       "threshold": 0.27
+         *     }
+         */
+        ModelVersionOut: {
+            /** Activated At */
+            activated_at?: string | null;
+            /**
+             * Activated By
+             * @description who made it active last (null: never active)
+             */
+            activated_by?: string | null;
+            /** Active */
+            active: boolean;
+            /** Deployed At */
+            deployed_at: string;
+            /** Deployed By */
+            deployed_by: string;
+            /**
+             * Files
+             * @description every file of the version (classifier, SAM probe, SAM decoders) and its sha256
+             */
+            files: {
+                [key: string]: string;
+            };
+            /**
+             * Gate
+             * @description its validation gate, when the admin asked for one: AUCs of it and of the version active then, on the same folder
+             */
+            gate?: {
+                [key: string]: unknown;
+            } | null;
+            /** Id */
+            id: string;
+            /** @description measured, from its manifest (as for classifiers) */
+            quality?: components["schemas"]["ModelQuality"] | null;
+            /** Regime */
+            regime?: string | null;
+            /**
+             * Role
+             * @description classifier-us or classifier-dm
+             */
+            role: string;
+            /**
+             * Sha256
+             * @description the classifier file's sha256
+             */
+            sha256: string;
+            /**
+             * Source
+             * @description the weights committed with the server, or an admin's upload
+             * @enum {string}
+             */
+            source: "committed" | "upload";
+            /** Threshold */
+            threshold?: number | null;
+        };
         /** ModelsOut */
         ModelsOut: {
             /** Classifiers */
@@ -704,6 +946,13 @@ export interface components {
             };
             /** Sam */
             sam: components["schemas"]["ServedSam"][];
+            /**
+             * Versions
+             * @description per role every version in the models folder, oldest first
+             */
+            versions?: {
+                [key: string]: components["schemas"]["ModelVersionOut"][];
+            };
         };
         /** OutOfSiteQuality */
         OutOfSiteQuality: {
@@ -903,6 +1152,11 @@ export interface components {
         ServedClassifier: {
             /** Architecture */
             architecture: string;
+            /**
+             * Id
+             * @description its version id in the models folder (see versions)
+             */
+            id?: string | null;
             /** Members */
             members: number;
             /** Metrics */
@@ -1163,6 +1417,232 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+        };
+    };
+    audit_v1_admin_audit_get: {
+        parameters: {
+            query?: {
+                /** @description the latest this many events */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditOut"];
+                };
+            };
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `forbidden`: not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description invalid request */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    deploy_v1_admin_models_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": components["schemas"]["Body_deploy_v1_admin_models_post"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelVersionOut"];
+                };
+            };
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `forbidden`: not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `model_refused`: the check named in the message (and the `X-Model-Check` header) failed: manifest, role, files, sha256, architecture, input_spec, load, smoke or gate; nothing was stored or served */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    rollback_v1_admin_models__role__rollback_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                role: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ActivationOut"];
+                };
+            };
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `forbidden`: not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description no such version or role */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `nothing_to_roll_back` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `model_refused`: the check named in the message (and the `X-Model-Check` header) failed: manifest, role, files, sha256, architecture, input_spec, load, smoke or gate; nothing was stored or served */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    activate_v1_admin_models__version_id__activate_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                version_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ActivationOut"];
+                };
+            };
+            /** @description missing or unknown token (`unauthorized`); with Firebase sign-in `token_expired` (get a fresh ID token), `token_revoked` (sign in again) or `invalid_token` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `forbidden`: not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description no such version or role */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `model_refused`: the check named in the message (and the `X-Model-Check` header) failed: manifest, role, files, sha256, architecture, input_spec, load, smoke or gate; nothing was stored or served */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
             };
         };
     };
