@@ -45,7 +45,7 @@ COPY server/ server/
 # image encoders exported to ONNX and checked against PyTorch (into /opt/venv/share/branet).
 RUN pip install --no-cache-dir -c requirements.lock . \
     && python -m models.fetch_mobilesam \
-    && python -m models.encoder_runtime
+    && python -m models.encoder_export
 
 # --- the image that runs -----------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

