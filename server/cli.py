@@ -7,10 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from models.manifest import WeightsError
-
 
 def _serve(args: argparse.Namespace) -> int:
+    from models.manifest import WeightsError  # torch: imported by the commands that need it only
     from server.engine import Engine
     from server.settings import get_settings
     from server.firebase import FirebaseConfigError, check_settings

@@ -28,6 +28,7 @@ from server.errors import ApiError
 from server.settings import Settings
 
 SERVED = {"us": "classifier-us", "dm": "classifier-dm"}
+LOADED_VERSIONS = 6  # classifier versions kept loaded (two roles: the active, the previous and one more each)
 T = TypeVar("T")
 
 
@@ -89,6 +90,7 @@ class Engine:
             torch.set_num_threads(settings.torch_threads)
         self.served: Served = EMPTY
         self.serial = -1  # the models folder's active.json serial that `served` reflects
+        self._loaded: dict[tuple[str, str, str], tuple] = {}  # (role, version, folder) -> classifier, entry, probe
         self.cache = EmbeddingCache(int(settings.cache_mb * 1024 * 1024))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.pending = 0
@@ -123,18 +125,29 @@ class Engine:
         self.served = self.build({role: (v.id, d) for role, (v, d) in registry.active_dirs().items()})
         self.serial = serial
 
-    def build(self, dirs: dict[str, tuple[str, Path]], reuse: Served | None = None) -> Served:
+    def build(self, dirs: dict[str, tuple[str, Path]], reuse: Served | None = None, keep: bool = True) -> Served:
         """A Served from each role's (version id, weights folder); SAMs whose embeddings would not change
-        are taken from `reuse` (the one served now) instead of being loaded again."""
+        are taken from `reuse` (the one served now) instead of being loaded again. `keep`: remember the
+        classifiers loaded (False for a candidate still being validated)."""
         classifiers, probes, versions, decoders = {}, {}, {}, {}
         for modality, role in SERVED.items():
             if role not in dirs:
                 raise WeightsError(f"no active version of {role} in the models folder")
             version_id, weights = dirs[role]
-            classifiers[modality] = load_classifier(role, weights, self.device)
-            probe = load_sam_probe(classifiers[modality][1], weights, self.device)
-            if probe is not None:
-                probes[modality] = probe
+            key = (role, version_id, str(weights))
+            loaded = self._loaded.pop(key, None)
+            if loaded is None:
+                model, entry = load_classifier(role, weights, self.device)
+                loaded = (model, entry, load_sam_probe(entry, weights, self.device))
+            # Versions never change once stored (and were verified when loaded): the last few loaded are kept,
+            # so swapping back and forth (a rollback) loads nothing.
+            if keep:
+                self._loaded[key] = loaded
+            while len(self._loaded) > LOADED_VERSIONS:
+                self._loaded.pop(next(iter(self._loaded)), None)
+            classifiers[modality] = loaded[:2]
+            if loaded[2] is not None:
+                probes[modality] = loaded[2]
             versions[modality] = version_id
             for name, decoder in read_manifest(weights).sam_decoders.items():
                 decoders[name] = (weights, decoder.sha256)

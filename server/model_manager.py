@@ -226,7 +226,7 @@ class ModelManager:
             modality = role_modality(role)
             dirs = self._active_dirs() | {role: ("candidate", staging)}
             try:
-                candidate = self.engine.build(dirs, self.engine.served)
+                candidate = self.engine.build(dirs, self.engine.served, keep=False)
             except (WeightsError, ValueError, RuntimeError) as e:
                 raise ModelRefused("load", str(e)) from None
             images = probe_images(self.settings, modality)

@@ -87,10 +87,11 @@ def servers(tmp_path_factory):
         args = ["users", "add", name, "--no-password", *(["--admin"] if admin else [])]
         tokens[name] = subprocess.run([BRANET, *args], env=server_env(home), check=True, capture_output=True,
                                       text=True).stdout.strip()
+    # Started together: both register the committed weights, one after the other under the folder's lock.
     first = start(home, "server-a.log")
-    wait_ready(*first, home, "server-a.log")  # the first start registers the committed weights alone
     second = start(home, "server-b.log", BRANET_MODELS_POLL_S="0.5")
     try:
+        wait_ready(*first, home, "server-a.log")
         wait_ready(*second, home, "server-b.log")
         yield {"home": home, "a": first[1], "b": second[1], "tokens": tokens}
     finally:
@@ -264,18 +265,33 @@ def test_the_other_replica_follows_an_activation(servers, deployed):
         assert res.status_code == 200 and res.json()["active"] == deployed["v1"]
 
 
-def test_cli_lists_over_the_api_and_on_the_folder(servers, deployed):
+def test_cli_over_the_api_and_on_the_folder(servers, deployed):
+    """`branet models list` with an admin token asks the server; `activate` without one writes the models folder,
+    and the running server (polling it) serves the change."""
     env = server_env(servers["home"])
     url = f"http://127.0.0.1:{servers['a']}"
-    over_api = subprocess.run([BRANET, "models", "list", "--server", url, "--token", servers["tokens"]["root"]],
-                              env=env, check=True, capture_output=True, text=True).stdout
-    local = subprocess.run([BRANET, "models", "list"], env=env, check=True, capture_output=True, text=True).stdout
-    for out in (over_api, local):
-        assert "classifier-us-v2" in out and "classifier-dm-v1" in out
-        (active_us,) = [line for line in out.splitlines() if line.startswith("classifier-us ") and " * " in line]
-        assert deployed["v1"] in active_us
-    refused = subprocess.run([BRANET, "models", "rollback", "classifier-dm"], env=env, capture_output=True, text=True)
-    assert refused.returncode == 1 and "no earlier active version" in refused.stderr
+    listed = subprocess.run([BRANET, "models", "list", "--server", url, "--token", servers["tokens"]["root"]],
+                            env=env, check=True, capture_output=True, text=True).stdout
+    assert "classifier-us-v2" in listed and "classifier-dm-v1" in listed
+    (active_us,) = [line for line in listed.splitlines() if line.startswith("classifier-us ") and " * " in line]
+    assert deployed["v1"] in active_us
+    local = subprocess.run([BRANET, "models", "activate", deployed["v2"]], env=env, check=True, capture_output=True,
+                           text=True)
+    assert f"classifier-us: {deployed['v2']} active (was {deployed['v1']})" in local.stdout
+    with client(servers) as c:
+        start = time.perf_counter()
+        while {x["modality"]: x["id"] for x in c.get("/v1/models").json()["classifiers"]}["us"] != deployed["v2"]:
+            assert time.perf_counter() - start < 30, "server a did not follow the CLI's activation"
+            time.sleep(0.2)
+        res = c.post("/v1/admin/models/classifier-us/rollback")
+        assert res.status_code == 200 and res.json()["active"] == deployed["v1"]
+    events = [e for e in c_audit(servers) if e["action"] == "activate" and e["actor"].startswith("cli:")]
+    assert [e["version"] for e in events] == [deployed["v2"]]
+
+
+def c_audit(servers) -> list[dict]:
+    with client(servers) as c:
+        return c.get("/v1/admin/audit").json()["events"]
 
 
 def test_the_audit_log_records_every_change(servers, deployed):
@@ -289,6 +305,30 @@ def test_the_audit_log_records_every_change(servers, deployed):
     upload_event = next(e for e in events if e["action"] == "upload")
     assert (upload_event["actor"], upload_event["version"], upload_event["sha256"]) == (
         "root", deployed["v2"], deployed[deployed["v2"]])
-    assert all(e["actor"] == "root" for e in events if e["action"] in ("activate", "rollback") and e["actor"] != "system")
+    assert {e["actor"] for e in events if e["action"] in ("activate", "rollback")} <= {"system", "root"} | {
+        e["actor"] for e in events if e["actor"].startswith("cli:")}
     times = [e["at"] for e in events]
     assert times == sorted(times)  # appended, oldest first
+
+
+def test_a_swap_drops_only_the_embeddings_of_a_changed_sam(tmp_path):
+    """Engine.install: a SAM whose decoder or kept encoder stages changed loses its cached embeddings (they
+    would lack what the new probe reads); an unchanged SAM keeps them."""
+    import torch
+
+    from models.segmentation import Embedding
+    from server.engine import Engine, Served
+    from server.settings import Settings
+    engine = Engine(Settings(home=tmp_path, models_poll_s=60))
+    try:
+        old = Served({}, {}, {}, {}, {}, {"litemedsam": (None, ("neck",)), "mobilesam": (None, ())})
+        new = Served({}, {}, {}, {}, {}, {"litemedsam": (None, ("layer3", "neck")), "mobilesam": (None, ())})
+        engine.install(old)
+        for model in ("litemedsam", "mobilesam"):
+            engine.cache.put("user:abc", Embedding(model, torch.zeros(1, 4, 2, 2), (8, 8), (8, 8)))
+        assert engine.install(new) == ["litemedsam"]
+        assert engine.cache.get("user:abc", "litemedsam") is None
+        assert engine.cache.get("user:abc", "mobilesam") is not None
+        assert engine.install(new) == []  # the same again: nothing to drop
+    finally:
+        engine.close()
