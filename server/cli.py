@@ -9,6 +9,8 @@ from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from server.memory import keep_large_buffers_off_the_heap
+    keep_large_buffers_off_the_heap()  # before the models allocate anything
     from models.manifest import WeightsError  # torch: imported by the commands that need it only
     from server.engine import Engine
     from server.settings import get_settings
