@@ -83,7 +83,8 @@ def analyse(client: httpx.Client, path: Path, box: list[int]) -> tuple[float, fl
     t1 = time.time()
     if res.status_code != 201:
         raise SystemExit(f"{client.base_url}: POST /v1/analyses answered {res.status_code}: {res.text[:500]}")
-    return t0, t1, res.json().get("timings_ms", {})
+    body = res.json()
+    return t0, t1, body.get("timings_ms", {}) | {"encoder_runtime": body.get("segmentation", {}).get("encoder_runtime")}
 
 
 def attribute(requests: list[tuple[float, float, dict]], timings: Path) -> list[dict]:
@@ -92,7 +93,8 @@ def attribute(requests: list[tuple[float, float, dict]], timings: Path) -> list[
     out = []
     for t0, t1, stages in requests:
         inside = [c for c in calls if t0 <= c["t0"] <= t1]
-        out.append({"latency_s": t1 - t0, "stages_ms": stages,
+        stages = dict(stages)
+        out.append({"latency_s": t1 - t0, "encoder_runtime": stages.pop("encoder_runtime", None), "stages_ms": stages,
                     "store_s": sum(c["s"] for c in inside if c["kind"] == "store"),
                     "auth_s": sum(c["s"] for c in inside if c["kind"] == "auth"),
                     "store_calls": [c["name"] for c in inside if c["kind"] == "store"]})
@@ -114,6 +116,7 @@ def summarise(rows: dict[str, list[dict]]) -> dict:
             "store_share": p50_p95(r["store_s"] / r["latency_s"] for r in rs),
             "auth_ms": p50_p95(r["auth_s"] * 1000 for r in rs),
             "store_calls": sorted({",".join(r["store_calls"]) for r in rs}),
+            "encoder_runtimes": sorted({str(r["encoder_runtime"]) for r in rs}),
             # the server's own time up to the store (models, rendering; not the final write, not sign-in)
             "server_total_ms": p50_p95(r["stages_ms"].get("total", 0.0) for r in rs),
         }
@@ -129,8 +132,9 @@ def summarise(rows: dict[str, list[dict]]) -> dict:
     return out
 
 
-def report(summary: dict, runtime: str, threads: str) -> None:
-    print(f"\nstore share at concurrency 1 (encoder runtime {runtime}, torch threads {threads}):")
+def report(summary: dict, threads: str) -> None:
+    runtimes = sorted({r for b in BACKENDS for r in summary[b]["encoder_runtimes"]})
+    print(f"\nstore share at concurrency 1 (encoder runtime {', '.join(runtimes)}, torch threads {threads}):")
     print(f"{'backend':>10} {'n':>3} {'p50 ms':>8} {'p95 ms':>8} {'store p50':>10} {'store p95':>10} "
           f"{'share p50':>10} {'share p95':>10} {'auth p50':>9} {'auth p95':>9} {'models p50':>11}")
     for backend in BACKENDS:
@@ -213,5 +217,5 @@ def run(cases: list[tuple[Path, list[int]]], runtime: str | None = None, keep_lo
                     (target / log.name).write_bytes(log.read_bytes())
                 print(f"emulator and server logs kept in {target}", file=sys.stderr)
     summary = summarise(rows)
-    report(summary, runtime or "default", os.environ.get("BRANET_TORCH_THREADS", "default"))
+    report(summary, os.environ.get("BRANET_TORCH_THREADS", "default"))
     return {"summary": summary, "requests": rows}
