@@ -223,7 +223,7 @@ def analyses_under_swaps(servers, deployed, busi_dir) -> tuple[Counter, list[str
                        else c.post("/v1/admin/models/classifier-us/rollback"))
                 assert res.status_code == 200, res.text
                 swaps.append(res.json())
-                time.sleep(0.3)
+                time.sleep(0.1)
     finally:
         time.sleep(1.0)
         stop_flag.set()
@@ -332,3 +332,42 @@ def test_a_swap_drops_only_the_embeddings_of_a_changed_sam(tmp_path):
         assert engine.install(new) == []  # the same again: nothing to drop
     finally:
         engine.close()
+
+
+@pytest.fixture(scope="module")
+def inverted(variant, tmp_path_factory) -> Path:
+    """The variant with its last layer negated: it loads and runs (finite outputs) but ranks lesions backwards."""
+    import torch
+
+    from models.classifier import build_classifier
+    out = tmp_path_factory.mktemp("inverted")
+    manifest = read_manifest(variant)
+    entry = manifest.models["classifier-us"]
+    model = build_classifier(in_channels=entry.input.channels, num_classes=2, members=entry.members)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(variant / entry.file)).items()})
+    with torch.no_grad():
+        model.fc.weight.mul_(-1)
+        model.fc.bias.mul_(-1)
+    manifest.models["classifier-us"] = entry.model_copy(update={"sha256": save_classifier(model, out / entry.file)})
+    shutil.copyfile(variant / entry.sam_probe.file, out / entry.sam_probe.file)
+    (out / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    return out
+
+
+def test_the_gate_refuses_a_version_worse_than_the_active_one(servers, deployed, inverted, busi_dir, tmp_path):
+    """A validation folder named by the admin (two benign, two malignant BUSI lesions with their masks): the
+    inverted model's AUC there is far below the active version's, so it is refused and nothing is stored."""
+    for label in ("benign", "malignant"):
+        folder = tmp_path / "val" / "Dataset_BUSI_with_GT" / label
+        folder.mkdir(parents=True)
+        for i in (1, 2):
+            for suffix in ("", "_mask"):
+                shutil.copy(busi_dir / label / f"{label} ({i}){suffix}.png", folder)
+    with client(servers) as c:
+        res = upload(c, inverted, gate_data=str(tmp_path / "val"), gate_roi_source="expert")
+        versions = [v["id"] for v in c.get("/v1/models").json()["versions"]["classifier-us"]]
+    assert res.status_code == 422 and res.headers["X-Model-Check"] == "gate", res.text
+    assert "below the active" in res.json()["error"]["message"]
+    assert versions == ["classifier-us-v1", "classifier-us-v2"]
+    refusal = c_audit(servers)[-1]
+    assert (refusal["action"], refusal["check"]) == ("refuse", "gate")
