@@ -152,6 +152,8 @@ class ModelRegistry:
         """The committed weights as a version of each role (once per sha256), active where the role has none
         yet or where the active one is an earlier committed version no admin chose. Returns what changed."""
         manifest = read_manifest(weights)  # WeightsError when the committed folder has no manifest
+        if self._settled(manifest):
+            return []  # nothing to write: a read-only models folder (a replica's) starts too
         changed = []
         with self.lock():
             state = self.active()
@@ -181,6 +183,21 @@ class ModelRegistry:
             if changed or state.serial != self.active().serial:
                 write_atomic(self.active_path, state.model_dump_json(indent=1))
         return changed
+
+    def _settled(self, manifest: Manifest) -> bool:
+        """Every committed entry registered, and active where it would be made active."""
+        state = self.active()
+        known = {(v.role, v.sha256): v.id for v in self.versions() if v.source == "committed"}
+        for role in ROLES:
+            if role not in manifest.models:
+                continue
+            current = state.roles.get(role)
+            version_id = known.get((role, manifest.models[role].sha256))
+            if version_id is None or current is None:
+                return False
+            if current.activated_by == SYSTEM and current.active != version_id:
+                return False
+        return True
 
     def new_staging(self) -> Path:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
