@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.segmentation import Prompt  # noqa: E402
 from server.engine import Engine, Timer  # noqa: E402
 from server.settings import Settings  # noqa: E402
-from training.marks import WHITE, YELLOW, burn_measurement  # noqa: E402
-from training.metrics import roc_auc  # noqa: E402
-from training.prepare import prepared  # noqa: E402
-from training.roi_sources import drawn_box  # noqa: E402
-from training.roi_table import lesions  # noqa: E402
+from training.classifier.marks import WHITE, YELLOW, burn_measurement  # noqa: E402
+from training.common.metrics import roc_auc  # noqa: E402
+from training.datasets.roi_table import lesions  # noqa: E402
+from training.rois.prepare import prepared  # noqa: E402
+from training.rois.sources import drawn_box  # noqa: E402
 
 LOOSE = 0.15  # of the box's size, added on every side
 

@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.segmentation import Prompt  # noqa: E402
 from server.engine import Engine, Timer  # noqa: E402
 from server.settings import Settings  # noqa: E402
-from training.metrics import roc_auc  # noqa: E402
-from training.roi_sources import drawn_box, lesion_rng  # noqa: E402
-from training.scanner_shifts import blur, contrast, gain, resolution, speckle  # noqa: E402
+from training.classifier.scanner_shifts import blur, contrast, gain, resolution, speckle  # noqa: E402
+from training.common.metrics import roc_auc  # noqa: E402
+from training.rois.sources import drawn_box, lesion_rng  # noqa: E402
 from bench.marks import gray_lesions  # noqa: E402  (the same lesions, in the same order)
 
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from models.preprocessing import box_of_mask
 from training.datasets import busbra, cbis_ddsm, discover, folders, imaging, inbreast, udiat, vindr
-from training.prepare import prepare
-from training.roi_table import read_table
+from training.datasets.roi_table import read_table
+from training.rois.prepare import prepare
 
 
 def png(path: Path, w: int, h: int, box: tuple[int, int, int, int] | None = None, seed: int = 0) -> Path:

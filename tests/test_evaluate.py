@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training.metrics import binary_report
+from training.common.metrics import binary_report
 
 pytestmark = pytest.mark.slow
 
@@ -225,7 +225,7 @@ def test_bad_data_folders_exit_2(busi_copy, mias_copy, weights, tmp_path, capsys
 
 
 def test_plots_write_pngs(tmp_path):
-    from training.plots import plot_confusion, plot_curves, plot_reliability, plot_roc
+    from training.common.plots import plot_confusion, plot_curves, plot_reliability, plot_roc
     history = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1), "val_auc": 0.5 + e / 20,
                 "lr": 1e-3, "note": "text is ignored"} for e in range(5)]
     paths = [plot_curves(history, tmp_path / "curves.png", "training"),

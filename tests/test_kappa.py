@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from training.__main__ import main
-from training.kappa import cohen_kappa, landis_koch
+from training.evaluation.kappa import cohen_kappa, landis_koch
 
 
 @pytest.mark.parametrize("seed", range(5))

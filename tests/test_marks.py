@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.marks import WHITE, YELLOW, burn_measurement
-from training.prepare import prepared
-from training.roi_sources import drawn_box
-from training.roi_table import lesions
+from training.classifier.marks import WHITE, YELLOW, burn_measurement
+from training.datasets.roi_table import lesions
+from training.rois.prepare import prepared
+from training.rois.sources import drawn_box
 
 LESIONS = 12
 MEDIAN_ABS_DELTA = 0.05  # of p(malignant)

@@ -7,8 +7,8 @@ from scipy.special import softmax
 from sklearn.metrics import (confusion_matrix, f1_score, matthews_corrcoef, precision_score, recall_score,
                              roc_auc_score)
 
-from training.metrics import (binary_report, bootstrap_auc_ci, paired_auc_difference, cv_summary, ece, fit_temperature, roc_auc,
-                              threshold_for_sensitivity)
+from training.common.metrics import (binary_report, bootstrap_auc_ci, paired_auc_difference, cv_summary, ece,
+                                     fit_temperature, roc_auc, threshold_for_sensitivity)
 
 
 def _random(seed: int, n: int = 80):

@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from training.prepare import LayoutError, prepare
-from training.roi_table import read_table
+from training.datasets.roi_table import read_table
+from training.rois.prepare import LayoutError, prepare
 
 
 @pytest.fixture(scope="module")

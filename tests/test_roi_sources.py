@@ -9,13 +9,13 @@ from PIL import Image
 from models.preprocessing import classifier_input, jitter_box, to_gray
 from models.segmentation import Prompt
 from server.engine import Timer
-from training.prepare import prepared
-from training.roi_sources import SamViews, drawn_box, load_inputs
+from training.rois.prepare import prepared
+from training.rois.sources import SamViews, drawn_box, load_inputs
 
 
 @pytest.fixture(scope="module")
 def records(busi_dir):
-    from training.roi_table import lesions
+    from training.datasets.roi_table import lesions
     chosen = lesions(prepared(busi_dir.parent), "us")
     return [r for r in chosen if r.label == "benign"][:3] + [r for r in chosen if r.label == "malignant"][:3]
 
@@ -57,7 +57,7 @@ def test_sam_source_outlines_the_lesion_and_matches_the_server(records, api):
 
 
 def test_sam_masks_fill_the_embedding_cache_in_the_same_pass(records, api):
-    from training.sam_embeddings import EmbeddingWriter, Embeddings, cache_path, is_cached
+    from training.rois.sam_embeddings import EmbeddingWriter, Embeddings, cache_path, is_cached
     load_inputs(records, "sam", channels=2, progress=False)  # SamViews' pass (cached by the test above)
     path = cache_path(records, "litemedsam")
     assert is_cached(path) and not list(path.parent.glob("*.tmp.npy"))

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from models.manifest import WEIGHTS_DIR, WeightsError, read_manifest
 from models.sam import load_sam
 from tests.test_train_classifier import run_training
-from training.outline import solidity
-from training.sam_finetune import frame_box, frame_mask
+from training.segmentation.outline import solidity
+from training.segmentation.sam_finetune import frame_box, frame_mask
 
 
 def test_solidity_tells_a_star_from_a_disc():
@@ -104,9 +104,9 @@ def test_classifier_trains_on_the_cross_fitted_masks_and_routes_boxes_to_that_sa
 
 
 def test_masks_file_for_other_lesions_is_refused(finetuned, data_dir):
-    from training.prepare import prepared
-    from training.roi_sources import SamViews
-    from training.train_classifier import select
+    from training.rois.prepare import prepared
+    from training.rois.sources import SamViews
+    from training.rois.splits import select
     records = select(prepared(data_dir / "busi"), "us", 4)  # 8 lesions; the file holds 6
     with pytest.raises(ValueError, match="holds no masks for these 8 lesions"):
         SamViews(records, masks_file=finetuned / "oof_masks.npz")

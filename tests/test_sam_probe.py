@@ -35,7 +35,7 @@ def test_outline_heads_train_and_are_dropped(probe_run):
 
 
 def test_fused_report_is_resnet_plus_alpha_probe(probe_run):
-    from training.train_classifier import read_oof
+    from training.classifier.train_classifier import read_oof
     report = json.loads((probe_run / "fused" / "cv" / "report.json").read_text())
     sp = report["sam_probe"]
     assert report["n"] == 8 and report["regime"] == "real ensemble x2 + SAM probe" and sp["sam"] == "litemedsam"
@@ -66,7 +66,7 @@ def test_fused_report_is_resnet_plus_alpha_probe(probe_run):
 def test_view_movement_counts_flips_at_the_threshold():
     """The report's movement under another view, on four made-up lesions: the served temperature and
     threshold decide, the probe's change enters times alpha."""
-    from training.sam_probe import view_movement
+    from training.probe.sam_probe import view_movement
 
     def p(d):
         return 1 / (1 + np.exp(-np.asarray(d, np.float64) / 2))  # temperature 2
@@ -100,10 +100,10 @@ def test_served_probe_matches_evaluation_and_is_verified(probe_run, data_dir, tm
 
     from server.app import create_app
     from server.settings import Settings
-    from training.evaluate import predict
-    from training.prepare import prepared
-    from training.roi_sources import drawn_box
-    from training.train_classifier import select
+    from training.evaluation.evaluate import predict
+    from training.rois.prepare import prepared
+    from training.rois.sources import drawn_box
+    from training.rois.splits import select
 
     served = tmp_path / "served"
     shutil.copytree(WEIGHTS_DIR, served)
@@ -148,9 +148,9 @@ def test_iou_token_reads_the_box_it_is_given(data_dir):
     from models.sam import load_sam
     from models.sam_probe import lesion_features, probe_input
     from models.segmentation import Prompt, PromptError, SamSegmenter
-    from training.prepare import prepared
-    from training.roi_sources import drawn_box
-    from training.train_classifier import select
+    from training.rois.prepare import prepared
+    from training.rois.sources import drawn_box
+    from training.rois.splits import select
     r = select(prepared(data_dir / "busi"), "us", 2)[1]
     rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
     segmenter = SamSegmenter(load_sam("litemedsam"))
@@ -176,9 +176,9 @@ def test_probe_reads_every_encoder_stage_it_names(data_dir):
     from models.sam import load_sam
     from models.sam_probe import STAGE_CHANNELS, lesion_features, probe_input
     from models.segmentation import Prompt, SamSegmenter
-    from training.prepare import prepared
-    from training.roi_sources import drawn_box
-    from training.train_classifier import select
+    from training.rois.prepare import prepared
+    from training.rois.sources import drawn_box
+    from training.rois.splits import select
     r = select(prepared(data_dir / "busi"), "us", 2)[2]
     rgb = np.asarray(Image.open(r.image_path).convert("RGB"))
     plain, staged = SamSegmenter(load_sam("litemedsam")), SamSegmenter(load_sam("litemedsam"), stages=STAGES[1:])
@@ -204,10 +204,10 @@ def test_probe_reads_every_encoder_stage_it_names(data_dir):
 
 
 def test_view_workers_compute_what_one_process_does(data_dir):
-    from training.prepare import prepared
-    from training.probe_views import Job, View, view_rows
-    from training.sam_probe import shift_scanner
-    from training.train_classifier import select
+    from training.probe.sam_probe import shift_scanner
+    from training.probe.views import Job, View, view_rows
+    from training.rois.prepare import prepared
+    from training.rois.splits import select
     records = select(prepared(data_dir / "busi"), "us", 2)[:3]
     job = Job(records, View("shifted", shift_scanner), "litemedsam", 0.1, REGIONS, 0, False, STAGES)
     here, pooled = view_rows(job, progress=False, workers=1), view_rows(job, progress=False, workers=2)
@@ -247,7 +247,7 @@ def test_bands_lie_behind_above_and_beside_the_lesion():
 
 
 def test_probe_regions_measures_every_set(probe_run, data_dir):
-    from training.probe_regions import REGION_SETS, STAGE_SETS
+    from training.probe.regions import REGION_SETS, STAGE_SETS
     out = probe_run / "regions"
     run_training("probe-regions", str(probe_run / "s0"), str(probe_run / "s1"), "--rois", str(data_dir / "busi"),
                  "--limit", LIMIT, "--splits", "2", "--out", str(out))
@@ -276,7 +276,7 @@ def test_probe_regions_measures_every_set(probe_run, data_dir):
 
 def test_stage_columns_pick_each_stage_and_region():
     from models.sam_probe import ALL_REGIONS, ALL_STAGES, STAGE_CHANNELS
-    from training.probe_regions import stage_columns
+    from training.probe.regions import stage_columns
     # A feature row laid out as probe_features makes it: stage after stage, each region's means in turn.
     row = np.concatenate([np.full(STAGE_CHANNELS[s], 10 * i + j) for i, s in enumerate(ALL_STAGES)
                           for j, _ in enumerate(ALL_REGIONS)])
@@ -287,7 +287,7 @@ def test_stage_columns_pick_each_stage_and_region():
 
 
 def test_scanner_shifts_keep_the_image_and_change_it():
-    from training.scanner_shifts import RANGES, blur, contrast, gain, random_shift, resolution, speckle
+    from training.classifier.scanner_shifts import RANGES, blur, contrast, gain, random_shift, resolution, speckle
     rng = np.random.default_rng(0)
     rgb = np.repeat(rng.integers(0, 256, (60, 80, 1), dtype=np.uint8), 3, axis=2)
     for shifted in (gain(rgb, 1.3), contrast(rgb, 0.7), speckle(rgb, 0.15, rng), blur(rgb, 1.5), resolution(rgb, 0.5),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training.__main__ import main
-from training.evaluate_segmentation import dice_iou, interior_point
+from training.segmentation.evaluate_segmentation import dice_iou, interior_point
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from models.manifest import WEIGHTS_DIR, load_classifier, load_sam_probe, read_manifest
-from training.train_classifier import TrainConfig
+from training.classifier.train_classifier import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_KEYS = set(TrainConfig.quick_config(modality="us").model_dump(exclude_defaults=True)) | {"member_seeds"}

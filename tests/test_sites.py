@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.metrics import SITE_KEYS, binary_report
-from training.prepare import prepared
-from training.train_classifier import TrainConfig, _softmax_p, folds_of, read_oof, select
+from training.classifier.train_classifier import read_oof, softmax_p
+from training.common.metrics import SITE_KEYS, binary_report
+from training.rois.prepare import prepared
+from training.rois.splits import folds_of, select
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--modality", "us", "--quick", "--limit", "4", "--roi-source", "expert", "--served-as", "--threads", "1"]
@@ -32,7 +33,7 @@ def test_folds_group_patients_within_each_site(data_dir):
     records = select(prepared(data_dir, log=lambda *a: None), "us", None)
     assert Counter(r.source for r in records) == {"busi": 647, "busbra": 902}
     assert all(r.group == f"busbra:{r.group.split(':')[1]}" for r in records if r.source == "busbra")
-    folds = folds_of(records, TrainConfig(modality="us"))
+    folds = folds_of(records, folds=5, seed=0)  # train-classifier's defaults
     seen = set()
     for train_idx, test_idx in folds:
         assert not {records[i].group for i in train_idx} & {records[i].group for i in test_idx}
@@ -64,7 +65,7 @@ def test_cv_reports_each_site(two_site_cv):
     assert {r["group"] for r in rows if r["source"] == "busbra"} == {"busbra:1", "busbra:2", "busbra:3", "busbra:4"}
     report = json.loads((two_site_cv / "cv" / "report.json").read_text())
     y, _, logits = read_oof(two_site_cv / "cv" / "oof.csv")  # float32, as the report read them
-    p = _softmax_p(logits, report["temperature"])
+    p = softmax_p(logits, report["temperature"])
     assert set(report["per_site"]) == {"busi", "busbra"}
     for site, row in report["per_site"].items():
         mine = np.array([r["source"] == site for r in rows])
@@ -159,7 +160,7 @@ def test_the_fused_model_is_scored_on_the_held_out_site(data_dir, tmp_path):
     with open(run / "holdout" / "predictions.csv", newline="") as f:
         resnet = {r["lesion_id"]: float(r["logit_malignant"]) - float(r["logit_benign"]) for r in csv.DictReader(f)}
     y = [int(r["label"] == "malignant") for r in oof_rows(run / "holdout" / "predictions.csv")]
-    from training.metrics import roc_auc
+    from training.common.metrics import roc_auc
     assert rep["parts"]["resnet"]["roc_auc"] == pytest.approx(roc_auc(y, 1 / (1 + np.exp(-np.array(list(resnet.values()))))))
     assert "ResNet18 + SAM probe" in (probe / "holdout" / "report.md").read_text()
     # the two side by side on the held-out site, paired over its patients

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from models.sngan import Discriminator, GanConfig, Generator, hinge_d_loss, hinge_g_loss
-from training.fid import FEATURE_EXTRACTOR, fid_kid, frechet_distance, kernel_inception_distance
-from training.gan import CheckpointError, load_generator, synthesize, train_gan
+from training.gan.fid import FEATURE_EXTRACTOR, fid_kid, frechet_distance, kernel_inception_distance
+from training.gan.sngan import CheckpointError, load_generator, synthesize, train_gan
 
 ROOT = Path(__file__).resolve().parents[1]
 

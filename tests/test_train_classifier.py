@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from models.manifest import load_classifier, read_manifest
-from training.augment import affine
-from training.train_classifier import TrainConfig, folds_of, select
-from training.prepare import prepared
-from training.roi_table import write_table
+from training.classifier.augment import affine
+from training.classifier.train_classifier import TrainConfig
+from training.datasets.roi_table import write_table
+from training.rois.prepare import prepared
+from training.rois.splits import folds_of, select
 
 
 def run_training(*args: str) -> subprocess.CompletedProcess:
@@ -81,7 +82,7 @@ def test_folds_keep_groups_together_and_stratify(data_dir):
     records = select(prepared(data_dir / "busi"), "us", None)
     cfg = TrainConfig(modality="us")
     seen = set()
-    for train_idx, test_idx in folds_of(records, cfg):
+    for train_idx, test_idx in folds_of(records, cfg.folds, cfg.seed):
         train_groups = {records[i].group for i in train_idx}
         assert not train_groups & {records[i].group for i in test_idx}
         rate = np.mean([records[i].target for i in test_idx])
@@ -207,7 +208,7 @@ def test_sam_mask_channel_model_trains_and_is_served(data_dir, tmp_path):
 
 
 def test_scanner_augmentation_changes_the_image_not_the_mask():
-    from training.augment import scanner
+    from training.classifier.augment import scanner
     gen = torch.Generator().manual_seed(0)
     image = torch.linspace(-1, 1, 64).repeat(64, 1)
     mask = (torch.rand(64, 64, generator=gen) > 0.5).float() * 2 - 1
@@ -221,7 +222,7 @@ def test_scanner_augmentation_changes_the_image_not_the_mask():
 
 
 def test_compare_scores_runs_on_the_served_roi_source(real_run, tmp_path):
-    from training.compare import compare
+    from training.evaluation.compare import compare
     report = json.loads((real_run / "cv" / "report.json").read_text())
     trained = compare([real_run], n_boot=50)[0]
     assert trained["served_as"] == "expert" and trained["pooled_auc"] == report["summary"]["pooled"]["roc_auc"]

@@ -36,7 +36,7 @@ for m in us dm; do
   $PY -m training compare "${runs[@]}" $(for r in $REGIMES; do [ "$r" = real ] || echo "$RUNS/$m-$r"; done) \
     --out "training/results/$m"
 done
-# The ROI source the server uses (training/roi_sources.py): every fold model is also scored on expert,
+# The ROI source the server uses (training/rois/sources.py): every fold model is also scored on expert,
 # drawn-box and SAM crops of its test lesions (--served-as, default all three).
 $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source expert --out "$RUNS/us-expert-skew" --no-final
 $PY -m training train-classifier --rois "$RUNS/rois" --modality us --roi-source sam --out "$RUNS/us-sam" --no-final

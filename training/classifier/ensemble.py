@@ -18,8 +18,9 @@ import numpy as np
 
 from models.classifier import ARCHITECTURE, LogitMean
 from models.manifest import Manifest, WeightsError, load_classifier, save_classifier, write_manifest
-from training.roi_table import RoiRecord
-from training.train_classifier import TrainConfig, cv_markdown, manifest_metrics, read_oof, report_cv, write_oof
+from training.classifier.train_classifier import (TrainConfig, cv_markdown, manifest_metrics, read_oof, report_cv,
+                                                   write_oof)
+from training.datasets.roi_table import RoiRecord
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""`fold-fid`: FID/KID of the SNGAN of one cross-validation fold (train-classifier --regime sngan).
+"""`fold-fid`: FID/KID of the SNGAN of one cross-validation fold (train-classifier --regime sngan). A study.
 
 The fold's generator (trained on that fold's training ROIs) draws as many ROIs per class as the
 training ROIs hold, subsampled to --n; they are compared with the real training ROIs. For scale,
@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.fid import fid_kid
-from training.gan import generate, load_generator, train_gan
-from training.prepare import prepared
-from training.rois import load_rois
-from training.train_classifier import TrainConfig, folds_of, gan_config, select
+from training.classifier.train_classifier import TrainConfig, gan_config
+from training.gan.fid import fid_kid
+from training.gan.sngan import generate, load_generator, train_gan
+from training.rois.crops import load_rois
+from training.rois.prepare import prepared
+from training.rois.splits import folds_of, select
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def fold_fid(run: Path, rois: Path, fold: int, n: int) -> dict:
     cfg = TrainConfig.model_validate_json((run / "config.json").read_text())
     records = select(prepared(rois), cfg.modality, None)
-    train_idx, _ = folds_of(records, cfg)[fold]
+    train_idx, _ = folds_of(records, cfg.folds, cfg.seed)[fold]
     images = load_rois(records, progress=False)[train_idx]
     labels = np.array([records[i].target for i in train_idx])
     gan_dir = run / "cv" / f"fold{fold}" / "gan"

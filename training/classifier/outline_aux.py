@@ -1,4 +1,5 @@
-"""The expert's outline as privileged information: seen in training, never at serving.
+"""The expert's outline as privileged information: seen in training, never at serving. A study, measured
+(reproduce.sh, LEVERS=1) and not served: the served classifiers train without these heads.
 
 The server only has SAM's mask, which smooths the irregular margins that separate malignant from
 benign lesions (RESEARCH.md: 1 - solidity of the expert mask alone reaches AUC 0.98, of SAM's 0.75).
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet
 
-from training.outline import solidity
+from training.segmentation.outline import solidity
 
 
 class OutlineAux(nn.Module):

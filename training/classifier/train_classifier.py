@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -33,16 +32,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
-from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
 from models.classifier import ARCHITECTURE, CLASSES, build_classifier
 from models.manifest import InputSpec, Manifest, ModelEntry, save_classifier, write_manifest
 from models.preprocessing import ROI_MARGIN, Intensity, normalize
-from training.augment import affine, scanner
-from training.prepare import prepared
-from training.roi_table import RoiRecord, lesions, summarize
-from training.roi_sources import load_inputs
+from training.classifier.augment import affine, scanner
+from training.common.device import bf16_native, default_device
+from training.common.provenance import git_commit
+from training.datasets.roi_table import RoiRecord, summarize
+from training.rois.prepare import prepared
+from training.rois.sources import load_inputs
+from training.rois.splits import folds_of, select
 
 Regime = Literal["real", "sngan", "hybrid"]
 
@@ -65,17 +66,17 @@ class TrainConfig(BaseModel):
     gan_epochs: int = 40
     gan_iters_per_epoch: int | None = None  # None: one pass over the ROIs per SNGAN epoch
     target_sensitivity: float = 0.90
-    roi_source: Literal["expert", "box", "sam"] = "expert"  # training.roi_sources
+    roi_source: Literal["expert", "box", "sam"] = "expert"  # training.rois.sources
     channels: Literal[1, 2] = 1       # 2: the lesion mask (of the ROI source) as a second input channel
     sam: str = "litemedsam"           # roi_source sam: the SAM that outlines the lesion (the server's box route)
     sam_masks: str | None = None      # roi_source sam: its masks from this file instead (finetune-sam's out-of-fold masks)
     size: int = 128                   # classifier input, pixels
     margin: float = ROI_MARGIN        # context around the lesion box, fraction of its longer side (served too)
     intensity: Intensity = "raw"      # percentile: each image's gray levels standardised before the crop (served too)
-    aux_outline: float = 0.0          # training-only head drawing the expert mask (training.outline_aux)
+    aux_outline: float = 0.0          # training-only head drawing the expert mask (training.classifier.outline_aux)
     aux_irregularity: float = 0.0     # training-only head predicting the expert outline's 1 - solidity
     amp: bool = True                  # bf16 autocast + channels_last where the hardware computes in bf16 (AMX
-                                      # CPUs, GPUs: ~6x faster); float32 elsewhere (training.gan.bf16_native)
+                                      # CPUs, GPUs: ~6x faster); float32 elsewhere (training.common.device)
     quick: bool = False
 
     @classmethod
@@ -96,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       ("gan-iters-per-epoch", int)):
         p.add_argument(f"--{name}", type=typ, default=None)
     p.add_argument("--roi-source", choices=["expert", "box", "sam"], default=None,
-                   help="crop from the expert mask, a jittered box, or SAM's mask from that box (training.roi_sources)")
+                   help="crop from the expert mask, a jittered box, or SAM's mask from that box (training.rois.sources)")
     p.add_argument("--sam", default=None, help="SAM for the sam ROI source (default litemedsam; a fine-tuned name "
                    "from models/weights, e.g. litemedsam-us); the manifest tells the server to route boxes to it")
     p.add_argument("--sam-masks", type=Path, default=None,
@@ -155,10 +156,6 @@ def _batches(n: int, batch_size: int, gen: torch.Generator):
         yield order[i:i + batch_size]
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def uses_outline(cfg: TrainConfig) -> bool:
     return cfg.aux_outline > 0 or cfg.aux_irregularity > 0
 
@@ -170,10 +167,10 @@ def fit(model: torch.nn.Module, images: np.ndarray, targets: np.ndarray, cfg: Tr
 
     `outlines`: the expert masks cropped like `images`, for the training-only heads of OutlineAux;
     `model` itself is trained and stays a plain ResNet18."""
-    from training.outline_aux import OutlineAux, aux_loss, irregularity
-    from training.gan import bf16_native
+    from training.classifier.outline_aux import OutlineAux, aux_loss, irregularity
+    from training.gan.sngan import bf16_native
     gen = torch.Generator().manual_seed(cfg.seed)
-    dev = device()
+    dev = default_device()
     amp = cfg.amp and bf16_native(dev)
     memory_format = torch.channels_last if amp else torch.contiguous_format
     aux = outlines is not None
@@ -235,13 +232,14 @@ def logits_of(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128)
                       for i in range(0, len(x), batch_size)]).numpy()
 
 
-def _softmax_p(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def softmax_p(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """p(malignant) of two-column logits at `temperature`."""
     return torch.softmax(torch.as_tensor(logits) / temperature, dim=1)[:, 1].numpy()
 
 
 def gan_config(cfg: TrainConfig):
     """The SNGAN configuration of a run's per-fold GANs."""
-    from training.gan import GanConfig
+    from training.gan.sngan import GanConfig
     update = {"epochs": cfg.gan_epochs, "seed": cfg.seed}
     if cfg.gan_iters_per_epoch:
         update["iters_per_epoch"] = cfg.gan_iters_per_epoch
@@ -251,7 +249,7 @@ def gan_config(cfg: TrainConfig):
 def synthetic_set(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, gan_dir: Path
                   ) -> tuple[np.ndarray, np.ndarray]:
     """SNGAN trained on these (training-only) ROIs, then sampled: the synthetic ROIs of one fold."""
-    from training.gan import save_generator, synthesize, train_gan
+    from training.gan.sngan import save_generator, synthesize, train_gan
     gan_cfg = gan_config(cfg)
     generator = train_gan(images, targets, gan_cfg, gan_dir, resume=True)
     save_generator(generator, gan_dir / "generator.safetensors", gan_cfg)
@@ -281,17 +279,6 @@ def train_one(images: np.ndarray, targets: np.ndarray, cfg: TrainConfig, gan_dir
 
 # ------------------------------------------------------------------------------------ cross-validation
 
-def folds_of(records: list[RoiRecord], cfg: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Group-aware folds (a group, e.g. a BUS-BRA patient `busbra:<Case>`, never straddles folds),
-    stratified by site (source) and label, so every fold holds each site's share of each class.
-    One site: stratified by label alone, the very splits of the single-site runs."""
-    sites = {s: i for i, s in enumerate(sorted({r.source for r in records}))}
-    strata = np.array([2 * sites[r.source] + r.target for r in records])
-    groups = np.array([r.group for r in records])
-    splitter = StratifiedGroupKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.seed)
-    return list(splitter.split(np.zeros(len(strata)), strata, groups))
-
-
 def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, out: Path,
                    gan_root: Path | None = None, only_folds: set[int] | None = None,
                    served_as: dict[str, np.ndarray] | None = None, outlines: np.ndarray | None = None
@@ -305,7 +292,7 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
     oof_tta = np.zeros((len(records), 2), np.float32)
     oof_by = {src: np.zeros((len(records), 2), np.float32) for src in served_as}
     fold_of = np.full(len(records), -1)
-    for k, (train_idx, test_idx) in enumerate(folds_of(records, cfg)):
+    for k, (train_idx, test_idx) in enumerate(folds_of(records, cfg.folds, cfg.seed)):
         fold_dir = out / "cv" / f"fold{k}"
         fold_dir.mkdir(parents=True, exist_ok=True)
         test_groups = {records[i].group for i in test_idx}
@@ -316,7 +303,7 @@ def cross_validate(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfi
             from sklearn.metrics import roc_auc_score
             lg = logits_of(model, images[idx])
             y = targets[idx]
-            return {"test_fold_auc": float(roc_auc_score(y, _softmax_p(lg))) if len(set(y)) == 2 else None,
+            return {"test_fold_auc": float(roc_auc_score(y, softmax_p(lg))) if len(set(y)) == 2 else None,
                     "test_fold_loss": float(F.cross_entropy(torch.as_tensor(lg), torch.as_tensor(y)))}
 
         done = fold_dir / "predictions.npz"  # a finished fold: an interrupted CV resumes after it
@@ -394,14 +381,14 @@ def read_oof(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def report_cv(cv_dir: Path, cfg: TrainConfig) -> dict:
     """Fold metrics, pooled out-of-fold metrics, temperature and threshold, plots: from oof.csv alone."""
-    from training.metrics import binary_report, cv_summary, fit_temperature, per_site, threshold_on_every_site
-    from training.plots import plot_confusion, plot_curves, plot_reliability, plot_roc
+    from training.common.metrics import binary_report, cv_summary, fit_temperature, per_site, threshold_on_every_site
+    from training.common.plots import plot_confusion, plot_curves, plot_reliability, plot_roc
     y, fold, logits = read_oof(cv_dir / "oof.csv")
     sites = read_oof_column(cv_dir / "oof.csv", "source")
     groups = read_oof_column(cv_dir / "oof.csv", "group")  # CIs resample whole patients / near-duplicate groups
-    p_raw = _softmax_p(logits)
+    p_raw = softmax_p(logits)
     temperature = fit_temperature(y, logits)
-    p = _softmax_p(logits, temperature)
+    p = softmax_p(logits, temperature)
     threshold = threshold_on_every_site(y, p, sites, cfg.target_sensitivity)
     folds = sorted(set(fold.tolist()))
     fold_reports = [binary_report(y[fold == k], p[fold == k], threshold=threshold) for k in folds]
@@ -425,11 +412,11 @@ def report_cv(cv_dir: Path, cfg: TrainConfig) -> dict:
     report["served_as"] = {cfg.roi_source: {k: summary["pooled"][k] for k in SKEW_KEYS}}
     for path in sorted(cv_dir.glob("oof_served_*.csv")):
         y_s, _, logits_s = read_oof(path)
-        rep_s = binary_report(y_s, _softmax_p(logits_s, temperature), threshold=threshold, groups=groups)
+        rep_s = binary_report(y_s, softmax_p(logits_s, temperature), threshold=threshold, groups=groups)
         report["served_as"][path.stem.removeprefix("oof_served_")] = {k: rep_s[k] for k in SKEW_KEYS}
     if (cv_dir / "oof_tta.csv").is_file():
         y_t, _, logits_t = read_oof(cv_dir / "oof_tta.csv")
-        report["tta_flip"] = binary_report(y_t, _softmax_p(logits_t, fit_temperature(y_t, logits_t)), threshold=0.5,
+        report["tta_flip"] = binary_report(y_t, softmax_p(logits_t, fit_temperature(y_t, logits_t)), threshold=0.5,
                                            groups=groups)
     (cv_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_roc([(f"fold {k + 1}", y[fold == k], p[fold == k]) for k in folds] + [("pooled", y, p)],
@@ -454,15 +441,15 @@ def cross_fitted_operating_point(y: np.ndarray, fold: np.ndarray, logits: np.nda
     """The served recipe judged without looking at the judged fold: for each fold, temperature and
     threshold (the same rule: sensitivity >= target on each site) are fitted on the other folds'
     out-of-fold predictions, then applied to this one. Pooled and per site."""
-    from training.metrics import ece, fit_temperature, threshold_on_every_site
+    from training.common.metrics import ece, fit_temperature, threshold_on_every_site
     site = np.asarray(sites if sites is not None else ["all"] * len(y))
     p = np.zeros(len(y))
     decision = np.zeros(len(y), bool)
     for k in sorted(set(fold.tolist())):
         rest, here = fold != k, fold == k
         t = fit_temperature(y[rest], logits[rest])
-        thr = threshold_on_every_site(y[rest], _softmax_p(logits[rest], t), site[rest], target)
-        p[here] = _softmax_p(logits[here], t)
+        thr = threshold_on_every_site(y[rest], softmax_p(logits[rest], t), site[rest], target)
+        p[here] = softmax_p(logits[here], t)
         decision[here] = p[here] >= thr
 
     def operating_point(m: np.ndarray) -> dict:
@@ -504,7 +491,7 @@ def cv_markdown(report: dict) -> str:
 
 
 def per_site_markdown(report: dict) -> list[str]:
-    from training.metrics import site_table
+    from training.common.metrics import site_table
     rows = report.get("per_site", {})
     if len(rows) < 2:
         return []
@@ -527,14 +514,6 @@ def served_as_markdown(report: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- final fit
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
 
 def manifest_metrics(report: dict) -> dict:
     """The cross-validated numbers a manifest entry carries, from a cv/report.json."""
@@ -567,7 +546,7 @@ def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, ou
     targets = np.array([r.target for r in records])
     model, history = train_one(images, targets, cfg, (gan_root or out) / "final" / "gan", "final fit",
                                outlines=outlines)
-    from training.plots import plot_curves
+    from training.common.plots import plot_curves
     (out / "final").mkdir(parents=True, exist_ok=True)
     (out / "final" / "history.json").write_text(json.dumps(history, indent=1))
     plot_curves([h for h in history if "phase" not in h], out / "final" / "curves.png",
@@ -598,12 +577,12 @@ def holdout_report(held: list[RoiRecord], weights: Path, cfg: TrainConfig, cv: d
     """The final model of the training sites on the held-out site, at the temperature and threshold fitted
     on the training sites' out-of-fold predictions: report.json/.md, predictions.csv, ROC and reliability."""
     from models.manifest import load_classifier
-    from training.metrics import SITE_KEYS, binary_report
-    from training.plots import plot_confusion, plot_reliability, plot_roc
+    from training.common.metrics import SITE_KEYS, binary_report
+    from training.common.plots import plot_confusion, plot_reliability, plot_roc
     name = f"classifier-{cfg.modality}"
     model, entry = load_classifier(name, weights)
     logits = logits_of(model, load_inputs(held, cfg.roi_source, cfg.channels, **crop_kw))
-    p = _softmax_p(logits, cv["temperature"])
+    p = softmax_p(logits, cv["temperature"])
     y = np.array([r.target for r in held])
     site = held[0].source
     trained_on = sorted(entry.data["sources"])
@@ -633,7 +612,7 @@ def holdout_report(held: list[RoiRecord], weights: Path, cfg: TrainConfig, cv: d
 
 
 def holdout_markdown(rep: dict) -> str:
-    from training.metrics import site_table
+    from training.common.metrics import site_table
     rows = {f"{rep['site']} (held out)": {k: rep[k] for k in ("n", "n_malignant", "roc_auc", "roc_auc_ci",
                                                               "sensitivity", "specificity", "ece")},
             **{f"{s} (out of fold)": m for s, m in rep["training_sites_cv"]["per_site"].items()}}
@@ -644,16 +623,6 @@ def holdout_markdown(rep: dict) -> str:
         f"{rep['calibration']}: temperature {rep['temperature']:.3f}, threshold {rep['threshold']:.3f}.", "",
         *site_table(rows, rep["threshold"]), "",
         "![ROC](roc.png) ![confusion](confusion.png) ![reliability](reliability.png)", ""])
-
-
-def select(records: list[RoiRecord], modality: str, limit: int | None) -> list[RoiRecord]:
-    """The lesions of `modality`; with `limit`, the first N per class of each site (source)."""
-    chosen = lesions(records, modality)
-    if limit:
-        sites = sorted({r.source for r in chosen}, key=[r.source for r in chosen].index)
-        chosen = [r for s in sites for label in ("benign", "malignant")
-                  for r in [r for r in chosen if r.source == s and r.label == label][:limit]]
-    return chosen
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from training.metrics import calibration_bins, ece, roc_auc
+from training.common.metrics import calibration_bins, ece, roc_auc
 
 DPI = 120
 CLASS_NAMES = ("benign", "malignant")
@@ -27,7 +27,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def _roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # One point per distinct score, highest first, so tied scores make a diagonal step like sklearn's.
     order = np.argsort(-p, kind="mergesort")
     y, p = y[order], p[order]
@@ -48,7 +48,7 @@ def plot_roc(curves: Sequence[tuple[str, Sequence[int], Sequence[float]]], path:
         if auc is None:
             ax.plot([], [], " ", label=f"{label} (one class: no ROC)")
             continue
-        fpr, tpr = _roc_points(yy, pp)
+        fpr, tpr = roc_points(yy, pp)
         ax.plot(fpr, tpr, lw=1.5, label=f"{label} (AUC {auc:.3f}, n={yy.size})")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false positive rate)",
            ylabel="sensitivity (true positive rate)", title=title)

@@ -1,4 +1,11 @@
-"""Dataset adapters: each finds its layout under a folder and reads it into RoiRecords.
+"""Step 1, datasets: raw dataset folders in, RoiRecords out (one per lesion or normal image).
+
+In: a folder holding any of the known public sets (BUSI, BUS-BRA, UDIAT, mini-MIAS, INbreast, CBIS-DDSM,
+VinDr-Mammo, or plain class folders). Out: lists of `roi_table.RoiRecord` (image, box, mask, label,
+site, patient group), the schema every later step reads.
+
+`roi_table` holds that schema and the table `prepare` writes from it (rois.csv); `imaging` and `grouping`
+are the adapters' shared image reading and near-duplicate grouping.
 
 An adapter module has NAME, `find(root) -> [dataset roots]` and `read(root, warn) -> [RoiRecord]`.
 `warn` receives one message per problem, naming the file; the adapter skips what it cannot use.

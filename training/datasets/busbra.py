@@ -21,7 +21,7 @@ from typing import Callable
 
 from models.preprocessing import box_of_mask
 from training.datasets.imaging import ImageError, image_size, read_mask
-from training.roi_table import RoiRecord
+from training.datasets.roi_table import RoiRecord
 
 NAME = "busbra"
 MODALITY = "us"

@@ -15,7 +15,7 @@ from PIL import Image
 
 from models.preprocessing import box_of_mask, to_gray
 from training.datasets.grouping import fingerprints, group_ids, near_duplicate_pairs
-from training.roi_table import RoiRecord
+from training.datasets.roi_table import RoiRecord
 
 NAME = "busi"
 MODALITY = "us"

@@ -23,7 +23,7 @@ from typing import Callable
 
 from models.preprocessing import box_of_mask
 from training.datasets.imaging import ImageError, image_size, is_image_file, locate, preferred, read_mask
-from training.roi_table import RoiRecord
+from training.datasets.roi_table import RoiRecord
 
 NAME = "cbis_ddsm"
 MODALITY = "dm"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from training.datasets.imaging import ImageError, PILLOW_SUFFIXES, image_size
-from training.roi_table import MODALITIES, RoiRecord
+from training.datasets.roi_table import MODALITIES, RoiRecord
 
 NAME = "folders"
 MODALITY = "us"  # default when modality.txt is missing

@@ -1,7 +1,7 @@
 """Image and mask files of the extra adapters: Pillow formats, and DICOM through pydicom when installed.
 
 pydicom is not a dependency: the public sets ship DICOM, but most people convert them to PNG, and
-`training/rois.py` crops with Pillow. So a PNG/JPEG beside a DICOM (same name) is preferred, and a
+`training/rois/crops.py` crops with Pillow. So a PNG/JPEG beside a DICOM (same name) is preferred, and a
 DICOM without pydicom is a clear per-file error rather than an import failure.
 """
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Callable
 
 from training.datasets import imaging
 from training.datasets.imaging import ImageError, image_size, is_image_file, preferred
-from training.roi_table import RoiRecord
+from training.datasets.roi_table import RoiRecord
 
 NAME = "inbreast"
 MODALITY = "dm"

@@ -12,7 +12,7 @@ from typing import Callable
 
 from PIL import Image
 
-from training.roi_table import RoiRecord
+from training.datasets.roi_table import RoiRecord
 
 NAME = "mias"
 MODALITY = "dm"

@@ -17,7 +17,7 @@ import numpy as np
 from models.preprocessing import box_of_mask
 from training.datasets import imaging
 from training.datasets.imaging import ImageError, image_size, read_mask
-from training.roi_table import RoiRecord
+from training.datasets.roi_table import RoiRecord
 
 NAME = "udiat"
 MODALITY = "us"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from training.datasets.imaging import ImageError, image_size, locate
-from training.roi_table import RoiRecord
+from training.datasets.roi_table import RoiRecord
 
 NAME = "vindr"
 MODALITY = "dm"

@@ -17,9 +17,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from training.metrics import paired_auc_difference, roc_auc
-from training.plots import _roc_points
-from training.train_classifier import _softmax_p, read_oof, read_oof_column
+from training.classifier.train_classifier import read_oof, read_oof_column, softmax_p
+from training.common.metrics import paired_auc_difference, roc_auc
+from training.common.plots import roc_points
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def load_run(run: Path, served_as: str | None = None) -> dict:
     y, fold, logits = read_oof(run / "cv" / oof)
     return {"run": str(run), "report": report, "y": y, "fold": fold, "logits": logits,
             "groups": read_oof_column(run / "cv" / oof, "group"),
-            "p": _softmax_p(logits, report["temperature"]), "served_as": served_as or trained_on}
+            "p": softmax_p(logits, report["temperature"]), "served_as": served_as or trained_on}
 
 
 def run_label(rep: dict) -> str:
@@ -62,13 +62,13 @@ def _metrics(item: dict) -> dict:
         return {"fold_auc_mean": rep["summary"]["roc_auc"]["mean"], "fold_auc_std": rep["summary"]["roc_auc"]["std"],
                 "pooled": pooled, "at_0.5": rep["at_0.5"]["accuracy"], "ece_before": rep["ece_uncalibrated"],
                 "tta_flip_auc": rep.get("tta_flip", {}).get("roc_auc")}
-    from training.metrics import binary_report
+    from training.common.metrics import binary_report
     y, fold, p = item["y"], item["fold"], item["p"]
     folds = [roc_auc(y[fold == k], p[fold == k]) for k in sorted(set(fold.tolist()))]
     return {"fold_auc_mean": float(np.mean(folds)), "fold_auc_std": float(np.std(folds, ddof=1)),
             "pooled": binary_report(y, p, threshold=rep["threshold"], groups=item["groups"]),
             "at_0.5": binary_report(y, p, threshold=0.5, n_boot=0)["accuracy"],
-            "ece_before": binary_report(y, _softmax_p(item["logits"]), threshold=0.5, n_boot=0)["ece"],
+            "ece_before": binary_report(y, softmax_p(item["logits"]), threshold=0.5, n_boot=0)["ece"],
             "tta_flip_auc": None}
 
 
@@ -118,7 +118,7 @@ def plot(runs: list[Path], rows: list[dict], path: Path, served_as: str | None =
     roc_ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     for run, row in zip(runs, rows):
         item = load_run(run, served_as)
-        fpr, tpr = _roc_points(item["y"], item["p"])
+        fpr, tpr = roc_points(item["y"], item["p"])
         roc_ax.plot(fpr, tpr, lw=1.5, label=f"{row['modality']} {row['regime']} (AUC {row['pooled_auc']:.3f})")
     roc_ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="pooled out-of-fold ROC", xlim=(0, 1), ylim=(0, 1.01))
     roc_ax.legend(loc="lower right", fontsize=8)

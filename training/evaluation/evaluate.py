@@ -3,7 +3,7 @@
 DATA is a prepared folder (with rois.csv) or any folder of known datasets (e.g. BUSI, mini-MIAS), prepared
 on the fly into the cache. A folder of several sets (sources: sites, e.g. BUSI and BUS-BRA) is also
 reported per site (`per_site` in report.json, a table in report.md, one ROC curve each).
-`--roi-source` says where each crop comes from (training/roi_sources.py): `sam` (default) is what the
+`--roi-source` says where each crop comes from (training/rois/sources.py): `sam` (default) is what the
 server does, SAM's mask from a box drawn around the lesion (the expert box, jittered); `box` is that
 drawn box alone; `expert` the dataset's own annotation, which measures the classifier alone and is
 optimistic.
@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from training.roi_table import MODALITIES, RoiRecord
+from training.datasets.roi_table import MODALITIES, RoiRecord
 
 ROI_SOURCE_TEXT = {"expert": "lesion box from the dataset's own annotation",
                    "box": "the annotation's box with each side jittered by up to 5%, as a user draws it",
@@ -35,7 +35,7 @@ class EvaluateError(RuntimeError):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # The default weights dir is models/weights; spelled out here so --help works without importing torch.
-    p.add_argument("--weights", type=Path, default=Path(__file__).resolve().parents[1] / "models" / "weights",
+    p.add_argument("--weights", type=Path, default=Path(__file__).resolve().parents[2] / "models" / "weights",
                    help="weights folder holding manifest.json (default: models/weights)")
     p.add_argument("--data", type=Path, required=True,
                    help="prepared folder (rois.csv) or dataset folder in a known layout (e.g. BUSI, mini-MIAS)")
@@ -56,8 +56,8 @@ def _log(msg: str) -> None:
 
 
 def select_lesions(data: Path, modality: str | None) -> tuple[str, list[RoiRecord]]:
-    from training.prepare import LayoutError, prepared
-    from training.roi_table import lesions
+    from training.datasets.roi_table import lesions
+    from training.rois.prepare import LayoutError, prepared
 
     if not data.is_dir():
         raise EvaluateError(f"data folder not found: {data}")
@@ -88,8 +88,8 @@ def predict(records: list[RoiRecord], weights: Path, name: str, roi_source: str 
 
     from models.manifest import WeightsError, load_classifier, load_sam_probe
     from models.preprocessing import MEAN, STD
-    from training.roi_sources import SAM_FOR_BOXES, load_inputs
-    from training.train_classifier import logits_of
+    from training.classifier.train_classifier import logits_of
+    from training.rois.sources import SAM_FOR_BOXES, load_inputs
 
     try:
         model, entry = load_classifier(name, weights)
@@ -109,7 +109,7 @@ def predict(records: list[RoiRecord], weights: Path, name: str, roi_source: str 
     logits = torch.from_numpy(logits_of(model, inputs))
     if probe is not None:  # as the server does: the probe's logit from SAM's embedding of the same lesion
         from models.sam_probe import fuse
-        from training.sam_probe import probe_features
+        from training.probe.sam_probe import probe_features
         features = probe_features(records, roi_source, entry.sam_probe.sam, entry.input.roi_margin,
                                   entry.sam_probe.regions, progress=sys.stderr.isatty(),
                                   iou_token=entry.sam_probe.iou_token, stages=entry.sam_probe.stages)
@@ -123,7 +123,7 @@ def _sam_dice(records: list[RoiRecord], sam_name: str, weights: Path) -> dict[st
     """How far SAM's masks (from the jittered boxes) are from the expert's: mean Dice per class."""
     import numpy as np
 
-    from training.roi_sources import SamViews
+    from training.rois.sources import SamViews
     dice = SamViews(records, sam_name=sam_name, progress=False, weights_dir=weights).dice()
     labels = np.array([r.label for r in records])
     return {"all": round(float(dice.mean()), 4),
@@ -135,7 +135,7 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 def report_markdown(rep: dict[str, Any]) -> str:
-    from training.metrics import site_table
+    from training.common.metrics import site_table
     ci = rep["roc_auc_ci"]
     ci_txt = f"{ci[0]:.3f} to {ci[1]:.3f}" if ci else "undefined"
     (tn, fp), (fn, tp) = rep["confusion_matrix"]
@@ -201,9 +201,9 @@ def training_overlap(records, entry) -> dict[str, Any]:
 
 def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, model: str | None = None,
              n_boot: int = 1000, seed: int = 0, roi_source: str = "sam") -> dict[str, Any]:
-    from training.metrics import binary_report, per_site
-    from training.plots import plot_confusion, plot_reliability, plot_roc
-    from training.roi_sources import SAM_FOR_BOXES
+    from training.common.metrics import binary_report, per_site
+    from training.common.plots import plot_confusion, plot_reliability, plot_roc
+    from training.rois.sources import SAM_FOR_BOXES
 
     modality, records = select_lesions(Path(data), modality)
     name = model or f"classifier-{modality}"

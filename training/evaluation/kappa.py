@@ -135,7 +135,7 @@ def read_ratings(path: Path, readers: Sequence[str], model_column: str = "model"
 
 
 def rater_stats(truth: Sequence[int], calls: Sequence[int]) -> dict[str, Any]:
-    from training.metrics import binary_report
+    from training.common.metrics import binary_report
     rep = binary_report(truth, calls, threshold=0.5, n_boot=0)
     return {k: rep[k] for k in ("n", "accuracy", "sensitivity", "specificity", "confusion_matrix")}
 
@@ -159,7 +159,7 @@ def kappa_report(ratings: dict[str, Any], readers: Sequence[str], threshold: flo
     if "model" in ratings:
         rep["raters"]["model"] = rater_stats(truth, ratings["model"])
         rep["raters"]["model"]["threshold"] = threshold
-        from training.metrics import roc_auc
+        from training.common.metrics import roc_auc
         # An AUC only means something when the model column held scores rather than only labels.
         if any(p not in (0.0, 1.0) for p in ratings["model_p"]):
             rep["raters"]["model"]["roc_auc"] = roc_auc(truth, ratings["model_p"])

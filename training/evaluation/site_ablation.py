@@ -36,12 +36,12 @@ def _rows(path: Path) -> list[dict]:
 
 def predictions(folder: Path, site: str) -> dict[str, tuple[int, str, float]]:
     """lesion_id -> (target, group, p_malignant) for the site's lesions, and the folder's threshold."""
-    from training.train_classifier import _softmax_p
+    from training.classifier.train_classifier import softmax_p
     if (folder / "cv" / "oof.csv").is_file():
         report = json.loads((folder / "cv" / "report.json").read_text())
         rows = [r for r in _rows(folder / "cv" / "oof.csv") if r["source"] == site]
         logits = np.array([[float(r["logit_benign"]), float(r["logit_malignant"])] for r in rows], np.float32)
-        p = _softmax_p(logits, report["temperature"]) if rows else []
+        p = softmax_p(logits, report["temperature"]) if rows else []
         return {r["lesion_id"]: (int(r["target"]), r["group"], float(q)) for r, q in zip(rows, p)}, report["threshold"]
     report = json.loads((folder / "report.json").read_text())
     rows = [r for r in _rows(folder / "predictions.csv") if r["source"] == site]
@@ -50,7 +50,7 @@ def predictions(folder: Path, site: str) -> dict[str, tuple[int, str, float]]:
 
 
 def site_ablation(site: str, rows: list[tuple[str, Path]], n_boot: int = 2000) -> list[dict]:
-    from training.metrics import binary_report, paired_auc_difference
+    from training.common.metrics import binary_report, paired_auc_difference
     loaded = [(name, *predictions(folder, site)) for name, folder in rows]
     ids = sorted(loaded[0][1])
     if not ids:
@@ -89,7 +89,7 @@ def markdown(table: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.plots import plot_roc
+    from training.common.plots import plot_roc
     rows = []
     for spec in args.row:
         name, sep, folder = spec.partition("=")

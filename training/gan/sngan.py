@@ -31,6 +31,7 @@ from tqdm import tqdm
 from models.manifest import state_mismatch
 from models.sngan import (GanConfig, Generator, build_discriminator, build_generator, hinge_d_loss,
                           hinge_g_loss)
+from training.common.device import bf16_native, default_device
 
 __all__ = ["GanConfig", "Generator", "CheckpointError", "GeneratorFileError", "train_gan", "synthesize",
            "generate", "save_generator", "load_generator", "sample_grid", "save_grid", "class_grid", "to_uint8"]
@@ -51,24 +52,6 @@ class GeneratorFileError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether bf16 autocast runs on hardware that computes in bf16 (a GPU with bf16, a CPU with AMX or
-    AVX-512 BF16): there it is several times faster; elsewhere (an AVX2-only CPU) it is emulated and many
-    times slower than float32, so training runs in float32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
-
 
 def _amp_enabled(config: GanConfig, device: torch.device) -> bool:
     return config.amp and bf16_native(device)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.gan import GeneratorFileError, class_grid, default_device, load_generator, save_grid, synthesize
+from training.common.device import default_device
+from training.gan.sngan import GeneratorFileError, class_grid, load_generator, save_grid, synthesize
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.fid import FidError, fid_kid
-from training.gan import (CheckpointError, GanConfig, default_device, generate, sample_grid, save_generator,
-                          save_grid, train_gan)
-from training.prepare import LayoutError, prepared
-from training.roi_table import lesions
-from training.rois import load_rois
+from training.common.device import default_device
+from training.datasets.roi_table import lesions
+from training.gan.fid import FidError, fid_kid
+from training.gan.sngan import CheckpointError, GanConfig, generate, sample_grid, save_generator, save_grid, train_gan
+from training.rois.crops import load_rois
+from training.rois.prepare import LayoutError, prepared
 
 QUICK_FID_N = 16
 

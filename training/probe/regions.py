@@ -1,4 +1,5 @@
 """`probe-regions`: which regions and encoder stages the SAM probe should average, over many fold splits.
+A study, measured and not served (the served probe's regions and stages are fixed in models.sam_probe).
 
 The probe (models.sam_probe) reads means of LiteMedSAM's image embedding over regions around the lesion.
 This measures, for each set of regions, the probe alone over `--splits` group 5-fold splits (seeds 0..N-1,
@@ -60,10 +61,11 @@ def stage_columns(stages: tuple[str, ...], regions: tuple[str, ...] = REGIONS) -
 
 
 def measure(runs: list[Path], rois: Path, splits: int, limit: int | None) -> dict:
-    from training.metrics import roc_auc
-    from training.prepare import prepared
-    from training.sam_probe import check_lesions, out_of_fold, probe_features, run_configs
-    from training.train_classifier import folds_of, read_oof, select
+    from training.classifier.train_classifier import read_oof
+    from training.common.metrics import roc_auc
+    from training.probe.sam_probe import check_lesions, out_of_fold, probe_features, run_configs
+    from training.rois.prepare import prepared
+    from training.rois.splits import folds_of, select
     cfg = run_configs(runs)
     records = select(prepared(rois), cfg.modality, limit)
     check_lesions(runs, records)
@@ -77,7 +79,7 @@ def measure(runs: list[Path], rois: Path, splits: int, limit: int | None) -> dic
     split_folds = []
     for seed in range(splits):
         fold = np.zeros(len(y), int)
-        for k, (_, test) in enumerate(folds_of(records, cfg.model_copy(update={"seed": seed}))):
+        for k, (_, test) in enumerate(folds_of(records, cfg.folds, seed)):
             fold[test] = k
         split_folds.append(fold)
     sigmoid = lambda d: 1 / (1 + np.exp(-d.astype(np.float64)))  # noqa: E731
@@ -114,8 +116,8 @@ def away_from_bottom(records, cfg) -> np.ndarray:
     """Lesions whose posterior band stays clear of the image's bottom edge: there the band cannot be
     reading the edge or what scanners print along it (and it does not merely say "a large, deep lesion")."""
     from models.sam_probe import band
-    from training.roi_sources import SamViews, lesion_view
-    from training.sam_embeddings import Embeddings
+    from training.rois.sam_embeddings import Embeddings
+    from training.rois.sources import SamViews, lesion_view
     sizes = Embeddings(records, cfg.sam, False).original_size  # cached by probe_features
     sam = SamViews(records, 0, cfg.sam, False, Path(cfg.sam_masks) if cfg.sam_masks else None)
     out = np.zeros(len(records), bool)

@@ -31,11 +31,12 @@ from safetensors.torch import save_file
 from models.manifest import SamProbeSpec, WeightsError, sha256_file
 from models.sam_probe import (ALL_REGIONS, ALL_STAGES, REGIONS, STAGES, Region, SamProbe, Stage, encoder_only,
                               probe_input, probe_size)
-from training.probe_views import Job, View, view_rows
-from training.roi_sources import SamViews, drawn_box, lesion_rng, lesion_view
-from training.roi_table import RoiRecord
-from training.rois import save_atomic
-from training.train_classifier import TrainConfig, cv_markdown, manifest_metrics, read_oof, report_cv, write_oof
+from training.classifier.train_classifier import (TrainConfig, cv_markdown, manifest_metrics, read_oof, report_cv,
+                                                   write_oof)
+from training.datasets.roi_table import RoiRecord
+from training.probe.views import Job, View, view_rows
+from training.rois.crops import save_atomic
+from training.rois.sources import SamViews, drawn_box, lesion_rng, lesion_view
 
 C = 0.05  # L2 strength of RESEARCH.md's probe on LiteMedSAM features, fixed before any of these runs
 
@@ -75,7 +76,7 @@ def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin:
     stages from a fresh encoder pass, whose features are cached."""
     from models.sam import SAM_MODELS, load_sam
     from models.segmentation import Embedding, SamSegmenter
-    from training.sam_embeddings import Embeddings
+    from training.rois.sam_embeddings import Embeddings
     if sam_name not in SAM_MODELS:
         raise ValueError(f"the SAM probe needs a packaged SAM encoder ({', '.join(SAM_MODELS)}), not {sam_name!r}")
     sam = SamViews(records, seed, sam_name, progress, sam_masks) if source == "sam" else None
@@ -103,20 +104,20 @@ SHIFT_SEED = 3  # the scanner-shifted view's draw per lesion
 def marked_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...] = REGIONS,
                     seed: int = 0, progress: bool = True, iou_token: bool = False,
                     stages: tuple[Stage, ...] = ("neck",)) -> np.ndarray:
-    """`probe_features` of each image with measurement marks burned in (training.marks; colour and
+    """`probe_features` of each image with measurement marks burned in (training.classifier.marks; colour and
     caliper box drawn per lesion): the view of a scanner's overlay that the probe learns to look past."""
     return view_features(records, sam_name, margin, regions, View("marked", partial(burn_marks, seed)),
                          [MARK_BOX_SEED, MARK_COLOURS], seed, progress, iou_token, stages)
 
 
 def burn_marks(seed: int, r: RoiRecord, rgb: np.ndarray) -> np.ndarray:
-    from training.marks import burn_measurement
+    from training.classifier.marks import burn_measurement
     colour = MARK_COLOURS[int(lesion_rng(r, seed).integers(len(MARK_COLOURS)))]
     return burn_measurement(rgb, drawn_box(r, rgb.shape[:2], MARK_BOX_SEED), colour)
 
 
 def shift_scanner(r: RoiRecord, rgb: np.ndarray) -> np.ndarray:
-    from training.scanner_shifts import random_shift
+    from training.classifier.scanner_shifts import random_shift
     return random_shift(rgb, lesion_rng(r, SHIFT_SEED))
 
 
@@ -124,8 +125,8 @@ def shifted_features(records: list[RoiRecord], sam_name: str, margin: float, reg
                      seed: int = 0, progress: bool = True, iou_token: bool = False,
                      stages: tuple[Stage, ...] = ("neck",)) -> np.ndarray:
     """`probe_features` of each image as another scanner or setting would give it (one random kind and
-    strength per lesion, training.scanner_shifts): the view that teaches the probe to look past texture."""
-    from training.scanner_shifts import RANGES
+    strength per lesion, training.classifier.scanner_shifts): the view that teaches the probe to look past texture."""
+    from training.classifier.scanner_shifts import RANGES
     return view_features(records, sam_name, margin, regions, View("shifted", shift_scanner),
                          ["scanner", SHIFT_SEED, RANGES], seed, progress, iou_token, stages)
 
@@ -137,7 +138,7 @@ def view_cache(records: list[RoiRecord], sam_name: str, margin: float, regions: 
     from models.encoder_runtime import identity
     from models.encoder_runtime import identity
     from models.sam import sam_identity
-    from training.prepare import cache_root
+    from training.common.cache import cache_root
     # the token, the stages and the encoder's runtime joined the key later: views cached without them keep
     # their names
     later = (["iou_token"] if iou_token else []) + ([["stages", *stages]] if stages != ("neck",) else []) \
@@ -153,12 +154,12 @@ def view_cache(records: list[RoiRecord], sam_name: str, margin: float, regions: 
 def view_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...], view: View,
                   key: list, seed: int, progress: bool, iou_token: bool = False,
                   stages: tuple[Stage, ...] = ("neck",)) -> np.ndarray:
-    """`probe_features` of every lesion in `view` (training.probe_views), from a fresh encoder pass.
+    """`probe_features` of every lesion in `view` (training.probe.views), from a fresh encoder pass.
     Encoded once and cached under the view's name and `key`: for this list of lesions, and per lesion,
     so that another list of the same lesions (a site of two, a held-out site) encodes only the new ones."""
     import hashlib
 
-    from training.prepare import cache_root
+    from training.common.cache import cache_root
     path = view_cache(records, sam_name, margin, regions, view.name, key, seed, iou_token, stages)
     if path.is_file():
         return np.load(path)
@@ -261,7 +262,7 @@ def cross_fitted(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out:
     """Fused out-of-fold predictions of the runs (each with its own folds' probes) and their report.
     `views`: other views' features (`marked`, `shifted`); each fold's probe is also scored on them (and
     trained on the training lesions' `augment` views too)."""
-    from training.metrics import binary_report, fit_temperature, paired_auc_difference
+    from training.common.metrics import binary_report, fit_temperature, paired_auc_difference
     views = views or {}
     check_lesions(runs, records)
     y = np.array([r.target for r in records])
@@ -325,7 +326,7 @@ def view_movement(report: dict, parts: dict[str, np.ndarray], alpha: float, prob
     moved = p(parts["fused"] + alpha * (probe_view - parts["probe"]))
     t = report["threshold"]
     flips = (clean >= t) != (moved >= t)
-    from training.metrics import roc_auc
+    from training.common.metrics import roc_auc
     return {"median_abs_delta": float(np.median(np.abs(moved - clean))), "mean_delta": float(np.mean(moved - clean)),
             "flips": int(flips.sum()), "flips_to_malignant": int((flips & (moved >= t)).sum()),
             "probe_auc_clean": roc_auc(y, 1 / (1 + np.exp(-parts["probe"].astype(np.float64)))),
@@ -362,7 +363,7 @@ def probe_markdown(report: dict) -> str:
 def write_weights(runs: list[Path], records: list[RoiRecord], x: np.ndarray, out: Path, report: dict,
                   extra: list[np.ndarray] | None = None) -> Path:
     """The runs' final fits (their mean if several) with the probe fitted on every lesion."""
-    from training.ensemble import combine_weights
+    from training.classifier.ensemble import combine_weights
     y = np.array([r.target for r in records])
     modality = report["modality"]
     probe_file = f"sam-probe-{modality}.safetensors"
@@ -394,8 +395,8 @@ def holdout(runs: list[Path], train: list[RoiRecord], held: list[RoiRecord], x: 
     fitted on every training-site lesion, at the temperature and threshold of the training sites' fused
     out-of-fold predictions; the held-out site is neither trained nor calibrated on. Each part alone too,
     and the probe's gain (fused - ResNet18) on the held-out site, paired over its patients."""
-    from training.metrics import SITE_KEYS, binary_report, fit_temperature, paired_auc_difference
-    from training.plots import plot_reliability, plot_roc
+    from training.common.metrics import SITE_KEYS, binary_report, fit_temperature, paired_auc_difference
+    from training.common.plots import plot_reliability, plot_roc
     ids = [r.lesion_id for r in held]
     d_r = []
     for run in runs:
@@ -441,7 +442,7 @@ def holdout(runs: list[Path], train: list[RoiRecord], held: list[RoiRecord], x: 
     plot_roc([(site, y_h, p)], folder / "roc.png", title)
     plot_reliability(y_h, p, folder / "reliability.png", title)
     (folder / "report.json").write_text(json.dumps(rep, indent=2, allow_nan=False) + "\n")
-    from training.train_classifier import holdout_markdown
+    from training.classifier.train_classifier import holdout_markdown
     d = rep["parts"]
     (folder / "report.md").write_text(holdout_markdown(rep).replace("ResNet18 alone (no SAM probe)", "ResNet18 + SAM probe")
                                       + f"\nOn {site}: ResNet18 alone AUC {d['resnet']['roc_auc']:.3f}, probe alone "
@@ -451,8 +452,8 @@ def holdout(runs: list[Path], train: list[RoiRecord], held: list[RoiRecord], x: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.prepare import prepared
-    from training.train_classifier import select
+    from training.rois.prepare import prepared
+    from training.rois.splits import select
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.roi_table import RoiRecord
+from training.datasets.roi_table import RoiRecord
 
 ROW_KEYS = ("n", "n_malignant", "roc_auc", "roc_auc_ci", "sensitivity", "specificity", "ece")
 
@@ -40,13 +40,12 @@ def _p(diff: np.ndarray, temperature: float) -> np.ndarray:
 def calibrated_oof(x: np.ndarray, records: list[RoiRecord], folds: int = 5) -> tuple[np.ndarray, float, float]:
     """Out-of-fold probe logits over `records`' group-aware folds, the temperature fitted on them and the
     threshold that keeps sensitivity >= 0.90 on each site."""
-    from training.metrics import fit_temperature, threshold_on_every_site
-    from training.sam_probe import out_of_fold, two_columns
-    from training.train_classifier import TrainConfig, folds_of
+    from training.common.metrics import fit_temperature, threshold_on_every_site
+    from training.probe.sam_probe import out_of_fold, two_columns
+    from training.rois.splits import folds_of
     y = np.array([r.target for r in records])
-    cfg = TrainConfig(modality="us", folds=folds)
     fold = np.zeros(len(records), int)
-    for k, (_, test) in enumerate(folds_of(records, cfg)):
+    for k, (_, test) in enumerate(folds_of(records, folds, seed=0)):  # the classifier's default split seed
         fold[test] = k
     diff, _ = out_of_fold(x, y, fold)
     t = fit_temperature(y, two_columns(diff))
@@ -54,8 +53,8 @@ def calibrated_oof(x: np.ndarray, records: list[RoiRecord], folds: int = 5) -> t
 
 
 def probe_sites(records: list[RoiRecord], x: np.ndarray, folds: int = 5) -> dict:
-    from training.metrics import binary_report, per_site
-    from training.sam_probe import fit_probe, probe_logits
+    from training.common.metrics import binary_report, per_site
+    from training.probe.sam_probe import fit_probe, probe_logits
     y, groups = np.array([r.target for r in records]), [r.group for r in records]
     sites = sorted({r.source for r in records})
     diff, t, thr = calibrated_oof(x, records, folds)
@@ -98,11 +97,11 @@ def run(args: argparse.Namespace) -> int:
 
     from models.preprocessing import ROI_MARGIN
     from models.sam_probe import REGIONS, STAGES
-    from training.plots import plot_roc
-    from training.prepare import prepared
-    from training.roi_sources import SAM_FOR_BOXES
-    from training.sam_probe import probe_features
-    from training.train_classifier import select
+    from training.common.plots import plot_roc
+    from training.probe.sam_probe import probe_features
+    from training.rois.prepare import prepared
+    from training.rois.sources import SAM_FOR_BOXES
+    from training.rois.splits import select
     if args.threads:
         torch.set_num_threads(args.threads)
     records = select(prepared(args.rois), "us", args.limit)

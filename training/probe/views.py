@@ -5,7 +5,7 @@ or nothing) and where the lesion is in it: for a changed image SAM outlines it a
 box, as the server would; for the clean image the ROI source's own box and mask (`source`). The pass
 is the slow part of `sam-probe`, so it runs in worker processes with one torch thread each: on this
 2-core CPU two of them take about 11 min for BUSI's 647 images, one process on two threads took 14-18
-min. The caller caches the features (training.sam_probe.view_features).
+min. The caller caches the features (training.probe.sam_probe.view_features).
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from models.sam_probe import Region, Stage, encoder_only, probe_input, probe_size
-from training.roi_sources import SamViews, drawn_box, lesion_view, outline_from_box
-from training.roi_table import RoiRecord
+from training.datasets.roi_table import RoiRecord
+from training.rois.sources import SamViews, drawn_box, lesion_view, outline_from_box
 
 MIN_PER_WORKER = 32  # fewer images than this per worker: starting the workers costs more than it saves
 

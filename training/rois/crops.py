@@ -11,8 +11,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from models.preprocessing import INPUT_SIZE, ROI_MARGIN, roi_from_image, to_gray
-from training.prepare import cache_root
-from training.roi_table import RoiRecord
+from training.common.cache import cache_root
+from training.datasets.roi_table import RoiRecord
 
 
 def load_gray(path: str | Path) -> np.ndarray:

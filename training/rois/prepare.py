@@ -7,8 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+from training.common.cache import cache_root
 from training.datasets import adapters, discover, known_layouts
-from training.roi_table import RoiRecord, Summary, read_table, summarize, summary_markdown, write_summary, write_table
+from training.datasets.roi_table import (RoiRecord, Summary, read_table, summarize, summary_markdown, write_summary,
+                                        write_table)
 
 
 class LayoutError(ValueError):
@@ -54,10 +56,6 @@ def prepare(data: Path, out: Path, log=print, sources: list[str] | None = None) 
     return records, summary
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("BRANET_CACHE", ".cache/branet"))
-
-
 def prepared(data: Path, log=print) -> list[RoiRecord]:
     """The ROI table of `data`: a folder with rois.csv, or a dataset folder prepared on the fly (cached)."""
     data = Path(data)
@@ -74,8 +72,8 @@ def prepared(data: Path, log=print) -> list[RoiRecord]:
 
 
 def _adapters_digest() -> bytes:
-    from training import datasets, roi_table
-    files = sorted(Path(datasets.__file__).parent.glob("*.py")) + [Path(roi_table.__file__)]
+    from training import datasets  # the adapters and the table they fill (datasets/roi_table.py)
+    files = sorted(Path(datasets.__file__).parent.glob("*.py"))
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).digest()
 
 

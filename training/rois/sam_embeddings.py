@@ -2,7 +2,7 @@
 
 The image encoder is most of a SAM's cost (about 2 s an image on one thread here). `finetune-sam`
 trains decoders on these embeddings and `sam-probe` averages them around each lesion. `SamViews`
-(training.roi_sources), which outlines every lesion from its drawn box, fills this cache in the same
+(training.rois.sources), which outlines every lesion from its drawn box, fills this cache in the same
 encoder pass (`EmbeddingWriter`), so the served weights encode each image once.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.prepare import cache_root
-from training.roi_table import RoiRecord
+from training.common.cache import cache_root
+from training.datasets.roi_table import RoiRecord
 
 SHAPE = (256, 64, 64)  # LiteMedSAM's and MobileSAM's image embedding, stored fp16
 

@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from models.manifest import WEIGHTS_DIR, sha256_file
 from models.preprocessing import INPUT_SIZE, ROI_MARGIN, classifier_input, jitter_box
-from training.prepare import cache_root
-from training.roi_table import RoiRecord
-from training.rois import load_gray, save_atomic
+from training.common.cache import cache_root
+from training.datasets.roi_table import RoiRecord
+from training.rois.crops import load_gray, save_atomic
 
 ROI_SOURCES = ("expert", "box", "sam")
 SAM_FOR_BOXES = "litemedsam"  # the server's default box route (server/settings.py DEFAULT_ROUTE)
@@ -130,7 +130,7 @@ class SamViews:
 
         from models.sam import load_sam
         from models.segmentation import SamSegmenter
-        from training.sam_embeddings import writer_for
+        from training.rois.sam_embeddings import writer_for
         cached = [self._lesion_path(r).is_file() for r in self.records]
         segmenter = None if all(cached) else SamSegmenter(load_sam(self.sam_name, weights_dir=self.weights_dir))
         # the SAM probe's embeddings come from this same pass, when it encodes every image
@@ -193,7 +193,7 @@ def load_inputs(records: list[RoiRecord], source: str = "expert", channels: int 
     if source not in ROI_SOURCES:
         raise ValueError(f"unknown ROI source {source!r}; known: {', '.join(ROI_SOURCES)}")
     if source == "expert" and channels == 1 and intensity == "raw":
-        from training.rois import load_rois
+        from training.rois.crops import load_rois
         return load_rois(records, size, margin, progress)
     sam = SamViews(records, seed, sam_name, progress, sam_masks, weights_dir) if source == "sam" else None
     key = hashlib.sha256(json.dumps([source, channels, size, margin, seed] + ([mask_of] if mask_of != "source" else [])

@@ -246,7 +246,7 @@ def evaluate_segmentation(sam: str, prompt: str, data: Path, out: Path, limit: i
     from models.manifest import WeightsError
     from models.sam import SAM_MODELS, load_sam
     from models.segmentation import SamSegmenter
-    from training.plots import plot_dice_histogram
+    from training.common.plots import plot_dice_histogram
 
     if prompt not in PROMPTS:
         raise SegEvalError(f"unknown prompt {prompt!r}; known: {', '.join(PROMPTS)}")

@@ -1,11 +1,12 @@
-"""`finetune-sam`: LiteMedSAM's mask decoder fine-tuned on expert lesion masks, cross-fitted.
+"""`finetune-sam`: LiteMedSAM's mask decoder fine-tuned on expert lesion masks, cross-fitted. A study, measured
+and not served (the served box route is LiteMedSAM as released).
 
 Box-prompted LiteMedSAM reaches Dice 0.91 on BUSI but smooths malignant outlines (RESEARCH.md: the
 solidity of its masks separates benign from malignant with AUC 0.75, the expert masks' with 0.98).
 This command fine-tunes the prompt-conditioned mask decoder (4M parameters) on the expert masks so
 that the served SAM keeps irregular outlines, and measures whether it does, honestly:
 
-- The image encoder stays frozen: each image is encoded once (training.sam_embeddings), and only the
+- The image encoder stays frozen: each image is encoded once (training.rois.sam_embeddings), and only the
   decoder trains, from the expert box jittered anew at every step (±JITTER of each side).
 - Cross-fitted: the folds are the classifier's (`train-classifier` splits, near-duplicate groups kept
   together). Fold k's decoder never saw fold k's masks and outlines fold k's lesions from the fixed
@@ -30,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from training.evaluate_segmentation import dice_iou
-from training.outline import solidity
-from training.prepare import prepared
-from training.roi_sources import box_mask, drawn_box, expert_mask
-from training.roi_table import RoiRecord
-from training.sam_embeddings import Embeddings
+from training.datasets.roi_table import RoiRecord
+from training.rois.prepare import prepared
+from training.rois.sam_embeddings import Embeddings
+from training.rois.sources import box_mask, drawn_box, expert_mask
+from training.segmentation.evaluate_segmentation import dice_iou
+from training.segmentation.outline import solidity
 
 JITTER = 0.08  # training boxes: a bit looser than the ±5% the evaluation box uses, so serving boxes are inside the range
 BASE_SAM = "litemedsam"
@@ -94,8 +95,8 @@ def segmentation_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torc
 def train_decoder(records: list[RoiRecord], idx: np.ndarray, emb: Embeddings, targets: np.ndarray,
                   args: argparse.Namespace, desc: str):
     """A fresh LiteMedSAM whose mask decoder is fine-tuned on `idx` (the rest frozen); returns it in eval mode."""
-    from models.sam import load_sam
     from models.preprocessing import jitter_box
+    from models.sam import load_sam
     sam = load_sam(BASE_SAM).model
     sam.image_encoder.requires_grad_(False)
     sam.prompt_encoder.requires_grad_(False)
@@ -134,7 +135,7 @@ def outline(sam, emb: Embeddings, i: int, box) -> tuple[np.ndarray, float]:
 
 def fidelity(name: str, masks: list[np.ndarray], truths: list[np.ndarray], targets: np.ndarray,
              expert_solidity: np.ndarray) -> dict:
-    from training.metrics import bootstrap_auc_ci, roc_auc
+    from training.common.metrics import bootstrap_auc_ci, roc_auc
     d = np.array([dice_iou(m, t)[0] for m, t in zip(masks, truths)])
     s = np.array([solidity(m) for m in masks])
     ok = ~np.isnan(s)
@@ -180,7 +181,7 @@ def cross_fit_fold(k: int, train_idx: np.ndarray, test_idx: np.ndarray, records:
 
 def assemble(records: list[RoiRecord], emb: Embeddings, fold_files: list[Path], truths: list[np.ndarray],
              out: Path) -> list[np.ndarray]:
-    """Every lesion's out-of-fold mask in `training.roi_sources.SamViews`'s file format."""
+    """Every lesion's out-of-fold mask in `training.rois.sources.SamViews`'s file format."""
     from models.preprocessing import box_of_mask
     masks: list[np.ndarray | None] = [None] * len(records)
     data: dict[str, np.ndarray] = {}
@@ -204,11 +205,12 @@ def assemble(records: list[RoiRecord], emb: Embeddings, fold_files: list[Path], 
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.roi_sources import SamViews
-    from training.train_classifier import TrainConfig, folds_of, git_commit, select
+    from training.common.provenance import git_commit
+    from training.rois.sources import SamViews
+    from training.rois.splits import folds_of, select
     if args.threads:
         torch.set_num_threads(args.threads)
-    from training.gan import bf16_native
+    from training.common.device import bf16_native
     args.amp = bf16_native(torch.device("cpu"))  # emulated bf16 (an AVX2-only CPU) is far slower than float32
     records = select(prepared(args.rois), args.modality, args.limit)
     if len({r.target for r in records}) < 2:
@@ -219,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     emb = Embeddings(records, BASE_SAM)
     targets = np.stack([frame_mask(expert_mask(r, emb.original_size[i]), emb.input_size[i])
                         for i, r in enumerate(records)])
-    folds = folds_of(records, TrainConfig(modality=args.modality, folds=args.folds, seed=args.seed))
+    folds = folds_of(records, args.folds, args.seed)
     only = set(args.only_folds) if args.only_folds else set(range(args.folds)) | ({-1} if not args.no_final else set())
     files = [cross_fit_fold(k, tr, te, records, emb, targets, args) for k, (tr, te) in enumerate(folds) if k in only]
     if -1 in only and not (args.out / "decoder.safetensors").is_file():
