@@ -53,7 +53,8 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.live_server import BRANET, free_port, server_env  # noqa: E402
+from server.launcher import BRANET, ServerDidNotStart, free_port, server_env  # noqa: E402
+from server import launcher  # noqa: E402
 
 # What each kind must answer (the documented status); anything else is counted as unexpected.
 EXPECTED = {"upload": {201}, "reprompt": {200}, "analysis": {201}, "analysis_upload": {201}, "history": {200},
@@ -525,19 +526,12 @@ def main() -> None:
         token = subprocess.run([BRANET, "users", "add", "soak", "--no-password"], env=env, check=True,
                                capture_output=True, text=True).stdout.strip()
         port, log = free_port(), (home / "server.log").open("w")
-        proc = subprocess.Popen([BRANET, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            proc = launcher.start(home, port, env, log)
+        except ServerDidNotStart as e:
+            raise SystemExit(str(e)) from None
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(480):
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).json().get("ready"):
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None:
-                    raise SystemExit(f"server exited: {(home / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.5)
             config = httpx.get(f"{url}/v1/config", timeout=10).json()
             max_upload_bytes = int(config["max_upload_bytes"])
             cache_bound_mib = float(env.get("BRANET_CACHE_MB", 1024))
