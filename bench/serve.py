@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from models.preprocessing import box_of_mask, classifier_input, normalize, to_gr
 from models.sam import load_sam  # noqa: E402
 from models.sam_probe import encoder_only, fuse, probe_input  # noqa: E402
 from models.segmentation import Prompt, SamSegmenter  # noqa: E402
+from server import launcher  # noqa: E402
 
 
 def busi_cases(data: Path, n: int) -> list[tuple[Path, list[int]]]:
@@ -93,26 +93,6 @@ def bare_times(cases, runtimes: list[str]) -> dict[str, dict[str, list[float]]]:
                 times[runtime]["total"].append(time.perf_counter() - start)
                 times[runtime]["encode"].append(encoded - start)
     return times
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(home: Path, port: int, env_extra: dict) -> subprocess.Popen:
-    env = {**os.environ, "BRANET_HOME": str(home), "BRANET_CREATE_DEV_USER": "false", **env_extra}
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--log-level", "warning"],
-                            env=env, cwd=ROOT)
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("server did not become ready")
 
 
 async def analyse(client: httpx.AsyncClient, path: Path, box: list[int]) -> tuple[float, int, dict, dict]:
@@ -229,14 +209,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as home:
             token = subprocess.run([sys.executable, "-m", "server.cli", "users", "add", "--no-password", "bench"], capture_output=True,
                                    text=True, check=True, cwd=ROOT, env={**os.environ, "BRANET_HOME": home}).stdout.strip()
-            port = free_port()
-            proc = start_server(Path(home), port, {"BRANET_QUEUE_SIZE": str(args.queue_size),
-                                                   "BRANET_ENCODER_RUNTIME": runtime})
+            port = launcher.free_port()
+            env = launcher.server_env(Path(home), BRANET_QUEUE_SIZE=str(args.queue_size), BRANET_ENCODER_RUNTIME=runtime)
+            with (Path(home) / "server.log").open("w") as log:
+                try:
+                    proc = launcher.start(Path(home), port, env, log, timeout_s=300)
+                except launcher.ServerDidNotStart as e:
+                    raise SystemExit(str(e)) from None
             try:
                 results[runtime] = asyncio.run(served(port, token, cases, args.levels, args.per_level, args.queue_size))
             finally:
-                proc.terminate()
-                proc.wait(timeout=60)
+                launcher.stop(proc)
         report(results[runtime], by_runtime.get(runtime, {}).get("bare_s") or by_runtime[args.runtimes[0]]["bare_s"],
                runtime, args.queue_size)
     out = {"bare": by_runtime, "served": results, "default_runtime": default,

@@ -33,7 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from server.firebase_emulators import PROJECT, AuthRest, auth_emulator, firestore_emulator, free_port  # noqa: E402
+from server import launcher  # noqa: E402
+from server.firebase_emulators import PROJECT, AuthRest, auth_emulator, firestore_emulator  # noqa: E402
 
 BACKENDS = ("sqlite", "firestore")
 TARGET_SHARE = 0.05
@@ -41,38 +42,18 @@ TARGET_SHARE = 0.05
 
 def start_server(name: str, home: Path, timings: Path, env_extra: dict, log: Path,
                  timeout_s: float = 600) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+    """The instrumented server (bench/timed_server.py) with `env_extra`, never the emulators of this process'
+    environment unless `env_extra` names them."""
+    port = launcher.free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST")}
     env |= {"BRANET_HOME": str(home), "BRANET_CREATE_DEV_USER": "false", "BRANET_BENCH_TIMINGS": str(timings),
             **env_extra}
     with log.open("a") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "timed_server.py"), "serve", "--port", str(port),
-                                 "--log-level", "warning"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the {name} server exited ({proc.returncode}); its log {log}:\n"
-                             f"{log.read_text(errors='replace')[-3000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop(proc)
-    raise SystemExit(f"the {name} server was not ready after {timeout_s:.0f} s; its log {log}")
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
+            return launcher.start(home, port, env, out, timeout_s,
+                                  command=(sys.executable, str(ROOT / "bench" / "timed_server.py"))), port
+        except launcher.ServerDidNotStart as e:
+            raise SystemExit(f"the {name} server did not start ({e}); its log {log}") from None
 
 
 def analyse(client: httpx.Client, path: Path, box: list[int]) -> tuple[float, float, dict]:
@@ -207,7 +188,7 @@ def run(cases: list[tuple[Path, list[int]]], runtime: str | None = None, keep_lo
             failed = False
         finally:
             for proc in procs.values():
-                stop(proc)
+                launcher.stop(proc)
             auth.stop()
             firestore.stop()
             if keep_logs is not None or failed:

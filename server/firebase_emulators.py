@@ -15,13 +15,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Callable, NoReturn
 
 import httpx
+
+from server.launcher import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "demo-branet"  # demo-*: the emulators never reach a real project
@@ -41,12 +42,6 @@ def _raise(message: str) -> NoReturn:
 
 
 Fail = Callable[[str], NoReturn]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def firestore_launcher(fail: Fail = _raise) -> str:

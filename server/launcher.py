@@ -37,11 +37,13 @@ def branet(home: Path, *args: str, stdin: str | None = None) -> str:
                           text=True).stdout
 
 
-def start(home: Path, port: int, env: dict[str, str], log: IO, timeout_s: float = 240) -> subprocess.Popen:
-    """`branet serve` on 127.0.0.1:`port` with `env`, its output into `log`, once /readyz says ready (its
-    models are loaded); ServerDidNotStart if it exits first or is not ready within `timeout_s`."""
-    proc = subprocess.Popen([BRANET, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+def start(home: Path, port: int, env: dict[str, str], log: IO, timeout_s: float = 240,
+          command: tuple[str, ...] = (BRANET,)) -> subprocess.Popen:
+    """`branet serve` (or `command` + `serve`, e.g. a wrapper that instruments it) on 127.0.0.1:`port` with
+    `env`, its output into `log`, once /readyz says ready (its models are loaded); ServerDidNotStart if it
+    exits first or is not ready within `timeout_s`."""
+    proc = subprocess.Popen([*command, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -52,9 +54,20 @@ def start(home: Path, port: int, env: dict[str, str], log: IO, timeout_s: float 
         if proc.poll() is not None:
             raise ServerDidNotStart(f"server exited: {_tail(log)}")
         time.sleep(0.5)
-    proc.kill()
-    proc.wait()
+    stop(proc)
     raise ServerDidNotStart(f"server not ready within {timeout_s:g} s: {_tail(log)}")
+
+
+def stop(proc: subprocess.Popen | None, timeout_s: float = 60) -> None:
+    """Terminate the server and wait for it; kill it if it does not go within `timeout_s`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def _tail(log: IO) -> str:
