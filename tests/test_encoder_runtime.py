@@ -103,13 +103,17 @@ def copied_encoders(tmp_path):
     return tmp_path
 
 
-def test_a_changed_exported_encoder_refuses_to_start(litemedsam, copied_encoders):
-    assert load_encoder(litemedsam, "openvino", "f32", copied_encoders) is not None
-    with open(copied_encoders / "litemedsam.onnx", "r+b") as f:
+def _flip_a_byte(path):
+    with open(path, "r+b") as f:
         f.seek(-100, 2)
         byte = f.read(1)
         f.seek(-100, 2)
         f.write(bytes([byte[0] ^ 1]))
+
+
+def test_a_changed_exported_encoder_refuses_to_start(litemedsam, copied_encoders):
+    assert load_encoder(litemedsam, "openvino", "f32", copied_encoders) is not None
+    _flip_a_byte(copied_encoders / "litemedsam.onnx")
     with pytest.raises(WeightsError, match=r"changed.*run `make install`"):
         load_encoder(litemedsam, "openvino", "f32", copied_encoders)
 
@@ -117,11 +121,7 @@ def test_a_changed_exported_encoder_refuses_to_start(litemedsam, copied_encoders
 def test_a_changed_exported_decoder_refuses_to_start(litemedsam, copied_encoders):
     assert load_decoder(litemedsam, "onnxruntime", copied_encoders) is not None
     assert load_decoder(litemedsam, "torch", copied_encoders) is None
-    with open(copied_encoders / "litemedsam-decoder.onnx", "r+b") as f:
-        f.seek(-100, 2)
-        byte = f.read(1)
-        f.seek(-100, 2)
-        f.write(bytes([byte[0] ^ 1]))
+    _flip_a_byte(copied_encoders / "litemedsam-decoder.onnx")
     with pytest.raises(WeightsError, match=r"changed.*run `make install`"):
         load_decoder(litemedsam, "openvino", copied_encoders)
 
