@@ -115,13 +115,17 @@ def upload(c: httpx.Client, folder: Path, role: str = "classifier-us", files: di
 
 @pytest.fixture(scope="module")
 def deployed(servers, variant) -> dict:
-    """The variant deployed (not active) on server a; both versions' ids and sha256."""
+    """The variant deployed (not active) on server a by `branet models deploy` (POST /v1/admin/models with an
+    admin token); both versions' ids and sha256."""
+    out = subprocess.run([BRANET, "models", "deploy", str(variant), "--server", f"http://127.0.0.1:{servers['a']}",
+                          "--token", servers["tokens"]["root"]], env=server_env(servers["home"]), capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
     with client(servers) as c:
-        res = upload(c, variant)
-        assert res.status_code == 201, res.text
-        version = res.json()
         listed = c.get("/v1/models").json()["versions"]["classifier-us"]
     v1 = next(v for v in listed if v["source"] == "committed")
+    version = next(v for v in listed if v["source"] == "upload")
+    assert out.stdout.startswith(f"{version['id']}: classifier-us sha256 {version['sha256'][:12]} deployed")
     return {"v1": v1["id"], "v2": version["id"], v1["id"]: v1["sha256"], version["id"]: version["sha256"],
             "version": version}
 
