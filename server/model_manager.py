@@ -154,12 +154,8 @@ def smoke(engine: Engine, served: Served, modality: str, images: list[tuple[np.n
 
 def gate_auc(folder: Path, weights: Path, role: str, roi_source: str) -> tuple[float, int]:
     """ROC AUC of `role` from `weights` on the lesions in `folder`, as `evaluate` computes it."""
-    try:  # the training package's layout (training/evaluation, training/common), or its earlier flat one
-        from training.common.metrics import roc_auc
-        from training.evaluation.evaluate import EvaluateError, predict, select_lesions
-    except ModuleNotFoundError:
-        from training.evaluate import EvaluateError, predict, select_lesions
-        from training.metrics import roc_auc
+    from training.common.metrics import roc_auc
+    from training.evaluation.evaluate import EvaluateError, predict, select_lesions
     try:
         _, records = select_lesions(folder, role_modality(role))
         p, _ = predict(records, weights, role, roi_source)
