@@ -168,7 +168,6 @@ def fit(model: torch.nn.Module, images: np.ndarray, targets: np.ndarray, cfg: Tr
     `outlines`: the expert masks cropped like `images`, for the training-only heads of OutlineAux;
     `model` itself is trained and stays a plain ResNet18."""
     from training.classifier.outline_aux import OutlineAux, aux_loss, irregularity
-    from training.gan.sngan import bf16_native
     gen = torch.Generator().manual_seed(cfg.seed)
     dev = default_device()
     amp = cfg.amp and bf16_native(dev)

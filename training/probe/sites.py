@@ -40,12 +40,14 @@ def _p(diff: np.ndarray, temperature: float) -> np.ndarray:
 def calibrated_oof(x: np.ndarray, records: list[RoiRecord], folds: int = 5) -> tuple[np.ndarray, float, float]:
     """Out-of-fold probe logits over `records`' group-aware folds, the temperature fitted on them and the
     threshold that keeps sensitivity >= 0.90 on each site."""
+    from training.classifier.train_classifier import TrainConfig
     from training.common.metrics import fit_temperature, threshold_on_every_site
     from training.probe.sam_probe import out_of_fold, two_columns
     from training.rois.splits import folds_of
     y = np.array([r.target for r in records])
+    cfg = TrainConfig(modality="us", folds=folds)  # the classifier's split seed and target sensitivity
     fold = np.zeros(len(records), int)
-    for k, (_, test) in enumerate(folds_of(records, folds, seed=0)):  # the classifier's default split seed
+    for k, (_, test) in enumerate(folds_of(records, cfg.folds, cfg.seed)):
         fold[test] = k
     diff, _ = out_of_fold(x, y, fold)
     t = fit_temperature(y, two_columns(diff))
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from models.preprocessing import ROI_MARGIN
-    from models.sam_probe import REGIONS, STAGES
+    from models.probe_head import REGIONS, STAGES
     from training.common.plots import plot_roc
     from training.probe.sam_probe import probe_features
     from training.rois.prepare import prepared
