@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 from models.manifest import load_classifier, load_sam_probe  # noqa: E402
 from models.preprocessing import box_of_mask, classifier_input, normalize, to_gray  # noqa: E402
 from models.sam import load_sam  # noqa: E402
-from models.sam_probe import encoder_only, fuse, probe_input  # noqa: E402
+from models.probe_head import encoder_only, fuse  # noqa: E402
+from models.sam_probe import probe_input  # noqa: E402
 from models.segmentation import Prompt, SamSegmenter  # noqa: E402
 
 

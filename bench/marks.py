@@ -5,7 +5,7 @@ already), taken in a fixed order alternating benign and malignant. Each goes thr
 pipeline (`server.engine.Engine`: the box route's SAM, then the served US classifier) three times
 with the same drawn box (the expert box, each side jittered by up to 5%, as a user draws it):
 clean, with white calipers + dotted lines + a measurement label burned in, and with the same marks
-in yellow (`training.marks.burn_measurement`). As a yardstick, each is also run clean with the box
+in yellow (`training.classifier.marks.burn_measurement`). As a yardstick, each is also run clean with the box
 drawn again (another jitter of the same expert box): how much the prediction moves anyway when a
 user draws the box twice; and with the box drawn loose (the drawn box widened by 15% of its size on
 every side): a user who leaves room around the lesion should get the same answer. Reports how far the

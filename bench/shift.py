@@ -41,7 +41,7 @@ from bench.marks import gray_lesions  # noqa: E402  (the same lesions, in the sa
 
 
 # name -> the whole image as another scanner or setting would give it (rng: the lesion's own, fixed). The
-# SAM probe's --scanner-augment view draws from the same kinds (training.scanner_shifts.RANGES).
+# SAM probe's --scanner-augment view draws from the same kinds (training.classifier.scanner_shifts.RANGES).
 SHIFTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
     "gain -30%": lambda rgb, rng: gain(rgb, 0.7),
     "gain +30%": lambda rgb, rng: gain(rgb, 1.3),

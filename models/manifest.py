@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from models.classifier import build_classifier
 from models.files import WeightsError, sha256_file, verified_file
-from models.sam_probe import Region, SamProbe, Stage, probe_size
+from models.probe_head import Region, SamProbe, Stage, probe_size
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MANIFEST_NAME = "manifest.json"

@@ -1,70 +1,27 @@
-"""The SAM probe: what SAM's image encoder says about the lesion, next to the ResNet18.
+"""The SAM probe's features: what SAM's image encoder says about the lesion, next to the ResNet18.
 
 The server encodes every image with SAM to outline the lesion. That embedding, averaged over a few
 regions (`lesion_features`: inside SAM's mask, over the classifier's crop, and in the tissue next to
 the lesion, served: behind it, where ultrasound shows posterior shadowing or enhancement), separates
-malignant from benign lesions about as well as the ResNet18 does, and differently (training.sam_probe
-measures both; training.probe_regions which regions). A probe may also read the mask decoder's IoU
+malignant from benign lesions about as well as the ResNet18 does, and differently (training.probe.sam_probe
+measures both; training.probe.regions which regions). A probe may also read the mask decoder's IoU
 token with SAM's mask box as the prompt (`probe_input`; not served: it raises the AUC on BUSI by
-reading how the box was drawn, training/RESULTS.md). A logistic regression on these (`SamProbe`) adds
+reading how the box was drawn, training/results/sam-probe.md). A logistic regression on these
+(models.probe_head.SamProbe) adds
 its logit to the classifier's: the served logit difference is ResNet18 + alpha x probe. The served probe
 averages every stage of the encoder (`STAGES`), not only the embedding it ends in: together they
-separate BUSI's lesions better (training/RESULTS.md). When the probe's SAM is the route's SAM the
+separate BUSI's lesions better (training/results/sam-probe.md). When the probe's SAM is the route's SAM the
 features cost no extra encoder pass. Training, evaluation and serving call the same functions.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, get_args
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from models.preprocessing import ROI_MARGIN, Box, square_box
-
-if TYPE_CHECKING:  # models.segmentation imports models.sam, which imports the manifest, which imports this
-    from models.segmentation import Embedding, SamSegmenter
-
-Region = Literal["mask", "crop", "posterior", "anterior", "lateral"]
-ALL_REGIONS: tuple[Region, ...] = get_args(Region)
-REGIONS: tuple[Region, ...] = ("mask", "crop", "posterior")  # the served probe's (training.probe_regions)
-CHANNELS = 256  # of SAM's image embedding (one mean per channel and region) and of its decoder's tokens
-IOU_TOKEN = False  # the served probe does not read the mask decoder's IoU token (training/RESULTS.md)
-# Where in SAM's image encoder the probe reads: `neck` is the image embedding the mask decoder reads;
-# `layer0` .. `layer3` are the TinyViT stages before it (models.segmentation.encoder_stages), by channels.
-Stage = Literal["neck", "layer0", "layer1", "layer2", "layer3"]
-STAGE_CHANNELS: dict[Stage, int] = {"neck": CHANNELS, "layer0": 128, "layer1": 160, "layer2": 320, "layer3": 320}
-ALL_STAGES: tuple[Stage, ...] = get_args(Stage)
-STAGES: tuple[Stage, ...] = ALL_STAGES  # the served probe's: every stage (training/RESULTS.md)
-
-
-def probe_size(regions: tuple[Region, ...], iou_token: bool, stages: tuple[Stage, ...] = ("neck",)) -> int:
-    return sum(STAGE_CHANNELS[s] for s in stages) * len(regions) + CHANNELS * int(iou_token)
-
-
-def encoder_only(stages: tuple[Stage, ...]) -> tuple[str, ...]:
-    """The stages an embedding must keep besides the image embedding itself."""
-    return tuple(s for s in stages if s != "neck")
-
-
-class SamProbe(nn.Module):
-    """Standardised features -> one logit (malignant vs benign), a logistic regression's weights."""
-
-    def __init__(self, features: int = probe_size(REGIONS, IOU_TOKEN, STAGES)):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(features))
-        self.register_buffer("scale", torch.ones(features))
-        self.linear = nn.Linear(features, 1)
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.linear((f.float() - self.mean) / self.scale).squeeze(-1)
-
-
-def fuse(logits: torch.Tensor, probe_logit: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Classifier logits (N, 2) with alpha x the probe's logit added to their difference, split evenly."""
-    half = alpha * probe_logit.to(logits) / 2
-    return torch.stack([logits[:, 0] - half, logits[:, 1] + half], dim=1)
+from models.probe_head import REGIONS, Region, Stage, encoder_only
+from models.segmentation import Embedding, SamSegmenter
 
 
 def encoder_frame(region: np.ndarray, input_size: tuple[int, int]) -> torch.Tensor:

@@ -21,7 +21,8 @@ from models.gradcam import grad_cam
 from models.manifest import ModelEntry, WeightsError, load_classifier, load_sam_probe, read_manifest
 from models.preprocessing import classifier_input, normalize, to_gray
 from models.sam import LoadedSam, load_sam
-from models.sam_probe import SamProbe, encoder_only, fuse, probe_input
+from models.probe_head import SamProbe, encoder_only, fuse
+from models.sam_probe import probe_input
 from models.segmentation import Embedding, Prompt, SamSegmenter, Segmentation
 from server.embedding_cache import EmbeddingCache
 from server.errors import ApiError

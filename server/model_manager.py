@@ -16,8 +16,12 @@ between two jobs: a job in flight finishes on what it started with, the next one
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+import subprocess
+import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from models.manifest import Manifest, ModelEntry, WeightsError, read_manifest, sha256_file, verified_file
+from models.manifest import Manifest, ModelEntry, WeightsError, sha256_file, verified_file
 from models.preprocessing import MEAN, STD
 from models.sam import SAM_MODELS
 from models.segmentation import Prompt
@@ -152,19 +156,26 @@ def smoke(engine: Engine, served: Served, modality: str, images: list[tuple[np.n
     return ps
 
 
-def gate_auc(folder: Path, weights: Path, role: str, roi_source: str) -> tuple[float, int]:
-    """ROC AUC of `role` from `weights` on the lesions in `folder`, as `evaluate` computes it."""
-    from training.common.metrics import roc_auc
-    from training.evaluation.evaluate import EvaluateError, predict, select_lesions
-    try:
-        _, records = select_lesions(folder, role_modality(role))
-        p, _ = predict(records, weights, role, roi_source)
-    except EvaluateError as e:
-        raise ModelRefused("gate", str(e)) from None
-    auc = roc_auc([r.target for r in records], p)
-    if auc is None:
+def gate_auc(folder: Path, weights: Path, role: str, roi_source: str, timeout_s: float = 3600) -> tuple[float, int]:
+    """ROC AUC of `role` from `weights` on the lesions in `folder` and their number, computed by the offline
+    phase's own `python -m training evaluate` in a child process: the same figures as an admin's evaluation,
+    while the server imports nothing from training/ (and the child's memory goes when it ends)."""
+    with tempfile.TemporaryDirectory(prefix="branet-gate-") as out:
+        try:
+            done = subprocess.run([sys.executable, "-m", "training", "evaluate", "--weights", str(weights),
+                                   "--data", str(folder), "--out", out, "--modality", role_modality(role),
+                                   "--model", role, "--roi-source", roi_source], capture_output=True, text=True,
+                                  timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise ModelRefused("gate", f"evaluating on {folder} took over {timeout_s:g} s") from None
+        if done.returncode != 0:
+            said = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+            raise ModelRefused("gate", said[-1].removeprefix("error:").strip() if said
+                               else f"evaluating on {folder} failed: {done.stderr.strip()[-500:]}")
+        report = json.loads((Path(out) / "report.json").read_text())
+    if report.get("roc_auc") is None:
         raise ModelRefused("gate", f"{folder} needs benign and malignant lesions for an AUC")
-    return auc, len(records)
+    return float(report["roc_auc"]), int(report["n"])
 
 
 class ModelManager:

@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from models.manifest import WEIGHTS_DIR, WeightsError, load_classifier, load_sam_probe, read_manifest
-from models.sam_probe import REGIONS, STAGES, probe_size
+from models.probe_head import REGIONS, STAGES, probe_size
 from tests.test_train_classifier import run_training
 
 LIMIT = "4"  # 8 lesions: a quick run
@@ -174,7 +174,8 @@ def test_iou_token_reads_the_box_it_is_given(data_dir):
 
 def test_probe_reads_every_encoder_stage_it_names(data_dir):
     from models.sam import load_sam
-    from models.sam_probe import STAGE_CHANNELS, lesion_features, probe_input
+    from models.probe_head import STAGE_CHANNELS
+    from models.sam_probe import lesion_features, probe_input
     from models.segmentation import Prompt, SamSegmenter
     from training.rois.prepare import prepared
     from training.rois.sources import drawn_box
@@ -217,7 +218,7 @@ def test_view_workers_compute_what_one_process_does(data_dir):
 
 
 def test_probe_logit_adds_to_the_difference():
-    from models.sam_probe import fuse
+    from models.probe_head import fuse
     logits = torch.tensor([[0.2, 1.0], [1.5, -0.5]])
     fused = fuse(logits, torch.tensor([2.0, -1.0]), alpha=0.5)
     assert torch.allclose(fused[:, 1] - fused[:, 0], torch.tensor([0.8 + 1.0, -2.0 - 0.5]))
@@ -275,7 +276,7 @@ def test_probe_regions_measures_every_set(probe_run, data_dir):
 
 
 def test_stage_columns_pick_each_stage_and_region():
-    from models.sam_probe import ALL_REGIONS, ALL_STAGES, STAGE_CHANNELS
+    from models.probe_head import ALL_REGIONS, ALL_STAGES, STAGE_CHANNELS
     from training.probe.regions import stage_columns
     # A feature row laid out as probe_features makes it: stage after stage, each region's means in turn.
     row = np.concatenate([np.full(STAGE_CHANNELS[s], 10 * i + j) for i, s in enumerate(ALL_STAGES)

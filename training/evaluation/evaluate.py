@@ -108,7 +108,7 @@ def predict(records: list[RoiRecord], weights: Path, name: str, roi_source: str 
                          intensity=entry.input.intensity)
     logits = torch.from_numpy(logits_of(model, inputs))
     if probe is not None:  # as the server does: the probe's logit from SAM's embedding of the same lesion
-        from models.sam_probe import fuse
+        from models.probe_head import fuse
         from training.probe.sam_probe import probe_features
         features = probe_features(records, roi_source, entry.sam_probe.sam, entry.input.roi_margin,
                                   entry.sam_probe.regions, progress=sys.stderr.isatty(),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.sam_probe import ALL_REGIONS, ALL_STAGES, CHANNELS, REGIONS, STAGE_CHANNELS
+from models.probe_head import ALL_REGIONS, ALL_STAGES, CHANNELS, REGIONS, STAGE_CHANNELS
 
 TOKEN = "iou_token"  # the mask decoder's IoU token, a column block after ALL_REGIONS
 

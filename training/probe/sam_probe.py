@@ -29,8 +29,9 @@ import torch
 from safetensors.torch import save_file
 
 from models.manifest import SamProbeSpec, WeightsError, sha256_file
-from models.sam_probe import (ALL_REGIONS, ALL_STAGES, REGIONS, STAGES, Region, SamProbe, Stage, encoder_only,
-                              probe_input, probe_size)
+from models.probe_head import (ALL_REGIONS, ALL_STAGES, REGIONS, STAGES, Region, SamProbe, Stage, encoder_only,
+                               probe_size)
+from models.sam_probe import probe_input
 from training.classifier.train_classifier import (TrainConfig, cv_markdown, manifest_metrics, read_oof, report_cv,
                                                    write_oof)
 from training.datasets.roi_table import RoiRecord

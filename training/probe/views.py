@@ -18,7 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from models.sam_probe import Region, Stage, encoder_only, probe_input, probe_size
+from models.probe_head import Region, Stage, encoder_only, probe_size
+from models.sam_probe import probe_input
 from training.datasets.roi_table import RoiRecord
 from training.rois.sources import SamViews, drawn_box, lesion_view, outline_from_box
 
