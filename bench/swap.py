@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,33 +29,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-BRANET = str(Path(sys.executable).with_name("branet"))
 
-
-def variant(out: Path) -> Path:
-    """A `training export`-style folder holding classifier-us with fc scaled by 1.01, and its SAM probe."""
-    import torch
-    from safetensors.torch import load_file
-
-    from models.classifier import build_classifier
-    from models.manifest import WEIGHTS_DIR, read_manifest, save_classifier
-    manifest = read_manifest(WEIGHTS_DIR)
-    entry = manifest.models["classifier-us"]
-    model = build_classifier(in_channels=entry.input.channels, num_classes=2, members=entry.members)
-    model.load_state_dict({k: v.float() for k, v in load_file(str(WEIGHTS_DIR / entry.file)).items()})
-    with torch.no_grad():
-        model.fc.weight.mul_(1.01)
-    sha = save_classifier(model, out / entry.file)
-    shutil.copyfile(WEIGHTS_DIR / entry.sam_probe.file, out / entry.sam_probe.file)
-    manifest.models = {"classifier-us": entry.model_copy(update={"sha256": sha})}
-    (out / "manifest.json").write_text(manifest.model_dump_json(indent=2))
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from server import launcher  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -116,26 +90,19 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "swap.json")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="branet-swap-"))
-    home, port = work / "home", free_port()
+    home, port = work / "home", launcher.free_port()
     home.mkdir()
-    env = {**os.environ, "BRANET_HOME": str(home), "BRANET_CREATE_DEV_USER": "false",
-           "BRANET_QUEUE_SIZE": str(max(16, 2 * args.concurrency))}
-    token = subprocess.run([BRANET, "users", "add", "bench", "--admin", "--no-password"], env=env, check=True,
+    env = launcher.server_env(home, BRANET_QUEUE_SIZE=str(max(16, 2 * args.concurrency)))
+    token = subprocess.run([launcher.BRANET, "users", "add", "bench", "--admin", "--no-password"], env=env, check=True,
                            capture_output=True, text=True).stdout.strip()
-    folder = variant(work)
+    folder = launcher.us_classifier_variant(work, lambda model: model.fc.weight.mul_(1.01))
     log = (work / "server.log").open("w")
-    server = subprocess.Popen([BRANET, "serve", "--port", str(port), "--log-level", "warning"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
+    try:
+        server = launcher.start(home, port, env, log, timeout_s=300)
+    except launcher.ServerDidNotStart as e:
+        sys.exit(str(e))
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).json().get("ready"):
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-            if server.poll() is not None:
-                sys.exit(f"server exited: {(work / 'server.log').read_text()[-2000:]}")
         c = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=600)
         parts = [("manifest", ("manifest.json", (folder / "manifest.json").read_bytes()))]
         parts += [("files", (f.name, f.read_bytes())) for f in folder.glob("*.safetensors")]
@@ -152,8 +119,7 @@ def main() -> int:
                                               v2.json()["id"]))
         steady_a, swapping, steady_b = run(None), run(args.every), run(None)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        launcher.stop(server)
         log.close()
     steady = steady_a["latencies"] + steady_b["latencies"]
     base = {"p50_s": percentile(steady, 0.5), "p95_s": percentile(steady, 0.95),

@@ -1,6 +1,7 @@
 """`branet serve` as a child process on a free port, for what an in-process app cannot show: a socket, a
-browser, a process that starts, is killed and starts again. The tests (tests/live_server.py) and the
-benchmarks (bench/soak.py) start their servers with it."""
+browser, a process that starts, is killed and starts again; and a second US model version to deploy on it.
+The tests (tests/live_server.py, tests/test_admin_models.py) and the benchmarks (bench/soak.py, serve.py,
+swap.py) use it."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 import httpx
 
@@ -37,25 +38,36 @@ def branet(home: Path, *args: str, stdin: str | None = None) -> str:
                           text=True).stdout
 
 
-def start(home: Path, port: int, env: dict[str, str], log: IO, timeout_s: float = 240,
-          command: tuple[str, ...] = (BRANET,)) -> subprocess.Popen:
+def spawn(port: int, env: dict[str, str], log: IO, command: tuple[str, ...] = (BRANET,)) -> subprocess.Popen:
     """`branet serve` (or `command` + `serve`, e.g. a wrapper that instruments it) on 127.0.0.1:`port` with
-    `env`, its output into `log`, once /readyz says ready (its models are loaded); ServerDidNotStart if it
-    exits first or is not ready within `timeout_s`."""
-    proc = subprocess.Popen([*command, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+    `env`, its output into `log`; not waited for (`wait_ready`), so that several can start together."""
+    return subprocess.Popen([*command, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(proc: subprocess.Popen, port: int, log: IO, timeout_s: float = 240) -> None:
+    """Until /readyz says ready (the models are loaded); ServerDidNotStart (the server stopped) if it exits
+    first or is not ready within `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json().get("ready"):
-                return proc
+                return
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
             raise ServerDidNotStart(f"server exited: {_tail(log)}")
-        time.sleep(0.5)
+        time.sleep(0.25)
     stop(proc)
     raise ServerDidNotStart(f"server not ready within {timeout_s:g} s: {_tail(log)}")
+
+
+def start(home: Path, port: int, env: dict[str, str], log: IO, timeout_s: float = 240,
+          command: tuple[str, ...] = (BRANET,)) -> subprocess.Popen:
+    """`spawn`, then `wait_ready`."""
+    proc = spawn(port, env, log, command)
+    wait_ready(proc, port, log, timeout_s)
+    return proc
 
 
 def stop(proc: subprocess.Popen | None, timeout_s: float = 60) -> None:
@@ -73,3 +85,29 @@ def stop(proc: subprocess.Popen | None, timeout_s: float = 60) -> None:
 def _tail(log: IO) -> str:
     log.flush()
     return Path(log.name).read_text()[-2000:]
+
+
+def us_classifier_variant(out: Path, change: Callable, weights: Path | None = None) -> Path:
+    """A folder as `python -m training export` writes it, in `out`: the committed classifier-us with
+    `change(model)` applied under no_grad (e.g. its last layer scaled: another sha256, still a working model),
+    its SAM probe, and the manifest holding that one entry."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from models.classifier import build_classifier
+    from models.manifest import WEIGHTS_DIR, read_manifest, save_classifier
+    weights = Path(weights or WEIGHTS_DIR)
+    manifest = read_manifest(weights)
+    entry = manifest.models["classifier-us"]
+    model = build_classifier(in_channels=entry.input.channels, num_classes=2, members=entry.members)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(weights / entry.file)).items()})
+    with torch.no_grad():
+        change(model)
+    out.mkdir(parents=True, exist_ok=True)
+    sha = save_classifier(model, out / entry.file)
+    shutil.copyfile(weights / entry.sam_probe.file, out / entry.sam_probe.file)
+    manifest.models = {"classifier-us": entry.model_copy(update={"sha256": sha})}
+    (out / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    return out

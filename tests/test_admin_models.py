@@ -16,10 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from safetensors.torch import load_file
 
-from models.manifest import WEIGHTS_DIR, read_manifest, save_classifier, sha256_file
-from tests.live_server import BRANET, free_port, server_env
+from models.manifest import read_manifest, sha256_file
+from server import launcher
+from server.launcher import BRANET, free_port, server_env, us_classifier_variant
+from tests.live_server import live_server
 
 SWAPS = 20  # activations + rollbacks during the load loop
 CLIENTS = 3
@@ -27,54 +28,26 @@ CLIENTS = 3
 
 @pytest.fixture(scope="module")
 def variant(tmp_path_factory) -> Path:
-    """A `training export`-style folder: classifier-us (changed) + its SAM probe, and the manifest."""
-    import torch
-
-    from models.classifier import build_classifier
-    out = tmp_path_factory.mktemp("variant")
-    manifest = read_manifest(WEIGHTS_DIR)
-    entry = manifest.models["classifier-us"]
-    model = build_classifier(in_channels=entry.input.channels, num_classes=2, members=entry.members)
-    model.load_state_dict({k: v.float() for k, v in load_file(str(WEIGHTS_DIR / entry.file)).items()})
-    with torch.no_grad():
-        model.fc.weight.mul_(1.01)
-    sha = save_classifier(model, out / entry.file)
-    shutil.copyfile(WEIGHTS_DIR / entry.sam_probe.file, out / entry.sam_probe.file)
-    manifest.models = {"classifier-us": entry.model_copy(update={"sha256": sha, "created": "2026-12-01T15:00:00+00:00"})}
-    (out / "manifest.json").write_text(manifest.model_dump_json(indent=2))
-    return out
+    """A `training export`-style folder: classifier-us with its last layer scaled by 1.01, its probe, manifest."""
+    return us_classifier_variant(tmp_path_factory.mktemp("variant"), lambda model: model.fc.weight.mul_(1.01))
 
 
 def start(home: Path, log_name: str, **env: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    log = (home / log_name).open("w")
-    proc = subprocess.Popen([BRANET, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            env=server_env(home, BRANET_TORCH_THREADS="1", OMP_NUM_THREADS="1", **env),
-                            stdout=log, stderr=subprocess.STDOUT)
+    port, log = free_port(), (home / log_name).open("w")
+    proc = launcher.spawn(port, server_env(home, BRANET_TORCH_THREADS="1", OMP_NUM_THREADS="1", **env), log)
     proc.log = log
     return proc, port
 
 
-def wait_ready(proc: subprocess.Popen, port: int, home: Path, log_name: str) -> None:
-    for _ in range(480):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json().get("ready"):
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {(home / log_name).read_text()[-2000:]}")
-        time.sleep(0.25)
-    pytest.fail("server not ready in 120 s")
+def wait_ready(proc: subprocess.Popen, port: int) -> None:
+    try:
+        launcher.wait_ready(proc, port, proc.log, timeout_s=240)
+    except launcher.ServerDidNotStart as e:
+        pytest.fail(str(e))
 
 
 def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    launcher.stop(proc, timeout_s=30)
     proc.log.close()
 
 
@@ -91,8 +64,8 @@ def servers(tmp_path_factory):
     first = start(home, "server-a.log")
     second = start(home, "server-b.log", BRANET_MODELS_POLL_S="0.5")
     try:
-        wait_ready(*first, home, "server-a.log")
-        wait_ready(*second, home, "server-b.log")
+        wait_ready(*first)
+        wait_ready(*second)
         yield {"home": home, "a": first[1], "b": second[1], "tokens": tokens}
     finally:
         stop(second[0])
@@ -339,23 +312,12 @@ def test_a_swap_drops_only_the_embeddings_of_a_changed_sam(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def inverted(variant, tmp_path_factory) -> Path:
-    """The variant with its last layer negated: it loads and runs (finite outputs) but ranks lesions backwards."""
-    import torch
-
-    from models.classifier import build_classifier
-    out = tmp_path_factory.mktemp("inverted")
-    manifest = read_manifest(variant)
-    entry = manifest.models["classifier-us"]
-    model = build_classifier(in_channels=entry.input.channels, num_classes=2, members=entry.members)
-    model.load_state_dict({k: v.float() for k, v in load_file(str(variant / entry.file)).items()})
-    with torch.no_grad():
+def inverted(tmp_path_factory) -> Path:
+    """classifier-us with its last layer negated: it loads and runs (finite outputs) but ranks lesions backwards."""
+    def negate(model) -> None:
         model.fc.weight.mul_(-1)
         model.fc.bias.mul_(-1)
-    manifest.models["classifier-us"] = entry.model_copy(update={"sha256": save_classifier(model, out / entry.file)})
-    shutil.copyfile(variant / entry.sam_probe.file, out / entry.sam_probe.file)
-    (out / "manifest.json").write_text(manifest.model_dump_json(indent=2))
-    return out
+    return us_classifier_variant(tmp_path_factory.mktemp("inverted"), negate)
 
 
 def test_the_gate_refuses_a_version_worse_than_the_active_one(servers, deployed, inverted, busi_dir, tmp_path):
@@ -375,3 +337,34 @@ def test_the_gate_refuses_a_version_worse_than_the_active_one(servers, deployed,
     assert versions == ["classifier-us-v1", "classifier-us-v2"]
     refusal = c_audit(servers)[-1]
     assert (refusal["action"], refusal["check"]) == ("refuse", "gate")
+
+
+def test_a_replica_with_a_read_only_models_folder_serves_and_names_the_writer(tmp_path):
+    """deploy/k8s mounts the models folder read-only in every replica: it starts, serves, and answers admin
+    writes with a 503 that names the server that writes the folder, not a 500."""
+    import os
+    home, models = tmp_path / "home", tmp_path / "models"
+    home.mkdir()
+    models.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(models)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a read-only folder needs root and mount(8) (a tmpfs remounted read-only)")
+    try:
+        env = server_env(home, BRANET_MODELS_DIR=str(models))
+        token = subprocess.run([BRANET, "users", "add", "root", "--admin", "--no-password"], env=env, check=True,
+                               capture_output=True, text=True).stdout.strip()
+        subprocess.run([BRANET, "models", "list"], env=env, check=True, capture_output=True)  # the seeding Job's step
+        subprocess.run(["mount", "-o", "remount,ro", str(models)], check=True)
+        with live_server(home, BRANET_MODELS_DIR=str(models)) as port:
+            c = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"},
+                             timeout=120)
+            assert c.get("/v1/models").json()["versions"]["classifier-us"][0]["id"] == "classifier-us-v1"
+            manifest = ("manifest", ("manifest.json", b"{}"))
+            for res in (c.post("/v1/admin/models/classifier-us-v1/activate"),
+                        c.post("/v1/admin/models", data={"role": "classifier-us"},
+                               files=[manifest, ("files", ("classifier-us.safetensors", b"0"))])):
+                assert res.status_code == 503, res.text
+                assert res.json()["error"]["code"] == "models_read_only"
+                assert "branet-admin" in res.json()["error"]["message"]
+    finally:
+        subprocess.run(["umount", str(models)], check=False)

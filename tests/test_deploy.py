@@ -252,10 +252,10 @@ def test_deployment(k8s):
     assert server.startup_probe.http_get.path == "/healthz"
     assert server.resources.requests["nvidia.com/gpu"] == server.resources.limits["nvidia.com/gpu"] == "1"
     assert server.resources.requests["cpu"], "the HPA's CPU utilisation needs a CPU request"
-    # the models volume: read-only for replicas, at BRANET_WEIGHTS; BRANET_HOME on its own volume
+    # the versioned models folder: read-only for replicas, at BRANET_MODELS_DIR; BRANET_HOME on its own volume
     mounts = {m.mount_path: m for m in server.volume_mounts}
     volumes = {v.name: v for v in spec.volumes}
-    models = mounts[str(settings.weights)]
+    models = mounts[str(settings.models_root)]
     assert models.read_only and volumes[models.name].persistent_volume_claim.read_only
     assert volumes[models.name].persistent_volume_claim.claim_name == "branet-models"
     home = mounts[str(settings.home)]
@@ -279,7 +279,24 @@ def test_models_volume_has_one_writer(k8s):
             for m in container.volume_mounts or []:
                 if claims.get(m.name) == "branet-models" and not m.read_only:
                     writers.append((kind, name))
-    assert writers == [("Job", "branet-models-init")]
+    assert sorted(writers) == [("Deployment", "branet-admin"), ("Job", "branet-models-init")]
+
+
+def test_the_admin_server_is_the_one_that_writes_models_and_takes_no_public_traffic(k8s):
+    admin = k8s[("Deployment", "branet-admin")]
+    settings = settings_from(k8s[("ConfigMap", "branet-settings")].data)
+    labels = admin.spec.template.metadata.labels
+    assert admin.spec.replicas == 1 and admin.spec.strategy.type == "Recreate"  # never two writers at once
+    assert not k8s[("Service", "branet")].spec.selector.items() <= labels.items()
+    assert k8s[("Service", "branet-admin")].spec.selector.items() <= labels.items()
+    (server,) = admin.spec.template.spec.containers
+    assert str(settings.models_root) in {m.mount_path for m in server.volume_mounts if not m.read_only}
+    assert "nvidia.com/gpu" not in server.resources.requests  # validation on CPU; the replicas keep the GPUs
+    # the seeding Job registers the image's weights in the folder; replicas wait for its active pointer
+    (seed,) = k8s[("Job", "branet-models-init")].spec.template.spec.containers
+    assert seed.args == ["models", "list"] and seed.env_from[0].config_map_ref.name == "branet-settings"
+    (wait,) = k8s[("Deployment", "branet")].spec.template.spec.init_containers
+    assert str(settings.models_root / "active.json") in wait.command[-1]
 
 
 def test_service_hpa_pdb(k8s):
