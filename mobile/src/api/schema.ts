@@ -1519,6 +1519,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description `models_read_only`: this server's models folder is read-only (a replica's): use the server that writes it */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
         };
     };
     rollback_v1_admin_models__role__rollback_post: {
@@ -1586,6 +1595,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description `models_read_only`: this server's models folder is read-only (a replica's): use the server that writes it */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
         };
     };
     activate_v1_admin_models__version_id__activate_post: {
@@ -1637,6 +1655,15 @@ export interface operations {
             };
             /** @description `model_refused`: the check named in the message (and the `X-Model-Check` header) failed: manifest, role, files, sha256, architecture, input_spec, load, smoke or gate; nothing was stored or served */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `models_read_only`: this server's models folder is read-only (a replica's): use the server that writes it */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
