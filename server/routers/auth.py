@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 from typing import get_args
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -17,6 +16,7 @@ from server import passwords
 from server.auth import Identity, current_identity, user_store
 from server.deps import services
 from server.errors import COMMON_ERRORS, ApiError, ErrorResponse
+from server.firebase import browser_auth_emulator
 from server.login_limiter import LoginLimiter
 from server.pipeline import Services
 from server.schemas import ConfigOut, MeOut, Modality, SessionOut, SignInRequest
@@ -103,10 +103,9 @@ def config(request: Request, svc: Services = Depends(services)) -> dict:
     web = None
     if settings.auth == "firebase":
         project = settings.firebase_project_id
-        emulator = os.environ.get("FIREBASE_AUTH_EMULATOR_HOST") if settings.firebase_emulators else None
         web = {"project_id": project, "api_key": settings.firebase_api_key,
                "auth_domain": settings.firebase_auth_domain or f"{project}.firebaseapp.com",
-               "auth_emulator": f"http://{emulator}" if emulator else None}
+               "auth_emulator": browser_auth_emulator(settings)}
     return {"auth": settings.auth, "firebase": web, "max_upload_mb": settings.max_upload_mb, "max_upload_bytes": settings.max_upload_bytes,
             "accepted_types": [f"image/{kind}" for kind in MAGIC.values()], "modalities": list(get_args(Modality)),
             "min_side": settings.min_side, "version": request.app.version}
