@@ -339,6 +339,49 @@ def test_the_gate_refuses_a_version_worse_than_the_active_one(servers, deployed,
     assert (refusal["action"], refusal["check"]) == ("refuse", "gate")
 
 
+def test_a_version_with_its_own_sam_decoder_is_deployed_served_and_rolled_back(servers, deployed, busi_dir,
+                                                                               tmp_path):
+    """A version as `training export` writes it after `finetune-sam`: classifier-us whose box route is a SAM
+    decoder of its own (`sam_decoders`, here LiteMedSAM's decoder with its IoU head scaled: another sha256,
+    the same masks). It is verified, stored with the decoder, served by the activation (results name the
+    decoder's SAM), and a rollback serves the earlier version again."""
+    from safetensors.torch import save_file
+
+    from models.manifest import SamDecoderEntry
+    from models.sam import load_sam
+    folder = us_classifier_variant(tmp_path / "with-decoder", lambda model: model.fc.weight.mul_(1.02))
+    decoder = load_sam("litemedsam").model.mask_decoder
+    state = {k: v.detach().half().contiguous() for k, v in decoder.state_dict().items()}
+    state["iou_prediction_head.layers.2.weight"] = state["iou_prediction_head.layers.2.weight"] * 0.99
+    name = "sam-litemedsam-us-decoder.safetensors"
+    save_file(state, str(folder / name))
+    manifest = read_manifest(folder)
+    entry = manifest.models["classifier-us"]
+    manifest.models["classifier-us"] = entry.model_copy(update={"input": entry.input.model_copy(
+        update={"sam": "litemedsam-us"})})
+    manifest.sam_decoders = {"litemedsam-us": SamDecoderEntry(name="litemedsam-us", base="litemedsam", file=name,
+                                                              sha256=sha256_file(folder / name), modality="us")}
+    (folder / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    files = {n: folder / n for n in (entry.file, entry.sam_probe.file, name)}
+    image = sorted((busi_dir / "malignant").glob("malignant (*).png"))[0]
+    with client(servers) as c:
+        res = upload(c, folder, files=files)
+        assert res.status_code == 201, res.text
+        version = res.json()["id"]
+        stored = servers["home"] / "models" / "versions" / version
+        assert name in {p.name for p in stored.iterdir()}
+        before = c.get("/v1/models").json()["classifiers"]
+        activated = c.post(f"/v1/admin/models/{version}/activate")
+        assert activated.status_code == 200, activated.text
+        res = c.post("/v1/analyses", files={"file": (image.name, image.read_bytes())},
+                     data={"modality": "us", "prompt": json.dumps({"box": [60, 40, 300, 220]})})
+        assert res.status_code == 201, res.text
+        assert res.json()["segmentation"]["sam_model"] == "litemedsam-us"
+        assert res.json()["models"]["classifier"]["id"] == version
+        assert c.post("/v1/admin/models/classifier-us/rollback").status_code == 200
+        assert c.get("/v1/models").json()["classifiers"] == before
+
+
 def test_a_replica_with_a_read_only_models_folder_serves_and_names_the_writer(tmp_path):
     """deploy/k8s mounts the models folder read-only in every replica: it starts, serves, and answers admin
     writes with a 503 that names the server that writes the folder, not a 500."""
