@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.launcher import BRANET, ServerDidNotStart, branet, free_port, server_env, start
-
-__all__ = ["BRANET", "branet", "free_port", "live_server", "server_env"]  # what the tests import from here
+from server.launcher import ServerDidNotStart, free_port, server_env, start
 
 
 @contextmanager

@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 from models.preprocessing import box_of_mask
+from server.launcher import branet
 from tests.firebase_emulators import PROJECT, auth_emulator, firestore_emulator
-from tests.live_server import branet, live_server
+from tests.live_server import live_server
 
 ROOT = Path(__file__).resolve().parents[1]
 MOBILE = ROOT / "mobile"

@@ -12,7 +12,8 @@ import time
 import httpx
 import pytest
 
-from tests.live_server import branet, live_server
+from server.launcher import branet
+from tests.live_server import live_server
 
 CHUNK = 64 * 1024
 

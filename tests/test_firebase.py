@@ -24,9 +24,9 @@ from fastapi.testclient import TestClient
 from models.preprocessing import box_of_mask
 from server.app import create_app
 from server.firebase import FirebaseConfigError, check_settings
+from server.launcher import BRANET
 from server.settings import Settings
 from tests.firebase_emulators import PROJECT, AuthRest, auth_emulator, firestore_emulator
-from tests.live_server import BRANET
 from tests.test_api import busi_case
 
 TIMEOUT_S = 5.0  # BRANET_FIREBASE_TIMEOUT_S (the default): the fault test waits for it

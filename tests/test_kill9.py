@@ -34,7 +34,7 @@ import httpx
 import pytest
 
 from server.store import Store
-from tests.live_server import free_port
+from server.launcher import free_port
 from tests.test_store_crash import BUSI_SMALL
 
 KILLS = 32

@@ -139,7 +139,7 @@ def can_mount_tmpfs(where: Path) -> bool:
 
 def start_server(home: Path, **env_extra: str) -> tuple[subprocess.Popen, str, str]:
     """A real `branet serve` on a free port with its own BRANET_HOME; returns (process, base URL, token)."""
-    from tests.live_server import free_port
+    from server.launcher import free_port
     env = {**os.environ, "BRANET_HOME": str(home), "BRANET_CREATE_DEV_USER": "false", **env_extra}
     branet = str(Path(sys.executable).with_name("branet"))
     token = subprocess.run([branet, "users", "add", f"u{uuid.uuid4().hex[:6]}", "--no-password"], env=env,
