@@ -214,7 +214,7 @@ def main() -> None:
             env = launcher.server_env(Path(home), BRANET_QUEUE_SIZE=str(args.queue_size), BRANET_ENCODER_RUNTIME=runtime)
             with (Path(home) / "server.log").open("w") as log:
                 try:
-                    proc = launcher.start(Path(home), port, env, log, timeout_s=300)
+                    proc = launcher.start(port, env, log, timeout_s=300)
                 except launcher.ServerDidNotStart as e:
                     raise SystemExit(str(e)) from None
             try:

@@ -527,7 +527,7 @@ def main() -> None:
                                capture_output=True, text=True).stdout.strip()
         port, log = free_port(), (home / "server.log").open("w")
         try:
-            proc = launcher.start(home, port, env, log)
+            proc = launcher.start(port, env, log)
         except ServerDidNotStart as e:
             raise SystemExit(str(e)) from None
         url = f"http://127.0.0.1:{port}"

@@ -50,7 +50,7 @@ def start_server(name: str, home: Path, timings: Path, env_extra: dict, log: Pat
             **env_extra}
     with log.open("a") as out:
         try:
-            return launcher.start(home, port, env, out, timeout_s,
+            return launcher.start(port, env, out, timeout_s,
                                   command=(sys.executable, str(ROOT / "bench" / "timed_server.py"))), port
         except launcher.ServerDidNotStart as e:
             raise SystemExit(f"the {name} server did not start ({e}); its log {log}") from None

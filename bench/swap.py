@@ -98,7 +98,7 @@ def main() -> int:
     folder = launcher.us_classifier_variant(work, lambda model: model.fc.weight.mul_(1.01))
     log = (work / "server.log").open("w")
     try:
-        server = launcher.start(home, port, env, log, timeout_s=300)
+        server = launcher.start(port, env, log, timeout_s=300)
     except launcher.ServerDidNotStart as e:
         sys.exit(str(e))
     url = f"http://127.0.0.1:{port}"

@@ -62,7 +62,7 @@ def wait_ready(proc: subprocess.Popen, port: int, log: IO, timeout_s: float = 24
     raise ServerDidNotStart(f"server not ready within {timeout_s:g} s: {_tail(log)}")
 
 
-def start(home: Path, port: int, env: dict[str, str], log: IO, timeout_s: float = 240,
+def start(port: int, env: dict[str, str], log: IO, timeout_s: float = 240,
           command: tuple[str, ...] = (BRANET,)) -> subprocess.Popen:
     """`spawn`, then `wait_ready`."""
     proc = spawn(port, env, log, command)

@@ -17,7 +17,7 @@ def live_server(home: Path, **env: str) -> Iterator[int]:
     port = free_port()
     with (home / "server.log").open("w") as log:
         try:
-            proc = start(home, port, server_env(home, **env), log)
+            proc = start(port, server_env(home, **env), log)
         except ServerDidNotStart as e:
             pytest.fail(str(e))
         try:

@@ -25,7 +25,6 @@ import resource
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -139,27 +138,17 @@ def can_mount_tmpfs(where: Path) -> bool:
 
 def start_server(home: Path, **env_extra: str) -> tuple[subprocess.Popen, str, str]:
     """A real `branet serve` on a free port with its own BRANET_HOME; returns (process, base URL, token)."""
-    from server.launcher import free_port
-    env = {**os.environ, "BRANET_HOME": str(home), "BRANET_CREATE_DEV_USER": "false", **env_extra}
-    branet = str(Path(sys.executable).with_name("branet"))
-    token = subprocess.run([branet, "users", "add", f"u{uuid.uuid4().hex[:6]}", "--no-password"], env=env,
+    from server import launcher
+    env = launcher.server_env(home, **env_extra)
+    token = subprocess.run([launcher.BRANET, "users", "add", f"u{uuid.uuid4().hex[:6]}", "--no-password"], env=env,
                            check=True, capture_output=True, text=True).stdout.strip()
-    port = free_port()
-    log = open(home.parent / f"{home.name}.log", "w")
-    proc = subprocess.Popen([branet, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(480):
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).json().get("ready"):
-                return proc, url, token
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.25)
-    proc.kill()
-    pytest.fail(f"server did not start: {Path(log.name).read_text()[-2000:]}")
+    port = launcher.free_port()
+    log = open(home.parent / f"{home.name}.log", "w")  # noqa: SIM115 - the server's, for its life
+    try:
+        proc = launcher.start(port, env, log, timeout_s=120)
+    except launcher.ServerDidNotStart as e:
+        pytest.fail(str(e))
+    return proc, f"http://127.0.0.1:{port}", token
 
 
 @pytest.mark.parametrize("how", ["tmpfs", "rlimit"])
