@@ -1,10 +1,14 @@
-// Module 3 (detail) and 6 (result): the image with SAM's outline, the classification, delete.
+// Module 3 (detail) and 6 (result): the image with SAM's outline, the classification, delete. An
+// automatic result (or a candidate picked from one: `from` = its id, `candidate` = the index) also shows
+// the ranked candidates over the image; picking one analyses the same stored image with its box.
 import { useLocalSearchParams, useRouter } from 'expo-router';
 import { useEffect, useState } from 'react';
 import { ActivityIndicator } from 'react-native';
 
+import { autoFinding, candidateAt, candidateKey, type AutoFinding } from '../../src/api/auto';
 import type { Analysis, ServedClassifier } from '../../src/api/client';
-import { forget, recall } from '../../src/api/recent';
+import { AutoFindingCard, candidateMarks } from '../../src/components/AutoFinding';
+import { forget, recall, remember } from '../../src/api/recent';
 import { ImageCanvas } from '../../src/components/ImageCanvas';
 import { ResultCard } from '../../src/components/ResultCard';
 import { Body, Button, Card, Message, Page, Row } from '../../src/components/ui';
@@ -14,7 +18,8 @@ import type { Box } from '../../src/roi/model';
 import { useSession } from '../../src/session/SessionContext';
 
 export default function AnalysisDetail() {
-  const { id } = useLocalSearchParams<{ id: string }>();
+  const params = useLocalSearchParams<{ id: string; from?: string; candidate?: string }>();
+  const { id } = params;
   const { t, language } = useI18n();
   const router = useRouter();
   const { client, handleError } = useSession();
@@ -25,6 +30,10 @@ export default function AnalysisDetail() {
   const [confirming, setConfirming] = useState(false);
   const [deleting, setDeleting] = useState(false);
   const [error, setError] = useState<string | null>(null);
+  // the automatic result this one belongs to: itself, or the one a candidate was picked from
+  const [auto, setAuto] = useState<{ id: string; finding: AutoFinding; shown: number } | null>(null);
+  const [picking, setPicking] = useState<number | null>(null);
+  const [pickError, setPickError] = useState<string | null>(null);
 
   useEffect(() => {
     let live = true;
@@ -33,6 +42,16 @@ export default function AnalysisDetail() {
         const result = recall(id) ?? (await client.analysis(id));
         if (!live) return;
         setAnalysis(result);
+        setPicking(null);
+        const own = autoFinding(result.segmentation);
+        if (own) setAuto({ id: result.id, finding: own, shown: 0 });
+        else if (params.from) {
+          // a candidate picked from an automatic result: show that result's candidates too (if it still exists)
+          const source = recall(params.from) ?? (await client.analysis(params.from).catch(() => null));
+          const finding = source ? autoFinding(source.segmentation) : null;
+          if (!live) return;
+          setAuto(source && finding ? { id: source.id, finding, shown: Number(params.candidate ?? 0) } : null);
+        } else setAuto(null);
         const [image, models] = await Promise.all([client.imageUri(result.image_id), client.models()]);
         if (!live) return;
         setUri(image);
@@ -46,7 +65,7 @@ export default function AnalysisDetail() {
     return () => {
       live = false;
     };
-  }, [client, id, handleError, t]);
+  }, [client, id, params.from, params.candidate, handleError, t]);
 
   // The outline is drawn after the result is on screen: the label should not wait for it.
   useEffect(() => {
@@ -70,6 +89,27 @@ export default function AnalysisDetail() {
     }
   };
 
+  /** Analyse the same stored image with candidate `index`'s box (candidate 1 is the automatic result itself). */
+  const pick = async (index: number) => {
+    if (!auto || !analysis || index === auto.shown || picking !== null) return;
+    if (index === 0) {
+      router.replace({ pathname: '/analysis/[id]', params: { id: auto.id } });
+      return;
+    }
+    setPicking(index);
+    setPickError(null);
+    try {
+      const box = auto.finding.candidates[index]!.box;
+      const picked = await client.analyze(analysis.image_id, { box }, candidateKey(auto.id, index));
+      remember(picked);
+      router.replace({ pathname: '/analysis/[id]', params: { id: picked.id, from: auto.id, candidate: String(index) } });
+    } catch (err) {
+      handleError(err);
+      setPickError(errorMessage(t, err));
+      setPicking(null);
+    }
+  };
+
   if (!analysis) {
     return <Page>{error ? <Message text={error} testID="detail-error" /> : <ActivityIndicator />}</Page>;
   }
@@ -79,10 +119,21 @@ export default function AnalysisDetail() {
       <Body muted>{`${new Date(analysis.created).toLocaleString(language)} · ${analysis.modality.toUpperCase()}`}</Body>
       {uri ? (
         <ImageCanvas uri={uri} width={width} height={height} label={t('result.title')}
-          overlays={outline ? [outline] : []} box={analysis.segmentation.box as Box} mode="pan" />
+          overlays={outline ? [outline] : []} box={auto ? null : (analysis.segmentation.box as Box)} mode="pan"
+          marks={auto ? candidateMarks(auto.finding, auto.shown) : undefined}
+          onSelect={auto ? ([x, y]) => {
+            const index = candidateAt(auto.finding.candidates, x, y);
+            if (index !== null) void pick(index);
+          } : undefined} />
       ) : (
         <ActivityIndicator />
       )}
+      {auto ? (
+        <AutoFindingCard finding={auto.finding} shown={auto.shown} busy={picking} error={pickError} onPick={(i) => void pick(i)}
+          onDrawBox={() => router.push({
+            pathname: '/analyze/[imageId]', params: { imageId: analysis.image_id, w: width, h: height, modality: analysis.modality },
+          })} />
+      ) : null}
       <ResultCard analysis={analysis} classifier={classifier} />
       <Message text={error} testID="detail-error" />
       <Card>

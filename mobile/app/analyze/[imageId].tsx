@@ -1,10 +1,13 @@
 // Modules 4 and 5: mark the lesion (box, points, brush; undo, clear), SAM's outline on every change,
-// "find the lesion" for the automatic mode; then classify.
+// then classify; or draw nothing and let the server find, outline and classify the lesion itself
+// ("find lesion automatically"), which may answer that it found none.
 import { useLocalSearchParams, useRouter } from 'expo-router';
 import { useEffect, useMemo, useRef, useState } from 'react';
-import { ActivityIndicator } from 'react-native';
+import { ActivityIndicator, StyleSheet, View } from 'react-native';
 
+import { AUTO_PROMPT } from '../../src/api/auto';
 import { requestKey, type Segmentation } from '../../src/api/client';
+import { ApiError } from '../../src/api/errors';
 import { remember } from '../../src/api/recent';
 import { ImageCanvas, type DrawMode } from '../../src/components/ImageCanvas';
 import { Body, Button, Card, Message, Notice, Page, Row } from '../../src/components/ui';
@@ -19,7 +22,8 @@ const HINTS: Record<roiModel.Tool, Key> = {
 };
 const OUTLINE: [number, number, number] = [231, 76, 60];
 const BRUSH: [number, number, number] = [52, 152, 219];
-const AUTO = 'auto';
+/** After this many seconds the automatic search says why it is slow (no lesion finder on the server). */
+const SLOW_AFTER_S = 5;
 
 export default function Analyze() {
   const params = useLocalSearchParams<{ imageId: string; w: string; h: string; modality: string }>();
@@ -36,6 +40,7 @@ export default function Analyze() {
   const [busy, setBusy] = useState<'outline' | 'auto' | 'classify' | null>(null);
   const [elapsed, setElapsed] = useState(0);
   const [error, setError] = useState<string | null>(null);
+  const [noLesion, setNoLesion] = useState<string | null>(null);
   const request = useRef(0);
   const classifyKey = useRef<{ prompt: string; key: string } | null>(null);
   const brushRadius = Math.max(3, Math.round(Math.max(width, height) / 60));
@@ -54,27 +59,20 @@ export default function Analyze() {
     const mask = roiModel.brushMask(stroke ? roiModel.add(roi, stroke) : roi);
     return mask ? overlayUri(mask, BRUSH) : null;
   }, [roi, stroke]);
-  // The outline shown belongs to the current prompt (or to "find the lesion" while nothing is drawn).
-  const current = result && (result.prompt === promptJson || (result.prompt === AUTO && promptJson === '{}')) ? result : null;
+  const drawn = promptJson !== '{}';
+  // The outline shown belongs to the current prompt.
+  const current = result && result.prompt === promptJson ? result : null;
   const segmentation = current?.segmentation ?? null;
   const outline = useMemo(
     () => (segmentation ? overlayUri(maskFromRle(segmentation.mask_rle.size, segmentation.mask_rle.counts), OUTLINE) : null),
     [segmentation],
   );
 
-  // A new outline whenever the committed ROI changes; answers to older prompts are dropped.
-  useEffect(() => {
-    if (promptJson !== '{}') void outlineFor(JSON.parse(promptJson) as roiModel.Prompt, promptJson);
-    // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [promptJson]);
-
   async function outlineFor(p: roiModel.Prompt, key: string) {
-    const kind = key === AUTO ? 'auto' : 'outline';
     const id = ++request.current;
-    setBusy(kind);
+    setBusy('outline');
     setError(null);
-    const started = Date.now();
-    const timer = kind === 'auto' ? setInterval(() => setElapsed(Math.round((Date.now() - started) / 1000)), 500) : null;
+    setNoLesion(null);
     try {
       const seg = await client.segment(params.imageId, p);
       if (id !== request.current) return;
@@ -85,30 +83,44 @@ export default function Analyze() {
       setError(errorMessage(t, err));
       setResult(null);
     } finally {
-      if (timer) clearInterval(timer);
       if (id === request.current) setBusy(null);
     }
   }
 
-  async function classify() {
-    // After "find the lesion" nothing is drawn: the found outline's box is the prompt (fast, same lesion).
-    const chosen: roiModel.Prompt = promptJson === '{}' && segmentation ? { box: segmentation.box } : prompt;
+  /** The drawn prompt, or `{}`: the server finds the lesion itself (its lesion finder, else SAM's automatic mode). */
+  async function classify(chosen: roiModel.Prompt) {
+    const automatic = Object.keys(chosen).length === 0;
     const chosenJson = JSON.stringify(chosen);
     // one key per prompt: a retry of the same prompt cannot create a second analysis
     if (classifyKey.current?.prompt !== chosenJson) classifyKey.current = { prompt: chosenJson, key: requestKey() };
-    setBusy('classify');
+    setBusy(automatic ? 'auto' : 'classify');
     setError(null);
+    setNoLesion(null);
+    setElapsed(0);
+    const started = Date.now();
+    const timer = automatic ? setInterval(() => setElapsed(Math.round((Date.now() - started) / 1000)), 500) : null;
     try {
       const analysis = await client.analyze(params.imageId, chosen, classifyKey.current.key);
       remember(analysis);
       router.push({ pathname: '/analysis/[id]', params: { id: analysis.id } });
     } catch (err) {
       handleError(err);
-      setError(errorMessage(t, err));
+      // no lesion found is an answer, not a failure: said calmly, with the way to draw one
+      if (err instanceof ApiError && err.kind === 'noLesion') setNoLesion(errorMessage(t, err));
+      else setError(errorMessage(t, err));
     } finally {
+      if (timer) clearInterval(timer);
       setBusy(null);
     }
   }
+
+  // A new outline whenever the committed ROI changes; answers to older prompts are dropped.
+  useEffect(() => {
+    // the request is the external system synced here; its busy flag is set as it starts
+    // eslint-disable-next-line react-hooks/set-state-in-effect
+    if (promptJson !== '{}') void outlineFor(JSON.parse(promptJson) as roiModel.Prompt, promptJson);
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [promptJson]);
 
   const drawnBox = roiModel.currentBox(roi);
   const looseness = drawnBox && segmentation?.prompt === 'box' ? roiModel.boxLooseness(drawnBox, segmentation.box) : 1;
@@ -116,6 +128,7 @@ export default function Analyze() {
   return (
     <Page>
       <Card>
+        <Body testID="roi-intro">{t('roi.intro')}</Body>
         <Row>
           {(['box', 'lesion', 'background', 'brush', 'pan'] as const).map((k) => (
             <Button key={k} variant="secondary" selected={tool === k} label={t(`roi.tool.${k}`)} onPress={() => setTool(k)} testID={`tool-${k}`} />
@@ -150,26 +163,36 @@ export default function Analyze() {
         <Row>
           <Button variant="secondary" label={t('roi.undo')} onPress={() => setRoi(roiModel.undo(roi))} disabled={!roi.actions.length} testID="undo" />
           <Button variant="secondary" label={t('roi.clear')} onPress={() => setRoi(roiModel.clear(roi))} disabled={!roi.actions.length} testID="clear" />
-          <Button variant="secondary" label={t('roi.auto')} onPress={() => { setRoi(roiModel.clear(roi)); void outlineFor({}, AUTO); }}
-            disabled={busy !== null} testID="auto" />
         </Row>
         {busy === 'outline' ? <Message kind="info" text={t('roi.outlining')} testID="outlining" /> : null}
-        {busy === 'auto' ? (
-          <Row>
-            <ActivityIndicator />
-            <Message kind="info" text={`${t('roi.autoRunning', { s: elapsed })} ${t('roi.autoSlow')}`} testID="auto-running" />
-          </Row>
-        ) : null}
         {looseness > roiModel.LOOSE_BOX ? <Message kind="warning" text={t('roi.looseBox', { times: looseness.toFixed(1) })} testID="loose-box" /> : null}
-        {!segmentation && !busy ? <Body muted>{t('roi.noOutline')}</Body> : null}
+        {drawn && !segmentation && !busy ? <Body muted>{t('roi.noOutline')}</Body> : null}
         {segmentation ? (
           <Body muted testID="segmentation-info">{t('result.segmentation', { sam: segmentation.sam_model, score: segmentation.score.toFixed(2) })}</Body>
         ) : null}
         <Message text={error} testID="analyze-error" />
-        <Button label={t(busy === 'classify' ? 'roi.classifying' : 'roi.classify')} onPress={classify}
-          busy={busy === 'classify'} disabled={!segmentation || busy !== null} testID="classify" />
+        {noLesion ? (
+          <View style={styles.noLesion}>
+            <Message kind="warning" text={noLesion} testID="no-lesion" />
+            <Button label={t('roi.drawBox')} onPress={() => { setTool('box'); setNoLesion(null); }} testID="no-lesion-draw" />
+          </View>
+        ) : null}
+        {drawn ? (
+          <Button label={t(busy === 'classify' ? 'roi.classifying' : 'roi.classify')} onPress={() => classify(prompt)}
+            busy={busy === 'classify'} disabled={!segmentation || busy !== null} testID="classify" />
+        ) : null}
+        <Button variant={drawn ? 'secondary' : 'primary'} label={t('roi.auto')} onPress={() => classify(AUTO_PROMPT)}
+          busy={busy === 'auto'} disabled={busy !== null} testID="auto" />
+        {busy === 'auto' ? (
+          <Message kind="info" testID="auto-running"
+            text={elapsed >= SLOW_AFTER_S ? `${t('roi.autoRunning', { s: elapsed })} ${t('roi.autoSlow')}` : t('roi.autoRunning', { s: elapsed })} />
+        ) : !drawn && !noLesion ? <Body muted testID="auto-hint">{t('roi.autoHint')}</Body> : null}
       </Card>
       <Notice />
     </Page>
   );
 }
+
+const styles = StyleSheet.create({
+  noLesion: { gap: 8 },
+});

@@ -12,6 +12,7 @@ export type ErrorKind =
   | 'tooLarge'
   | 'notAnImage'
   | 'invalidImage'
+  | 'noLesion' // automatic finding found no lesion (422 no_lesion_found): a result, not a failure
   | 'notFound'
   | 'busy'
   | 'diskFull'
@@ -24,6 +25,8 @@ export class ApiError extends Error {
     readonly status = 0,
     readonly code = '',
     readonly retryAfter: number | null = null,
+    /** the answer's other `error` fields (e.g. `score` and `threshold` of no_lesion_found) */
+    readonly details: Record<string, unknown> = {},
   ) {
     super(message);
     this.name = 'ApiError';
@@ -32,12 +35,13 @@ export class ApiError extends Error {
 
 /** The app's error for a server answer `{"error": {"code", "message"}}` with this status. */
 export function fromResponse(status: number, body: unknown, retryAfter: string | null): ApiError {
-  const error = (body as { error?: { code?: string; message?: string } } | null)?.error;
+  const error = (body as { error?: { code?: string; message?: string } & Record<string, unknown> } | null)?.error;
   const code = error?.code ?? '';
   const message = error?.message ?? `HTTP ${status}`;
   const seconds = retryAfter !== null && /^\d+$/.test(retryAfter) ? Number(retryAfter) : null;
   const kind: ErrorKind =
     code === 'invalid_credentials' ? 'signInFailed'
+    : code === 'no_lesion_found' ? 'noLesion'
     : code === 'user_disabled' ? 'accountDisabled'
     : status === 429 ? 'tooManyAttempts'
     : status === 401 ? 'sessionExpired'
@@ -48,5 +52,6 @@ export function fromResponse(status: number, body: unknown, retryAfter: string |
     : status === 503 ? 'busy'
     : status === 507 ? 'diskFull'
     : 'server';
-  return new ApiError(kind, message, status, code, seconds);
+  const { code: _code, message: _message, ...details } = error ?? {};
+  return new ApiError(kind, message, status, code, seconds, details);
 }

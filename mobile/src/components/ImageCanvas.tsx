@@ -25,7 +25,21 @@ export interface CanvasProps {
   onPaintStart?: (at: [number, number]) => void;
   onPaint?: (at: [number, number]) => void;
   onPaintEnd?: () => void;
+  /** a short tap while moving and zooming (e.g. on a candidate's box) */
+  onSelect?: (at: [number, number]) => void;
+  /** numbered boxes drawn over the image (automatic finding's candidates) */
+  marks?: CanvasMark[];
   label: string;
+}
+
+export interface CanvasMark {
+  box: Box;
+  /** shown in the box's corner, e.g. "2" */
+  tag: string;
+  color: string;
+  /** the one shown now: drawn thicker */
+  strong?: boolean;
+  testID?: string;
 }
 
 const MIN_ZOOM = 1;
@@ -104,6 +118,7 @@ export function ImageCanvas(props: CanvasProps) {
           if (m === 'drag') p.onDragEnd?.(gesture.current.start, gesture.current.last);
           else if (m === 'tap' && Math.hypot(g.dx, g.dy) < 8) p.onTap?.(gesture.current.start);
           else if (m === 'paint') p.onPaintEnd?.();
+          else if (m === 'pan' && Math.hypot(g.dx, g.dy) < 8) p.onSelect?.(gesture.current.start);
         },
       }),
   );
@@ -138,6 +153,12 @@ export function ImageCanvas(props: CanvasProps) {
           {(props.overlays ?? []).map((uri, i) => (
             <Image key={i} source={{ uri }} style={[styles.abs, content]} resizeMode="stretch" testID={`canvas-overlay-${i}`} />
           ))}
+          {(props.marks ?? []).map((mark) => (
+            <View key={mark.tag} testID={mark.testID} style={[styles.abs, styles.mark, place(mark.box),
+              { borderColor: mark.color, borderWidth: mark.strong ? 3 : 2, borderStyle: mark.strong ? 'solid' : 'dashed' }]}>
+              <Text style={[styles.tag, { backgroundColor: mark.color }]}>{mark.tag}</Text>
+            </View>
+          ))}
           {shown ? <View testID="canvas-box" style={[styles.abs, styles.box, place(shown)]} /> : null}
           {(props.points ?? []).map((p, i) => (
             <View
@@ -165,5 +186,7 @@ const styles = StyleSheet.create({
   frame: { overflow: 'hidden', backgroundColor: '#000', borderWidth: StyleSheet.hairlineWidth },
   abs: { position: 'absolute' },
   box: { borderWidth: 2, borderColor: '#f1c40f' },
+  mark: { overflow: 'visible' },
+  tag: { position: 'absolute', left: -2, top: -2, minWidth: 18, paddingHorizontal: 4, color: '#000', fontSize: 12, fontWeight: '800', textAlign: 'center' },
   point: { width: 14, height: 14, borderRadius: 7, borderWidth: 2, borderColor: '#fff' },
 });

@@ -4,6 +4,7 @@ import { createContext, useContext, useMemo, useState, type ReactNode } from 're
 
 import { en } from './en';
 import { es } from './es';
+import { noLesionScore } from '../api/auto';
 import { ApiError } from '../api/errors';
 
 export type Key = keyof typeof en;
@@ -32,6 +33,12 @@ export function errorMessage(t: Translate, err: unknown, maxMb = 10): string {
       return t('errors.tooManyAttempts', { s: err.retryAfter ?? 60 });
     case 'tooLarge':
       return t('errors.tooLarge', { mb: maxMb });
+    case 'noLesion': {
+      const { score, threshold } = noLesionScore(err);
+      return score !== null && threshold !== null
+        ? t('errors.noLesion', { score: score.toFixed(2), threshold: threshold.toFixed(2) })
+        : t('errors.noLesionNoScore');
+    }
     case 'invalidImage':
     case 'server':
       return t(`errors.${err.kind}`, { message: err.message });
