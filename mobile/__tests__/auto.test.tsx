@@ -60,7 +60,9 @@ test('candidates are numbered with accessible labels; picking one or drawing a b
 
 test('a picked candidate says so; the boxes are numbered in distinct colours, the shown one solid', () => {
   show(autoFinding(automatic)!, 'en', 1);
-  expect(screen.getByTestId('auto-picked')).toHaveTextContent(/^You chose candidate 2 of an automatic finding/);
+  expect(screen.getByTestId('auto-title')).toHaveTextContent('Candidate 2 of an automatic finding');
+  expect(screen.getByTestId('auto-picked')).toHaveTextContent(/^You chose candidate 2 of BraNet's lesion finder \(lesion score 0\.52; it reports a lesion from 0\.41\)/);
+  expect(screen.queryByTestId('auto-found')).toBeNull();
   const marks = candidateMarks(autoFinding(automatic)!, 1);
   expect(marks.map((m) => m.tag)).toEqual(['1', '2', '3']);
   expect(new Set(marks.map((m) => m.color)).size).toBe(3);

@@ -31,6 +31,7 @@ export function AutoFindingCard(props: {
   const palette = usePalette();
   const { finding, shown, busy } = props;
   const { score, threshold } = finding;
+  const picked = finding.candidates[shown];
   const explanation =
     finding.mode === 'localiser'
       ? score !== null && threshold !== null
@@ -39,8 +40,16 @@ export function AutoFindingCard(props: {
       : finding.mode === 'sam-amg' ? t('auto.samAmg') : t('auto.generic');
   return (
     <Card>
-      <Text accessibilityRole="header" testID="auto-title" style={[styles.title, { color: palette.text }]}>{t('auto.title')}</Text>
-      <Body testID="auto-found">{explanation}</Body>
+      <Text accessibilityRole="header" testID="auto-title" style={[styles.title, { color: palette.text }]}>
+        {shown > 0 ? t('auto.pickedTitle', { n: shown + 1 }) : t('auto.title')}
+      </Text>
+      {shown > 0 && picked ? (
+        <Body testID="auto-picked">
+          {t('auto.picked', { n: shown + 1, score: picked.score.toFixed(2), threshold: threshold === null ? '–' : threshold.toFixed(2) })}
+        </Body>
+      ) : (
+        <Body testID="auto-found">{explanation}</Body>
+      )}
       {finding.candidates.length > 1 ? (
         <>
           <Body muted>{t('auto.candidates')}</Body>
@@ -67,7 +76,6 @@ export function AutoFindingCard(props: {
           </View>
         </>
       ) : finding.mode === 'localiser' ? <Body muted testID="auto-one-candidate">{t('auto.onlyOne')}</Body> : null}
-      {shown > 0 ? <Body muted testID="auto-picked">{t('auto.picked', { n: shown + 1 })}</Body> : null}
       {busy !== null ? <Message kind="info" text={t('auto.analysing', { n: busy + 1 })} testID="candidate-analysing" /> : null}
       <Message text={props.error} testID="candidate-error" />
       <Button variant="secondary" label={t('auto.drawInstead')} onPress={props.onDrawBox} testID="draw-instead" />
