@@ -2,8 +2,8 @@
 // candidates (numbered, labelled, pickable), "no lesion found" as a calm answer with its score.
 import { fireEvent, render, screen } from '@testing-library/react-native';
 
-import { autoFinding, candidateAt, candidateKey, noLesionScore, type AutoFinding } from '../src/api/auto';
-import { Client, type Segmentation } from '../src/api/client';
+import { autoFinding, candidateAt, candidateKey, noLesionScore, servesFinder, type AutoFinding } from '../src/api/auto';
+import { Client, type Models, type Segmentation } from '../src/api/client';
 import { ApiError, fromResponse } from '../src/api/errors';
 import { AutoFindingCard, candidateMarks } from '../src/components/AutoFinding';
 import { errorMessage, I18nProvider, translator, type Language } from '../src/i18n';
@@ -76,6 +76,9 @@ test('the SAM generator fallback says so; a tap picks the smallest candidate box
   expect(candidateAt(candidates, 40, 40)).toBe(2);
   expect(candidateAt(candidates, 100, 80)).toBe(0);
   expect(candidateAt(candidates, 300, 300)).toBeNull();
+  expect(servesFinder({ localisers: [{ modality: 'us' }] } as unknown as Models, 'us')).toBe(true);
+  expect(servesFinder({ localisers: [{ modality: 'us' }] } as unknown as Models, 'dm')).toBe(false);
+  expect(servesFinder({} as unknown as Models, 'us')).toBe(false);
   expect(candidateKey('abc123', 1)).toMatch(/^[A-Za-z0-9_-]{1,128}$/);
 });
 

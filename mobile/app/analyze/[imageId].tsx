@@ -5,7 +5,7 @@ import { useLocalSearchParams, useRouter } from 'expo-router';
 import { useEffect, useMemo, useRef, useState } from 'react';
 import { ActivityIndicator, StyleSheet, View } from 'react-native';
 
-import { AUTO_PROMPT } from '../../src/api/auto';
+import { AUTO_PROMPT, servesFinder } from '../../src/api/auto';
 import { requestKey, type Segmentation } from '../../src/api/client';
 import { ApiError } from '../../src/api/errors';
 import { remember } from '../../src/api/recent';
@@ -22,7 +22,7 @@ const HINTS: Record<roiModel.Tool, Key> = {
 };
 const OUTLINE: [number, number, number] = [231, 76, 60];
 const BRUSH: [number, number, number] = [52, 152, 219];
-/** After this many seconds the automatic search says why it is slow (no lesion finder on the server). */
+/** When the server has not said whether it serves a lesion finder: after this many seconds the search says why it may be slow. */
 const SLOW_AFTER_S = 5;
 
 export default function Analyze() {
@@ -41,6 +41,8 @@ export default function Analyze() {
   const [elapsed, setElapsed] = useState(0);
   const [error, setError] = useState<string | null>(null);
   const [noLesion, setNoLesion] = useState<string | null>(null);
+  // whether `{}` runs a lesion finder here (fast) or SAM's generator (minutes); null until known
+  const [finder, setFinder] = useState<boolean | null>(null);
   const request = useRef(0);
   const classifyKey = useRef<{ prompt: string; key: string } | null>(null);
   const brushRadius = Math.max(3, Math.round(Math.max(width, height) / 60));
@@ -51,6 +53,14 @@ export default function Analyze() {
       setError(errorMessage(t, err));
     });
   }, [client, params.imageId, handleError, t]);
+
+  useEffect(() => {
+    let live = true;
+    client.models().then((models) => live && setFinder(servesFinder(models, params.modality)), () => undefined);
+    return () => {
+      live = false;
+    };
+  }, [client, params.modality]);
 
   const prompt = useMemo(() => roiModel.toPrompt(roi), [roi]);
   const promptJson = JSON.stringify(prompt);
@@ -185,8 +195,8 @@ export default function Analyze() {
           busy={busy === 'auto'} disabled={busy !== null} testID="auto" />
         {busy === 'auto' ? (
           <Message kind="info" testID="auto-running"
-            text={elapsed >= SLOW_AFTER_S ? `${t('roi.autoRunning', { s: elapsed })} ${t('roi.autoSlow')}` : t('roi.autoRunning', { s: elapsed })} />
-        ) : !drawn && !noLesion ? <Body muted testID="auto-hint">{t('roi.autoHint')}</Body> : null}
+            text={finder === false || (finder === null && elapsed >= SLOW_AFTER_S) ? `${t('roi.autoRunning', { s: elapsed })} ${t('roi.autoSlow')}` : t('roi.autoRunning', { s: elapsed })} />
+        ) : !drawn && !noLesion ? <Body muted testID="auto-hint">{t(finder === false ? 'roi.autoHintSlow' : 'roi.autoHint')}</Body> : null}
       </Card>
       <Notice />
     </Page>

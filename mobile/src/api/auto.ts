@@ -1,7 +1,7 @@
 // Automatic lesion finding (issue 24): what an automatic result carries, and the "no lesion found"
 // answer. The server's `{}` prompt runs its lesion finder (a trained localiser, milliseconds) or,
 // where none is served, SAM's automatic mask generator (minutes on a CPU).
-import type { Analysis, Segmentation } from './client';
+import type { Analysis, Models, Segmentation } from './client';
 import type { ApiError } from './errors';
 
 export interface Candidate {
@@ -41,6 +41,13 @@ export function autoFinding(segmentation: Segmentation): AutoFinding | null {
 }
 
 export const isAutomatic = (analysis: Analysis) => analysis.segmentation.prompt === 'auto';
+
+/** Whether the server serves a lesion finder (localiser) for this modality: `{}` then answers in
+ * milliseconds; without one it runs SAM's automatic mask generator (minutes on a CPU). */
+export function servesFinder(models: Models, modality: string): boolean {
+  const localisers = (models as Models & { localisers?: { modality: string }[] }).localisers ?? [];
+  return localisers.some((l) => l.modality === modality);
+}
 
 /** The prompt that lets the server find the lesion itself. */
 export const AUTO_PROMPT = {} as const;

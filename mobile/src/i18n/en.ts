@@ -57,6 +57,7 @@ export const en = {
   'roi.auto': 'Find lesion automatically',
   'roi.autoHint': 'BraNet looks for the lesion itself, outlines it and classifies it. You can still pick another candidate or draw a box afterwards.',
   'roi.autoRunning': 'Looking for the lesion… {s} s',
+  'roi.autoHintSlow': 'This server has no lesion finder for this image type: its automatic mode (SAM\'s automatic mask generator) takes minutes on a CPU. A drawn box is faster.',
   'roi.autoSlow': 'Still looking: without its lesion finder, this server\'s automatic mode takes minutes on a CPU.',
   'roi.drawBox': 'Draw a box',
   'roi.outlining': 'Outlining…',

@@ -59,6 +59,7 @@ export const es: Record<keyof typeof en, string> = {
   'roi.auto': 'Buscar la lesión automáticamente',
   'roi.autoHint': 'BraNet busca la lesión por sí mismo, la delinea y la clasifica. Después puede elegir otro candidato o dibujar una caja.',
   'roi.autoRunning': 'Buscando la lesión… {s} s',
+  'roi.autoHintSlow': 'Este servidor no tiene buscador de lesiones para este tipo de imagen: su modo automático (el generador automático de máscaras de SAM) tarda minutos en una CPU. Una caja dibujada es más rápida.',
   'roi.autoSlow': 'Sigue buscando: sin su buscador de lesiones, el modo automático de este servidor tarda minutos en una CPU.',
   'roi.drawBox': 'Dibujar una caja',
   'roi.outlining': 'Delineando…',
