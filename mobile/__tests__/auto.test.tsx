@@ -38,8 +38,9 @@ test('a drawn result is not automatic; an automatic one carries its finder, scor
 });
 
 test('the automatic result says it was found automatically, with score vs threshold, in English and Spanish', () => {
-  show(autoFinding(automatic)!);
+  show({ ...autoFinding(automatic)!, model: { name: 'localiser-us', version: 'abc', sha256: '0123456789abcdef' } });
   expect(screen.getByTestId('auto-title')).toHaveTextContent('Found automatically');
+  expect(screen.getByTestId('finder-model')).toHaveTextContent('Lesion finder localiser-us · version abc · sha256 0123456789ab');
   expect(screen.getByTestId('auto-found')).toHaveTextContent(/lesion score is 0\.87; it reports a lesion from 0\.41/);
   screen.unmount();
   show(autoFinding(automatic)!, 'es');

@@ -5,7 +5,7 @@ import { useLocalSearchParams, useRouter } from 'expo-router';
 import { useEffect, useState } from 'react';
 import { ActivityIndicator } from 'react-native';
 
-import { autoFinding, candidateAt, candidateKey, type AutoFinding } from '../../src/api/auto';
+import { analysisFinding, candidateAt, candidateKey, type AutoFinding } from '../../src/api/auto';
 import type { Analysis, ServedClassifier } from '../../src/api/client';
 import { AutoFindingCard, candidateMarks } from '../../src/components/AutoFinding';
 import { forget, recall, remember } from '../../src/api/recent';
@@ -43,12 +43,12 @@ export default function AnalysisDetail() {
         if (!live) return;
         setAnalysis(result);
         setPicking(null);
-        const own = autoFinding(result.segmentation);
+        const own = analysisFinding(result);
         if (own) setAuto({ id: result.id, finding: own, shown: 0 });
         else if (params.from) {
           // a candidate picked from an automatic result: show that result's candidates too (if it still exists)
           const source = recall(params.from) ?? (await client.analysis(params.from).catch(() => null));
-          const finding = source ? autoFinding(source.segmentation) : null;
+          const finding = source ? analysisFinding(source) : null;
           if (!live) return;
           setAuto(source && finding ? { id: source.id, finding, shown: Number(params.candidate ?? 0) } : null);
         } else setAuto(null);

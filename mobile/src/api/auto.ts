@@ -20,8 +20,16 @@ interface AutoFields {
   lesion_threshold?: number | null;
 }
 
+export interface FinderModel {
+  name: string;
+  version: string;
+  sha256: string;
+}
+
 export interface AutoFinding {
   mode: AutoMode | null;
+  /** the lesion finder that placed the box (localiser mode; from the analysis' models) */
+  model?: FinderModel | null;
   /** ranked best first; the outlined one is the first */
   candidates: Candidate[];
   score: number | null;
@@ -40,7 +48,13 @@ export function autoFinding(segmentation: Segmentation): AutoFinding | null {
   };
 }
 
-export const isAutomatic = (analysis: Analysis) => analysis.segmentation.prompt === 'auto';
+/** An automatic analysis' finding, with the lesion finder that answered; null for a drawn prompt. */
+export function analysisFinding(analysis: Analysis): AutoFinding | null {
+  const finding = autoFinding(analysis.segmentation);
+  if (!finding) return null;
+  const model = (analysis.models as { localiser?: FinderModel | null }).localiser ?? null;
+  return { ...finding, model };
+}
 
 /** Whether the server serves a lesion finder (localiser) for this modality: `{}` then answers in
  * milliseconds; without one it runs SAM's automatic mask generator (minutes on a CPU). */

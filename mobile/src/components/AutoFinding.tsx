@@ -76,6 +76,11 @@ export function AutoFindingCard(props: {
           </View>
         </>
       ) : finding.mode === 'localiser' ? <Body muted testID="auto-one-candidate">{t('auto.onlyOne')}</Body> : null}
+      {finding.model ? (
+        <Body muted testID="finder-model">
+          {t('auto.model', { name: finding.model.name, version: finding.model.version, sha: finding.model.sha256.slice(0, 12) })}
+        </Body>
+      ) : null}
       {busy !== null ? <Message kind="info" text={t('auto.analysing', { n: busy + 1 })} testID="candidate-analysing" /> : null}
       <Message text={props.error} testID="candidate-error" />
       <Button variant="secondary" label={t('auto.drawInstead')} onPress={props.onDrawBox} testID="draw-instead" />

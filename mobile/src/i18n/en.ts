@@ -90,6 +90,7 @@ export const en = {
   'auto.pickedTitle': 'Candidate {n} of an automatic finding',
   'auto.picked': 'You chose candidate {n} of BraNet\'s lesion finder (lesion score {score}; it reports a lesion from {threshold}): it was analysed as a box around that region. Check that the outline is on the lesion.',
   'auto.analysing': 'Analysing candidate {n}…',
+  'auto.model': 'Lesion finder {name} · version {version} · sha256 {sha}',
   'auto.drawInstead': 'Draw a box instead',
   'history.title': 'History',
   'history.empty': 'No analyses yet.',

@@ -91,6 +91,7 @@ export const es: Record<keyof typeof en, string> = {
   'auto.pickedTitle': 'Candidato {n} de una búsqueda automática',
   'auto.picked': 'Eligió el candidato {n} del buscador de lesiones de BraNet (puntuación de lesión {score}; informa de una lesión desde {threshold}): se analizó como una caja alrededor de esa región. Compruebe que el contorno está sobre la lesión.',
   'auto.analysing': 'Analizando el candidato {n}…',
+  'auto.model': 'Buscador de lesiones {name} · versión {version} · sha256 {sha}',
   'auto.drawInstead': 'Dibujar una caja en su lugar',
   'result.segmentation': 'Contorno de {sam} (puntuación {score})',
   'history.title': 'Historial',
