@@ -119,7 +119,7 @@ export default function AnalysisDetail() {
       <Body muted>{`${new Date(analysis.created).toLocaleString(language)} · ${analysis.modality.toUpperCase()}`}</Body>
       {uri ? (
         <ImageCanvas uri={uri} width={width} height={height} label={t('result.title')}
-          overlays={outline ? [outline] : []} box={auto ? null : (analysis.segmentation.box as Box)} mode="pan"
+          overlays={outline ? [outline] : []} box={auto?.finding.candidates.length ? null : (analysis.segmentation.box as Box)} mode="pan"
           marks={auto ? candidateMarks(auto.finding, auto.shown) : undefined}
           onSelect={auto ? ([x, y]) => {
             const index = candidateAt(auto.finding.candidates, x, y);
