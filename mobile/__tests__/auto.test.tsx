@@ -93,6 +93,9 @@ test('no lesion found is its own calm answer with the score it needed, never a g
   expect(errorMessage(translator('en'), err)).toBe(
     'No lesion found automatically — score 0.12, needs 0.41. If you see one, draw a box around it.');
   expect(errorMessage(translator('es'), err)).toMatch(/^No se encontró ninguna lesión automáticamente: puntuación 0\.12, necesita 0\.41/);
+  // a score just under its threshold is not shown as equal to it
+  const close = fromResponse(422, { error: { code: 'no_lesion_found', message: 'x', score: 0.9944, threshold: 0.995 } }, null);
+  expect(errorMessage(translator('en'), close)).toMatch(/^No lesion found automatically — score 0\.994, needs 0\.995\./);
   // without a score (SAM's generator found nothing) it still says what to do
   expect(errorMessage(translator('en'), fromResponse(422, { error: { code: 'no_lesion_found', message: 'x' } }, null)))
     .toBe('No lesion found automatically. If you see one, draw a box around it.');

@@ -63,6 +63,16 @@ export function servesFinder(models: Models, modality: string): boolean {
   return localisers.some((l) => l.modality === modality);
 }
 
+/** A score and the threshold it is compared with, as text: two decimals, more (up to four) when two
+ * would show different numbers as the same ("score 0.99, needs 0.99" would read as a contradiction). */
+export function scorePair(score: number, threshold: number): { score: string; threshold: string } {
+  for (let digits = 2; digits < 4; digits++) {
+    const pair = { score: score.toFixed(digits), threshold: threshold.toFixed(digits) };
+    if (pair.score !== pair.threshold) return pair;
+  }
+  return { score: score.toFixed(4), threshold: threshold.toFixed(4) };
+}
+
 /** The prompt that lets the server find the lesion itself. */
 export const AUTO_PROMPT = {} as const;
 

@@ -3,7 +3,7 @@
 // instead, and the way back to drawing a box.
 import { Pressable, StyleSheet, Text, View } from 'react-native';
 
-import { candidateColor, type AutoFinding } from '../api/auto';
+import { candidateColor, scorePair, type AutoFinding } from '../api/auto';
 import { useI18n } from '../i18n';
 import type { Box } from '../roi/model';
 import { usePalette } from '../theme';
@@ -35,7 +35,7 @@ export function AutoFindingCard(props: {
   const explanation =
     finding.mode === 'localiser'
       ? score !== null && threshold !== null
-        ? t('auto.localiser', { score: score.toFixed(2), threshold: threshold.toFixed(2) })
+        ? t('auto.localiser', scorePair(score, threshold))
         : t('auto.localiserNoScore')
       : finding.mode === 'sam-amg' ? t('auto.samAmg') : t('auto.generic');
   return (
@@ -45,7 +45,7 @@ export function AutoFindingCard(props: {
       </Text>
       {shown > 0 && picked ? (
         <Body testID="auto-picked">
-          {t('auto.picked', { n: shown + 1, score: picked.score.toFixed(2), threshold: threshold === null ? '–' : threshold.toFixed(2) })}
+          {t('auto.picked', { n: shown + 1, ...(threshold === null ? { score: picked.score.toFixed(2), threshold: '–' } : scorePair(picked.score, threshold)) })}
         </Body>
       ) : (
         <Body testID="auto-found">{explanation}</Body>

@@ -4,7 +4,7 @@ import { createContext, useContext, useMemo, useState, type ReactNode } from 're
 
 import { en } from './en';
 import { es } from './es';
-import { noLesionScore } from '../api/auto';
+import { noLesionScore, scorePair } from '../api/auto';
 import { ApiError } from '../api/errors';
 
 export type Key = keyof typeof en;
@@ -36,7 +36,7 @@ export function errorMessage(t: Translate, err: unknown, maxMb = 10): string {
     case 'noLesion': {
       const { score, threshold } = noLesionScore(err);
       return score !== null && threshold !== null
-        ? t('errors.noLesion', { score: score.toFixed(2), threshold: threshold.toFixed(2) })
+        ? t('errors.noLesion', scorePair(score, threshold))
         : t('errors.noLesionNoScore');
     }
     case 'invalidImage':
