@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from models.classifier import build_classifier
 from models.files import WeightsError, sha256_file, verified_file
+from models.localiser import Localiser, LocaliserNet
 from models.probe_head import Region, SamProbe, Stage, probe_size
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -86,9 +87,28 @@ class SamDecoderEntry(BaseModel):
     created: str = ""
 
 
+class LocaliserEntry(BaseModel):
+    """An automatic lesion finder for one modality (models.localiser), on its SAM's image embedding."""
+
+    name: str
+    file: str  # LocaliserNet's state, fp16 safetensors
+    sha256: str
+    modality: str
+    sam: str  # the SAM whose image embedding it reads: the modality's box route (models.sam.SAM_MODELS)
+    threshold: float  # "lesion found" needs a candidate scoring at least this
+    level: float = 0.5  # cells at or above this share of the image's highest probability form the candidates
+    limit: int = 3  # candidates returned at most
+    training: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    git_commit: str = "unknown"
+    created: str = ""
+
+
 class Manifest(BaseModel):
     models: dict[str, ModelEntry] = {}
     sam_decoders: dict[str, SamDecoderEntry] = {}
+    localisers: dict[str, LocaliserEntry] = {}  # by role: "localiser-us", "localiser-dm"
 
 
 def read_manifest(weights_dir: Path = WEIGHTS_DIR) -> Manifest:
@@ -168,3 +188,19 @@ def load_classifier(name: str, weights_dir: Path = WEIGHTS_DIR, device: str | to
         raise WeightsError(f"weight file {path} does not fit {entry.architecture}: {mismatch}")
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.to(device).eval(), entry
+
+
+def load_localiser(entry: LocaliserEntry, weights_dir: Path = WEIGHTS_DIR,
+                   device: str | torch.device = "cpu") -> Localiser:
+    """The entry's verified localiser, float32, eval mode."""
+    path = verified_file(Path(weights_dir) / entry.file, entry.sha256, "localiser file")
+    net = LocaliserNet()
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises several types for corrupt headers
+        raise WeightsError(f"cannot read localiser file {path}: {e}") from e
+    mismatch = state_mismatch(net, state)
+    if mismatch:
+        raise WeightsError(f"localiser file {path} does not fit LocaliserNet: {mismatch}")
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    return Localiser(net.to(device), entry.sam, entry.threshold, entry.level, entry.limit)

@@ -1,0 +1,167 @@
+"""Automatic lesion finding: a small convolutional head on the box route's SAM image embedding.
+
+The box route's SAM (LiteMedSAM) encodes every uploaded image anyway (256 x 64 x 64, its grid over the
+image resized to 1024 on its longest side). `LocaliserNet` reads that embedding and gives a lesion
+probability per grid cell, trained on the experts' masks (training/segmentation/localiser.py). Cells at
+or above `level` x the image's highest form connected regions; each region's box, in image pixels, is
+a candidate scored by its highest cell. The best candidate goes to the same SAM as a drawn box would
+(`Localiser.outline`), so the automatic outline is as good as a drawn box's wherever the box is right. A best score under the entry's
+`threshold` means "no lesion found": the answer says so, with the score.
+
+It costs one small network on an embedding the box route computes anyway: milliseconds, where SAM's
+automatic mask generator takes minutes on a CPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+SAM_INPUT = 1024  # SAM's encoder input side: the image resized to it on its longest side, padded
+EMBEDDING_GRID = 64  # cells per side of SAM's image embedding
+POOL = 2  # the head reads the embedding pooled to 32 x 32 cells (32 input pixels each): 4x less work
+GRID = EMBEDDING_GRID // POOL
+UPSAMPLE = 4  # candidates are read on the probabilities upsampled to 128 x 128 (8 input pixels a cell)
+# A candidate's box is coarse (the head's cells are 32 input pixels): SAM outlines it at these scales
+# around its centre, the outline agreeing best with the lesion map wins and is outlined once more from
+# its own box. On 202 held-out BUS-BRA images this took the mean Dice from 0.60 (the box alone) to 0.66.
+SCALES = (0.7, 1.0, 1.4, 2.0)
+CHANNELS = 256
+
+
+class LocaliserNet(nn.Module):
+    """(N, 256, 64, 64) SAM image embedding -> (N, 1, 32, 32) lesion logits per cell.
+
+    The embedding is averaged over 2 x 2 cells first (a fixed step: training pools every image once),
+    so the learnt part is small and trains in minutes on a CPU. Dilated 3x3 convolutions then see 15
+    cells (half the image) around each cell: a lesion is judged with its surroundings (posterior
+    shadow, skin line), not cell by cell."""
+
+    def __init__(self, channels: int = CHANNELS, width: int = 32, dilations: tuple[int, ...] = (1, 2, 4)):
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Conv2d(channels, width, 1), nn.GroupNorm(4, width), nn.ReLU(inplace=True)]
+        for d in dilations:
+            blocks += [nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.GroupNorm(4, width),
+                       nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*blocks, nn.Conv2d(width, 1, 1))
+
+    @staticmethod
+    def reduce(embedding: torch.Tensor) -> torch.Tensor:
+        """The fixed part: the embedding pooled to the head's grid."""
+        return nn.functional.avg_pool2d(embedding.float(), POOL)
+
+    def head(self, reduced: torch.Tensor) -> torch.Tensor:
+        return self.body(reduced)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.head(self.reduce(embedding))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels (exclusive ends)
+    score: float  # the region's highest lesion probability
+
+
+@dataclass(frozen=True)
+class Localisation:
+    candidates: list[Candidate]  # best first; may be empty
+    peak: float  # the highest lesion probability anywhere in the image
+    threshold: float  # "lesion found" needs a candidate scoring at least this
+    prob: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))  # the upsampled map
+    input_size: tuple[int, int] = (0, 0)
+    original_size: tuple[int, int] = (0, 0)
+
+    @property
+    def found(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.score >= self.threshold]
+
+
+def valid_cells(input_size: tuple[int, int], grid: int = GRID) -> tuple[int, int]:
+    """Rows and columns of a `grid` x `grid` map over SAM's input that the image covers (SAM pads the rest)."""
+    cell = SAM_INPUT / grid
+    return min(grid, math.ceil(input_size[0] / cell)), min(grid, math.ceil(input_size[1] / cell))
+
+
+def candidates_of(prob: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int],
+                  level: float = 0.5, limit: int = 3) -> list[Candidate]:
+    """Connected regions of cells with probability >= `level` x the image's highest, as boxes in original
+    pixels, best first. `prob` is a square map over SAM's padded input, of any resolution. (Relative:
+    on 202 held-out BUS-BRA images the region at half the peak matched the lesion's box better than a
+    fixed probability did.)"""
+    grid = prob.shape[0]
+    cell = SAM_INPUT / grid
+    rows, cols = valid_cells(input_size, grid)
+    prob = prob[:rows, :cols]
+    labels, _ = ndimage.label(prob >= level * prob.max())
+    scale_y, scale_x = original_size[0] / input_size[0], original_size[1] / input_size[1]
+    found = []
+    for k, (ys, xs) in enumerate(ndimage.find_objects(labels), start=1):
+        box = (max(0, int(xs.start * cell * scale_x)), max(0, int(ys.start * cell * scale_y)),
+               min(original_size[1], math.ceil(xs.stop * cell * scale_x)),
+               min(original_size[0], math.ceil(ys.stop * cell * scale_y)))
+        found.append(Candidate(box, float(prob[labels == k].max())))
+    return sorted(found, key=lambda c: -c.score)[:limit]
+
+
+def upsampled(prob: torch.Tensor) -> np.ndarray:
+    """(1, 1, 32, 32) probabilities -> (128, 128) bilinear: boxes finer than the head's 32-pixel cells."""
+    return nn.functional.interpolate(prob, scale_factor=UPSAMPLE, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+class Localiser:
+    """One trained `LocaliserNet` with its served settings (a manifest `LocaliserEntry`)."""
+
+    def __init__(self, net: LocaliserNet, sam: str, threshold: float, level: float = 0.5, limit: int = 3):
+        self.net, self.sam, self.threshold, self.level, self.limit = net.eval(), sam, threshold, level, limit
+
+    @torch.no_grad()
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """(1, 1, 32, 32) lesion probability per cell of one image embedding (1, 256, 64, 64)."""
+        device = next(self.net.parameters()).device
+        return torch.sigmoid(self.net(features.to(device))).float().cpu()
+
+    def locate(self, features: torch.Tensor, input_size: tuple[int, int],
+               original_size: tuple[int, int]) -> Localisation:
+        """Ranked candidates for one image from its SAM embedding (models.segmentation.Embedding's
+        `features`, `input_size`, `original_size`)."""
+        prob = upsampled(self.probabilities(features))
+        rows, cols = valid_cells(input_size, prob.shape[0])
+        return Localisation(candidates_of(prob, input_size, original_size, self.level, self.limit),
+                            float(prob[:rows, :cols].max()), self.threshold, prob, input_size, original_size)
+
+    @staticmethod
+    def outline(found: Localisation, candidate: Candidate, predict: Callable[[list[float]], np.ndarray]
+                ) -> np.ndarray:
+        """SAM's outline of one candidate: `predict(box)` (the box route's decoder on the image's embedding,
+        a bool mask) at every scale of SCALES, the mask agreeing best with the lesion map (Dice), then
+        outlined once more from that mask's own box."""
+        height, width = found.original_size
+        x0, y0, x1, y1 = candidate.box
+        cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+        lesion_map = image_map(found)
+        best, agreement = None, -1.0
+        for s in SCALES:
+            box = [max(0.0, cx - s * w / 2), max(0.0, cy - s * h / 2), min(width, cx + s * w / 2), min(height, cy + s * h / 2)]
+            mask = predict(box)
+            score = 2 * float((lesion_map * mask).sum()) / (float(lesion_map.sum()) + float(mask.sum()) + 1e-6)
+            if score > agreement:
+                best, agreement = mask, score
+        ys, xs = np.nonzero(best)
+        if not len(xs):
+            return best
+        return predict([float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)])
+
+
+def image_map(found: Localisation) -> np.ndarray:
+    """The lesion map in image pixels (the padding cropped off, resized to the original image)."""
+    prob = torch.from_numpy(found.prob)[None, None]
+    prob = nn.functional.interpolate(prob, size=(SAM_INPUT, SAM_INPUT), mode="bilinear", align_corners=False)
+    prob = prob[..., :found.input_size[0], :found.input_size[1]]
+    return nn.functional.interpolate(prob, size=tuple(found.original_size), mode="bilinear",
+                                     align_corners=False)[0, 0].numpy()
