@@ -3,7 +3,8 @@
 `SamSegmenter` splits SAM into its two costs: `encode` (the image encoder, once per image, cacheable)
 and `predict` (prompt encoder + mask decoder, milliseconds). Prompts come in the API's shape:
 `{"box": [x0, y0, x1, y1]}`, `{"points": [[x, y, 1|0], ...]}`, `{"mask": "<PNG base64>"}` or `{}`
-(automatic). A drawn mask is sent to SAM as its bounding box: the box-trained LiteMedSAM then
+(automatic: the modality's lesion localiser where one is served, else the paper's automatic mask generator;
+`{"auto": "localiser"}` or `{"auto": "sam-amg"}` chooses). A drawn mask is sent to SAM as its bounding box: the box-trained LiteMedSAM then
 outlines the lesion the user circled.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from models.preprocessing import box_of_mask
 from models.sam import LoadedSam
 
 PromptKind = Literal["box", "points", "mask", "auto"]
+AutoMode = Literal["localiser", "sam-amg"]
 
 # The paper's automatic-mask-generator parameters (BraNet, Module 3).
 AMG_DEFAULTS = dict(points_per_side=32, points_per_batch=64, pred_iou_thresh=0.88,
@@ -45,14 +47,19 @@ class PromptError(ValueError):
 
 
 class NoLesionFound(ValueError):
-    """SAM returned nothing usable for this prompt."""
+    """SAM returned nothing usable for this prompt, or the localiser found no lesion: then `score` (its best
+    candidate's, else the highest lesion probability anywhere) is under `threshold`."""
+
+    def __init__(self, message: str, score: float | None = None, threshold: float | None = None):
+        super().__init__(message)
+        self.score, self.threshold = score, threshold
 
 
 class Prompt(BaseModel):
-    """One of box, points or mask; none of them means automatic."""
+    """One of box, points or mask; none of them means automatic (`auto`, or `{}`)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"box": [120, 80, 260, 190]}, {"points": [[190, 135, 1], [40, 40, 0]]}, {}]})
+        {"box": [120, 80, 260, 190]}, {"points": [[190, 135, 1], [40, 40, 0]]}, {}, {"auto": "sam-amg"}]})
 
     box: list[float] | None = Field(None, min_length=4, max_length=4,
                                     description="x0, y0, x1, y1 in image pixels (x1 > x0, y1 > y0)")
@@ -60,6 +67,12 @@ class Prompt(BaseModel):
                                              description="[x, y, label]: label 1 = lesion, 0 = background")
     mask: str | None = Field(None, description="PNG (base64) of the image's size; non-zero = lesion",
                              max_length=16_000_000)
+    auto: AutoMode | None = Field(
+        None, description="automatic mode, only without box, points or mask: `localiser` (the modality's lesion "
+                          "localiser on the box route's SAM embedding, about a second on a CPU; 422 where the "
+                          "modality has none) or `sam-amg` (the paper's automatic mask generator, 32x32 grid: "
+                          "about 210 s per image on a 2-core CPU, meant for GPU deployments). Omitted (`{}`): "
+                          "the localiser where the modality has one, else sam-amg")
     _drawn: np.ndarray | None = PrivateAttr(None)  # the mask already decoded (decode_mask_png), off the model's thread
 
     def with_drawn(self, mask: np.ndarray) -> "Prompt":
@@ -77,6 +90,8 @@ class Prompt(BaseModel):
         given = [k for k in ("box", "points", "mask") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give one of box, points or mask, not {' and '.join(given)}")
+        if given and self.auto is not None:
+            raise ValueError(f"auto is the automatic mode: give it without {given[0]}")
         for p in self.points or []:
             if len(p) != 3 or p[2] not in (0, 1):
                 raise ValueError(f"each point is [x, y, 1|0], got {p}")
@@ -117,6 +132,12 @@ class Segmentation:
     prompt: PromptKind
     runtime: str = "torch"  # what ran the image encoder, and at what precision (models.encoder_runtime)
     precision: str = "f32"
+    auto_mode: AutoMode | None = None  # how an automatic result was found; None for a drawn prompt
+    # localiser mode: the candidates scoring at least the threshold, best first (the first is outlined),
+    # the best candidate's score and the threshold
+    candidates: list | None = None  # of models.localiser.Candidate
+    lesion_score: float | None = None
+    lesion_threshold: float | None = None
 
 
 def decode_mask_png(data: str, width: int, height: int) -> np.ndarray:
@@ -368,7 +389,9 @@ class SamSegmenter:
         chosen = _pick_lesion(records, width, height)
         if chosen is None:
             raise NoLesionFound(f"{self.name} found no lesion-sized region automatically: give a box or points")
-        return self._segmentation(chosen["segmentation"], float(chosen["predicted_iou"]), "auto")
+        seg = self._segmentation(chosen["segmentation"], float(chosen["predicted_iou"]), "auto")
+        seg.auto_mode = "sam-amg"
+        return seg
 
     def _segmentation(self, mask: np.ndarray, score: float, kind: PromptKind) -> Segmentation:
         mask = np.asarray(mask, dtype=bool)

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+ROLE_CHOICES = ["classifier-us", "classifier-dm", "localiser-us", "localiser-dm"]  # server.model_registry.ROLES
+
 
 def _serve(args: argparse.Namespace) -> int:
     from server.memory import keep_large_buffers_off_the_heap
@@ -180,6 +182,11 @@ def _analyze(args: argparse.Namespace) -> int:
         print(f"branet: no such file: {args.image}", file=sys.stderr)
         return 2
     prompt = {"box": args.box} if args.box else ({"points": [[x, y, 1] for x, y in args.point]} if args.point else {})
+    if args.auto:
+        if prompt:
+            print("branet: --auto is the automatic mode: give it without --box or --point", file=sys.stderr)
+            return 2
+        prompt = {"auto": args.auto}
     headers = {"Authorization": f"Bearer {args.token}"}
     with httpx.Client(base_url=args.server, headers=headers, timeout=args.timeout) as client:
         try:
@@ -191,9 +198,15 @@ def _analyze(args: argparse.Namespace) -> int:
             return 1
         if res.status_code != 201:
             try:
-                message = res.json()["error"]["message"]
+                error = res.json()["error"]
+                message = error["message"]
             except (ValueError, KeyError, TypeError):
-                message = res.text[:200]
+                error, message = {}, res.text[:200]
+            if error.get("code") == "no_lesion_found" and "score" in error:
+                # not a failure of the tool: the localiser's honest answer, with its score
+                print(f"no lesion found: best score {error['score']:.2f} < threshold {error['threshold']:.2f}; "
+                      f"give --box X0 Y0 X1 Y1 if you see one")
+                return 3
             print(f"branet: {res.status_code}: {message}", file=sys.stderr)
             return 1
         result = res.json()
@@ -203,6 +216,13 @@ def _analyze(args: argparse.Namespace) -> int:
     print(f"{result['label']}  p(malignant) = {result['p_malignant']:.3f}  (threshold {result['threshold']:.3f})")
     print(f"lesion box {seg['box']}  SAM {seg['sam_model']} score {seg['score']:.2f}  "
           f"classifier {result['models']['classifier']['name']}@{result['models']['classifier']['version']}")
+    if seg.get("auto_mode") == "localiser":
+        print(f"found automatically by {result['models']['localiser']['name']} (lesion score threshold "
+              f"{seg['lesion_threshold']:.2f}); candidates, best first (the first is outlined):")
+        for k, c in enumerate(seg["candidates"], start=1):
+            print(f"  {k}. box {c['box']}  score {c['score']:.2f}")
+    elif seg.get("auto_mode") == "sam-amg":
+        print("found automatically by SAM's automatic mask generator")
     print(f"analysis {result['id']}  overlay {overlay}  ({result['timings_ms']['total']:.0f} ms)")
     print(result["notice"])
     return 0
@@ -284,18 +304,18 @@ def _models_list(args: argparse.Namespace, api) -> int:
 def _models_deploy(args: argparse.Namespace, api) -> int:
     from models.manifest import Manifest
     from server.model_manager import ModelRefused, needed_files
-    from server.model_registry import ROLES
+    from server.model_registry import ROLES, role_entry
     manifest_path = args.dir / "manifest.json"
     if not manifest_path.is_file():
         raise _CliError(f"no manifest.json in {args.dir} (a folder `python -m training export --to` wrote)")
     manifest_bytes = manifest_path.read_bytes()
     manifest = Manifest.model_validate_json(manifest_bytes)
-    roles = [args.role] if args.role else [r for r in ROLES if r in manifest.models]
+    roles = [args.role] if args.role else [r for r in ROLES if role_entry(manifest, r) is not None]
     if not roles:
-        raise _CliError(f"{manifest_path} has no classifier-us or classifier-dm entry")
+        raise _CliError(f"{manifest_path} has no {', '.join(ROLES[:-1])} or {ROLES[-1]} entry")
     manager = None if api else _local_manager(with_engine=True)
     for role in roles:
-        files = needed_files(manifest, role) if role in manifest.models else {}
+        files = needed_files(manifest, role) if role_entry(manifest, role) is not None else {}
         gate = {"gate_data": args.gate, "gate_margin": args.gate_margin, "gate_roi_source": args.gate_roi_source or "sam"}
         if api:
             handles = [(args.dir / name).open("rb") for name in files if (args.dir / name).is_file()]
@@ -393,7 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     analyze.add_argument("--modality", choices=["us", "dm"], required=True)
     analyze.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
     analyze.add_argument("--point", type=float, nargs=2, action="append", metavar=("X", "Y"),
-                         help="a point on the lesion (repeatable); no box or point = automatic")
+                         help="a point on the lesion (repeatable); no box or point = automatic (the "
+                              "modality's lesion localiser, else SAM's automatic mask generator; --auto chooses)")
+    analyze.add_argument("--auto", choices=["localiser", "sam-amg"],
+                         help="automatic mode (no box or point): sam-amg is the paper's generator, minutes on a CPU")
     analyze.add_argument("--server", default=os.environ.get("BRANET_SERVER", "http://127.0.0.1:8000"))
     analyze.add_argument("--token", default=os.environ.get("BRANET_TOKEN"))
     analyze.add_argument("--overlay", type=Path, help="where to write the overlay PNG")
@@ -409,9 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     models_sub = models.add_subparsers(dest="models_command", required=True)
     models_sub.add_parser("list", parents=[common], help="every version per role; * marks the active one")
     deploy = models_sub.add_parser("deploy", parents=[common], help="validate and store the versions in DIR (a `training export` "
-                                                  "folder): every classifier role it holds, or --role")
+                                                  "folder): every role it holds (classifiers, localisers), or --role")
     deploy.add_argument("dir", type=Path)
-    deploy.add_argument("--role", choices=["classifier-us", "classifier-dm"])
+    deploy.add_argument("--role", choices=ROLE_CHOICES)
     deploy.add_argument("--activate", action="store_true", help="serve it once it is stored")
     deploy.add_argument("--gate", metavar="DATA", help="validation folder (on the server; relative: under BRANET_DATA)")
     deploy.add_argument("--gate-margin", type=float)
@@ -419,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     activate = models_sub.add_parser("activate", parents=[common], help="serve this version in its role")
     activate.add_argument("id")
     rollback = models_sub.add_parser("rollback", parents=[common], help="serve the role's previously active version again")
-    rollback.add_argument("role", choices=["classifier-us", "classifier-dm"])
+    rollback.add_argument("role", choices=ROLE_CHOICES)
     args = parser.parse_args(argv)
     if args.command == "users" and args.users_command not in ("grant-admin", "revoke-admin"):
         from server.settings import get_settings

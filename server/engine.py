@@ -18,17 +18,20 @@ import numpy as np
 import torch
 
 from models.gradcam import grad_cam
-from models.manifest import ModelEntry, WeightsError, load_classifier, load_sam_probe, read_manifest
+from models.localiser import Localiser
+from models.manifest import (LocaliserEntry, ModelEntry, WeightsError, load_classifier, load_localiser, load_sam_probe,
+                             read_manifest)
 from models.preprocessing import classifier_input, normalize, to_gray
 from models.sam import LoadedSam, load_sam
 from models.probe_head import SamProbe, encoder_only, fuse
 from models.sam_probe import probe_input
-from models.segmentation import Embedding, Prompt, SamSegmenter, Segmentation
+from models.segmentation import AutoMode, Embedding, NoLesionFound, Prompt, PromptError, SamSegmenter, Segmentation
 from server.embedding_cache import EmbeddingCache
 from server.errors import ApiError
 from server.settings import Settings
 
 SERVED = {"us": "classifier-us", "dm": "classifier-dm"}
+LOCALISERS = {"us": "localiser-us", "dm": "localiser-dm"}  # optional roles: a modality without one keeps sam-amg
 LOADED_VERSIONS = 6  # classifier versions kept loaded (two roles: the active, the previous and one more each)
 T = TypeVar("T")
 
@@ -43,6 +46,8 @@ class Classification:
     entry: ModelEntry
     version: str = ""  # the classifier's version id in the models folder
     sam: LoadedSam | None = None  # the SAM that outlined the lesion, in the same Served
+    localiser: LocaliserEntry | None = None  # the localiser that placed the box (auto_mode localiser)
+    localiser_version: str = ""
 
 
 def probe_stages(classifiers: dict[str, tuple[torch.nn.Module, ModelEntry]], sam: str) -> tuple[str, ...]:
@@ -77,6 +82,14 @@ class Served:
     routes: dict[str, dict[str, str]]
     versions: dict[str, str] = field(default_factory=dict)  # modality -> the classifier's version id
     sam_keys: dict[str, tuple] = field(default_factory=dict)  # SAM name -> what its embeddings depend on
+    # modality -> its lesion localiser (models.localiser) and manifest entry, and the localiser's version id
+    localisers: dict[str, tuple[Localiser, LocaliserEntry]] = field(default_factory=dict)
+    localiser_versions: dict[str, str] = field(default_factory=dict)
+
+    def role_versions(self) -> dict[str, str]:
+        """Per role (classifier-us, localiser-us, ...) the version id served."""
+        return {**{SERVED[m]: v for m, v in self.versions.items()},
+                **{LOCALISERS[m]: v for m, v in self.localiser_versions.items()}}
 
 
 EMPTY = Served({}, {}, {}, {})
@@ -130,7 +143,7 @@ class Engine:
         """A Served from each role's (version id, weights folder); SAMs whose embeddings would not change
         are taken from `reuse` (the one served now) instead of being loaded again. `keep`: remember the
         classifiers loaded (False for a candidate still being validated)."""
-        classifiers, probes, versions, decoders = {}, {}, {}, {}
+        classifiers, probes, versions, decoders, bases = {}, {}, {}, {}, {}
         for modality, role in SERVED.items():
             if role not in dirs:
                 raise WeightsError(f"no active version of {role} in the models folder")
@@ -152,6 +165,7 @@ class Engine:
             versions[modality] = version_id
             for name, decoder in read_manifest(weights).sam_decoders.items():
                 decoders[name] = (weights, decoder.sha256)
+                bases[name] = decoder.base
         routes = self.settings.routes({m: e.input.sam for m, (_, e) in classifiers.items()})
         probe_sams = {e.sam_probe.sam for _, e in classifiers.values() if e.sam_probe}
         names = {name for route in routes.values() for name in route.values()} | probe_sams
@@ -171,7 +185,31 @@ class Engine:
                                                 self.settings.encoder_precision)
             except ValueError as err:
                 raise WeightsError(f"a SAM probe reads {name}'s encoder: {err}") from err
-        return Served(classifiers, probes, segmenters, routes, versions, keys)
+        localisers, localiser_versions = {}, {}
+        for modality, role in LOCALISERS.items():
+            if role not in dirs:
+                continue
+            version_id, weights = dirs[role]
+            key = (role, version_id, str(weights))
+            loaded = self._loaded.pop(key, None)
+            if loaded is None:
+                entry = read_manifest(weights).localisers.get(role)
+                if entry is None:
+                    raise WeightsError(f"{weights / 'manifest.json'} has no localiser {role!r}")
+                loaded = (load_localiser(entry, weights, self.device), entry)
+            entry = loaded[1]
+            # The box route's SAM, or a SAM decoder fine-tuned on it (same image encoder, same embedding)
+            box_sam = routes[modality]["box"]
+            if entry.modality != modality or entry.sam not in (box_sam, bases.get(box_sam)):
+                raise WeightsError(f"localiser {role} ({entry.file}) reads {entry.sam}'s embedding of {entry.modality} "
+                                   f"images, but {modality}'s box route is {box_sam}: it cannot be served")
+            if keep:
+                self._loaded[key] = loaded
+            localisers[modality] = loaded
+            localiser_versions[modality] = version_id
+        while len(self._loaded) > LOADED_VERSIONS + len(LOCALISERS):
+            self._loaded.pop(next(iter(self._loaded)), None)
+        return Served(classifiers, probes, segmenters, routes, versions, keys, localisers, localiser_versions)
 
     def install(self, served: Served, serial: int | None = None) -> list[str]:
         """Serve `served` from the next job on (called on the inference thread, between jobs: `swap`). The
@@ -239,13 +277,66 @@ class Engine:
             self.cache.put(sha256, embedding)
         return embedding
 
+    def auto_mode(self, modality: str, prompt: Prompt, served: Served | None = None) -> AutoMode:
+        """What an automatic prompt runs: `{}` the modality's localiser where one is served, else sam-amg;
+        PromptError for `{"auto": "localiser"}` on a modality without one."""
+        served = served or self.served
+        if prompt.auto == "localiser" and modality not in served.localisers:
+            raise PromptError(f"no lesion localiser is served for {modality} images: use {{\"auto\": \"sam-amg\"}} "
+                              f"or draw a box")
+        return prompt.auto or ("localiser" if modality in served.localisers else "sam-amg")
+
     def segment(self, sha256: str, rgb: np.ndarray, modality: str, prompt: Prompt, timer: Timer,
                 served: Served | None = None) -> Segmentation:
+        if prompt.kind == "auto" and self.auto_mode(modality, prompt, served) == "localiser":
+            return self.locate(sha256, rgb, modality, timer, served)
         segmenter = self.route(modality, prompt.kind, served)
         if prompt.kind == "auto":
             return timer.stage("auto_segment", lambda: segmenter.automatic(rgb))
         embedding = self.embedding(sha256, rgb, segmenter, timer)
         return timer.stage("decode", lambda: segmenter.predict(embedding, prompt))
+
+    def locate(self, sha256: str, rgb: np.ndarray, modality: str, timer: Timer,
+               served: Served | None = None) -> Segmentation:
+        """The localiser's ranked boxes on the box route's (cached) embedding; its best box outlined by the box
+        route's SAM, as a drawn box would be. NoLesionFound (with the score and threshold) when no candidate
+        reaches the threshold."""
+        served = served or self.served
+        localiser, _ = served.localisers[modality]
+        segmenter = self.route(modality, "box", served)
+        embedding = self.embedding(sha256, rgb, segmenter, timer)
+        found = timer.stage("locate", lambda: localiser.locate(embedding.features, embedding.input_size,
+                                                               embedding.original_size))
+        best = found.candidates[0].score if found.candidates else found.peak
+        if not found.found:
+            raise NoLesionFound(f"no lesion found automatically (score {best:.2f} < {found.threshold:.2f}): "
+                                f"draw a box if you see one", round(best, 4), round(found.threshold, 4))
+        candidates = found.found
+        seg = timer.stage("decode", lambda: self.outline(localiser, segmenter, embedding, found, candidates[0]))
+        seg.prompt, seg.auto_mode, seg.candidates = "auto", "localiser", candidates
+        seg.lesion_score, seg.lesion_threshold = candidates[0].score, found.threshold
+        return seg
+
+    @staticmethod
+    def outline(localiser: Localiser, segmenter: SamSegmenter, embedding: Embedding, found, candidate) -> Segmentation:
+        """The box route's outline of `candidate` (`Localiser.outline`: its box at a few scales, the mask agreeing
+        best with the lesion map, outlined again from its own box); NoLesionFound when SAM outlines nothing."""
+        answers: list[Segmentation] = []
+
+        def predict(box: list[float]) -> np.ndarray:
+            try:
+                answers.append(segmenter.predict(embedding, Prompt(box=[float(v) for v in box])))
+            except (NoLesionFound, PromptError):  # an empty mask, or a scaled box that lost its width
+                height, width = embedding.original_size
+                return np.zeros((height, width), dtype=bool)
+            return answers[-1].mask
+        mask = localiser.outline(found, candidate, predict)
+        chosen = next((a for a in answers if a.mask is mask), None)
+        if chosen is None or not mask.any():
+            raise NoLesionFound(f"SAM found no outline in the lesion finder's best region (score {candidate.score:.2f}, "
+                                f"box {list(candidate.box)}): draw a box if you see one",
+                                round(candidate.score, 4), round(found.threshold, 4))
+        return chosen
 
     def classify(self, rgb: np.ndarray, modality: str, seg: Segmentation, timer: Timer,
                  sha256: str | None = None, served: Served | None = None) -> Classification:
@@ -269,8 +360,11 @@ class Engine:
         p = float(torch.softmax(out / entry.temperature, dim=1)[0, 1])
         cam = timer.stage("gradcam", lambda: grad_cam(model, x.clone())[0].cpu().numpy())
         label = entry.classes[1] if p >= entry.threshold else entry.classes[0]
+        located = seg.auto_mode == "localiser" and modality in served.localisers
         return Classification(label, p, entry.threshold, roi, cam, entry, served.versions.get(modality, ""),
-                              served.segmenters[seg.model].sam if seg.model in served.segmenters else None)
+                              served.segmenters[seg.model].sam if seg.model in served.segmenters else None,
+                              served.localisers[modality][1] if located else None,
+                              served.localiser_versions.get(modality, "") if located else "")
 
     def with_probe(self, logits: torch.Tensor, rgb: np.ndarray, modality: str, seg: Segmentation, timer: Timer,
                    sha256: str | None, served: Served | None = None) -> torch.Tensor:

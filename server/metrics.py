@@ -26,6 +26,7 @@ def exposition(engine) -> tuple[bytes, str]:
     CACHE_BYTES.set(engine.cache.nbytes)
     served = {f"{m}_classifier": f"{e.name}@{e.sha256[:12]}" for m, (_, e) in engine.classifiers.items()}
     served |= {f"sam_{name}": s.sam.sha256[:12] for name, s in engine.segmenters.items()}
+    served |= {f"{m}_localiser": f"{e.name}@{e.sha256[:12]}" for m, (_, e) in engine.served.localisers.items()}
     MODEL.info(served)
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 

@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from models.manifest import Manifest, ModelEntry, WeightsError, sha256_file, verified_file
+from models.manifest import LocaliserEntry, Manifest, ModelEntry, WeightsError, sha256_file, verified_file
 from models.preprocessing import MEAN, STD
 from models.sam import SAM_MODELS
-from models.segmentation import Prompt
-from server.engine import SERVED, Engine, Served, Timer
-from server.model_registry import ROLES, SYSTEM, ModelRegistry, VersionInfo, manifest_for_role, now, role_modality
+from models.segmentation import NoLesionFound, Prompt
+from server.engine import Engine, Served, Timer
+from server.model_registry import (ROLES, SYSTEM, ModelRegistry, VersionInfo, is_localiser, manifest_for_role, now,
+                                   role_modality)
 from server.schemas import ModelQuality
 from server.settings import Settings
 
@@ -66,6 +67,9 @@ def _plain(name: str) -> bool:
 
 def needed_files(manifest: Manifest, role: str) -> dict[str, str]:
     """Every file a version of `role` consists of, and its sha256 from the manifest."""
+    if is_localiser(role):
+        entry = manifest.localisers[role]
+        return {entry.file: entry.sha256}
     entry = manifest.models[role]
     files = {entry.file: entry.sha256}
     if entry.sam_probe:
@@ -75,10 +79,32 @@ def needed_files(manifest: Manifest, role: str) -> dict[str, str]:
     return files
 
 
-def check_entry(manifest: Manifest, role: str) -> ModelEntry:
+def check_localiser(manifest: Manifest, role: str) -> LocaliserEntry:
+    """A localiser role: its entry, of the role's modality, on a known SAM, with settings it can be served with
+    (that SAM must be the modality's box route: checked at `load`)."""
+    entry = manifest.localisers.get(role)
+    if entry is None:
+        raise ModelRefused("role", f"the manifest has no localiser {role!r} (it lists: "
+                                   f"{', '.join(sorted(manifest.localisers)) or 'nothing'})")
+    if entry.modality != role_modality(role):
+        raise ModelRefused("role", f"the localiser {role!r} is for modality {entry.modality!r}; {role} needs "
+                                   f"{role_modality(role)!r}")
+    problems = []
+    if entry.sam not in set(SAM_MODELS) | set(manifest.sam_decoders):
+        problems.append(f"sam {entry.sam!r} is not a known SAM")
+    if not (0 <= entry.threshold <= 1 and 0 < entry.level <= 1 and 1 <= entry.limit <= 16):
+        problems.append(f"threshold {entry.threshold} / level {entry.level} / limit {entry.limit}")
+    if problems:
+        raise ModelRefused("input_spec", "; ".join(problems))
+    return entry
+
+
+def check_entry(manifest: Manifest, role: str) -> ModelEntry | LocaliserEntry:
     """`role`, `architecture` and `input_spec`: what the server can serve in this role."""
     if role not in ROLES:
         raise ModelRefused("role", f"unknown role {role!r} (roles: {', '.join(ROLES)})")
+    if is_localiser(role):
+        return check_localiser(manifest, role)
     if role not in manifest.models:
         raise ModelRefused("role", f"the manifest has no entry {role!r} (it lists: "
                                    f"{', '.join(sorted(manifest.models)) or 'nothing'})")
@@ -141,9 +167,39 @@ def probe_images(settings: Settings, modality: str) -> list[tuple[np.ndarray, li
     return out
 
 
-def smoke(engine: Engine, served: Served, modality: str, images: list[tuple[np.ndarray, list[float]]]) -> list[float]:
+def smoke_localiser(engine: Engine, served: Served, modality: str,
+                    images: list[tuple[np.ndarray, list[float]]]) -> list[float]:
+    """The localiser on real images' box-route embeddings (not the cache), and the box route's outline of its best
+    candidate where it finds one: the highest lesion probability of each; ModelRefused when it is not a finite
+    probability or a candidate box is outside the image. Runs on the inference thread."""
+    localiser, _ = served.localisers[modality]
+    peaks = []
+    for rgb, _box in images:
+        segmenter = engine.route(modality, "box", served)
+        embedding = segmenter.encode(rgb)
+        found = localiser.locate(embedding.features, embedding.input_size, embedding.original_size)
+        height, width = rgb.shape[:2]
+        if not (math.isfinite(found.peak) and 0 <= found.peak <= 1):
+            raise ModelRefused("smoke", f"a probe image gave the lesion probability {found.peak}")
+        for c in found.candidates:
+            x0, y0, x1, y1 = c.box
+            if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height and math.isfinite(c.score)):
+                raise ModelRefused("smoke", f"a probe image gave the candidate {c} outside its {width}x{height}")
+        if found.found:
+            try:
+                engine.outline(localiser, segmenter, embedding, found, found.found[0])
+            except NoLesionFound:
+                pass  # SAM outlining nothing in a region is an answer, not a broken model
+        peaks.append(found.peak)
+    return peaks
+
+
+def smoke(engine: Engine, served: Served, modality: str, images: list[tuple[np.ndarray, list[float]]],
+          role: str | None = None) -> list[float]:
     """Box-prompted analyses of real images on `served` (not the cache): p(malignant) of each; ModelRefused
-    when anything is not finite. Runs on the inference thread."""
+    when anything is not finite. A localiser role: `smoke_localiser`. Runs on the inference thread."""
+    if role is not None and is_localiser(role):
+        return smoke_localiser(engine, served, modality, images)
     ps = []
     for rgb, box in images:
         segmenter = engine.route(modality, "box", served)
@@ -240,11 +296,13 @@ class ModelManager:
             if not images:
                 raise ModelRefused("smoke", f"no probe images of {modality} (BRANET_PROBE_IMAGES or BRANET_DATA)")
             try:
-                self.engine.on_inference_thread(smoke, self.engine, candidate, modality, images)
+                self.engine.on_inference_thread(smoke, self.engine, candidate, modality, images, role)
             except ModelRefused:
                 raise
             except Exception as e:  # a network that loads but cannot run
                 raise ModelRefused("smoke", f"{type(e).__name__}: {e}") from None
+        if gate_data and is_localiser(role):
+            raise ModelRefused("gate", f"the gate measures a classifier's AUC; {role} is a localiser")
         if gate_data:
             gate = self._gate(staging, role, gate_data, gate_margin, gate_roi_source)
         return VersionInfo(id="", role=role, sha256=entry.sha256, files=files, source="upload", deployed_by=actor,
@@ -331,7 +389,7 @@ class ModelManager:
         if self.engine is None:
             return False
         wanted = {role: state.active for role, state in self.registry.active().roles.items()}
-        served = {SERVED[m]: v for m, v in self.engine.served.versions.items()}
+        served = self.engine.served.role_versions()
         if wanted == served or wanted == self._failed:
             return False
         with self._lock:
@@ -357,7 +415,7 @@ class ModelManager:
         for version in self.registry.versions():
             try:
                 entry = self.registry.entry(version)
-                metrics, regime, threshold = entry.metrics, entry.regime, entry.threshold
+                metrics, regime, threshold = entry.metrics, getattr(entry, "regime", None), entry.threshold
             except (WeightsError, KeyError):
                 metrics, regime, threshold = {}, None, None
             activation = state.activations.get(version.id, {})

@@ -28,15 +28,33 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from models.manifest import Manifest, ModelEntry, WeightsError, read_manifest
+from models.manifest import LocaliserEntry, Manifest, ModelEntry, WeightsError, read_manifest
 
-ROLES = ("classifier-us", "classifier-dm")
+CLASSIFIER_ROLES = ("classifier-us", "classifier-dm")
+LOCALISER_ROLES = ("localiser-us", "localiser-dm")  # optional: a modality without one answers `{}` with sam-amg
+ROLES = CLASSIFIER_ROLES + LOCALISER_ROLES
 SYSTEM = "system"  # the actor of what a start does on its own (registering the committed weights)
 STAGING_MAX_AGE_S = 3600  # a staging folder older than this is a crashed upload's leftover
 
 
 def role_modality(role: str) -> str:
     return role.rsplit("-", 1)[-1]
+
+
+def is_localiser(role: str) -> bool:
+    return role in LOCALISER_ROLES
+
+
+def role_entry(manifest: Manifest, role: str) -> ModelEntry | LocaliserEntry | None:
+    """The manifest's entry for `role`: a classifier in `models`, a localiser in `localisers`; None if absent."""
+    return (manifest.localisers if is_localiser(role) else manifest.models).get(role)
+
+
+def entry_files(entry: ModelEntry | LocaliserEntry) -> dict[str, str]:
+    """The entry's own files (a classifier's SAM probe included) and their sha256."""
+    files = {entry.file: entry.sha256}
+    probe = getattr(entry, "sam_probe", None)
+    return files | ({probe.file: probe.sha256} if probe else {})
 
 
 def now() -> str:
@@ -46,7 +64,7 @@ def now() -> str:
 class VersionInfo(BaseModel):
     id: str
     role: str
-    sha256: str = Field(description="the classifier file's sha256")
+    sha256: str = Field(description="the classifier (or localiser) file's sha256")
     files: dict[str, str] = Field(description="every file of the version and its sha256")
     source: Literal["committed", "upload"]
     weights_dir: str | None = Field(None, description="a committed version: the folder it lives in")
@@ -133,8 +151,11 @@ class ModelRegistry:
         """Where its manifest and files are."""
         return Path(version.weights_dir) if version.weights_dir else self.versions_dir / version.id
 
-    def entry(self, version: VersionInfo) -> ModelEntry:
-        return read_manifest(self.weights_dir(version)).models[version.role]
+    def entry(self, version: VersionInfo) -> ModelEntry | LocaliserEntry:
+        entry = role_entry(read_manifest(self.weights_dir(version)), version.role)
+        if entry is None:
+            raise KeyError(version.role)
+        return entry
 
     def active_dirs(self) -> dict[str, tuple[VersionInfo, Path]]:
         """Per role the active version and its weights folder."""
@@ -159,13 +180,12 @@ class ModelRegistry:
             state = self.active()
             known = {(v.role, v.sha256): v for v in self.versions() if v.source == "committed"}
             for role in ROLES:
-                if role not in manifest.models:
+                entry = role_entry(manifest, role)
+                if entry is None:
                     continue
-                entry = manifest.models[role]
                 version = known.get((role, entry.sha256))
                 if version is None:
-                    files = {entry.file: entry.sha256} | ({entry.sam_probe.file: entry.sam_probe.sha256}
-                                                          if entry.sam_probe else {})
+                    files = entry_files(entry)
                     staging = self.new_staging()
                     version = self._commit(staging, VersionInfo(
                         id="", role=role, sha256=entry.sha256, files=files, source="committed",
@@ -189,10 +209,11 @@ class ModelRegistry:
         state = self.active()
         known = {(v.role, v.sha256): v.id for v in self.versions() if v.source == "committed"}
         for role in ROLES:
-            if role not in manifest.models:
+            entry = role_entry(manifest, role)
+            if entry is None:
                 continue
             current = state.roles.get(role)
-            version_id = known.get((role, manifest.models[role].sha256))
+            version_id = known.get((role, entry.sha256))
             if version_id is None or current is None:
                 return False
             if current.activated_by == SYSTEM and current.active != version_id:
@@ -292,6 +313,8 @@ def _number(version_id: str) -> int:
 
 def manifest_for_role(manifest: Manifest, role: str) -> Manifest:
     """What a version of `role` keeps: its entry and the SAM decoders it names."""
+    if is_localiser(role):
+        return Manifest(localisers={role: manifest.localisers[role]})
     entry = manifest.models[role]
     sams = {entry.input.sam, entry.sam_probe.sam if entry.sam_probe else None}
     return Manifest(models={role: entry}, sam_decoders={k: v for k, v in manifest.sam_decoders.items() if k in sams})

@@ -145,7 +145,7 @@ def _segment(services: Services, source: Source, prompt: Prompt, timer: Timer) -
     except PromptError as err:
         raise ApiError(422, "invalid_prompt", str(err)) from err
     except NoLesionFound as err:
-        raise ApiError(422, "no_lesion_found", str(err)) from err
+        raise ApiError(422, "no_lesion_found", str(err), extra={"score": err.score, "threshold": err.threshold}) from err
 
 
 async def drawn(prompt: Prompt, source: Source) -> Prompt:
@@ -161,14 +161,19 @@ async def drawn(prompt: Prompt, source: Source) -> Prompt:
     return prompt.with_drawn(mask)
 
 
-SAM_STAGES = ("encode", "decode", "auto_segment")
+SAM_STAGES = ("encode", "locate", "decode", "auto_segment")
 
 
 def segmentation_out(seg: Segmentation, timings: dict[str, float]) -> dict:
-    return {"mask_png": render.b64(render.mask_png(seg.mask)), "mask_rle": mask_rle(seg.mask),
-            "box": list(seg.box), "score": round(seg.score, 4), "sam_model": seg.model, "prompt": seg.prompt,
-            "encoder_runtime": seg.runtime, "encoder_precision": seg.precision,
-            "timings_ms": {k: v for k, v in timings.items() if k in SAM_STAGES}}
+    out = {"mask_png": render.b64(render.mask_png(seg.mask)), "mask_rle": mask_rle(seg.mask),
+           "box": list(seg.box), "score": round(seg.score, 4), "sam_model": seg.model, "prompt": seg.prompt,
+           "encoder_runtime": seg.runtime, "encoder_precision": seg.precision,
+           "timings_ms": {k: v for k, v in timings.items() if k in SAM_STAGES}, "auto_mode": seg.auto_mode}
+    if seg.candidates is not None:
+        out["candidates"] = [{"box": list(c.box), "score": round(c.score, 4)} for c in seg.candidates]
+    if seg.lesion_threshold is not None:
+        out["lesion_score"], out["lesion_threshold"] = round(seg.lesion_score, 4), round(seg.lesion_threshold, 4)
+    return out
 
 
 async def segment(services: Services, record: ImageRecord, prompt: Prompt) -> dict:
@@ -214,7 +219,10 @@ async def analyze(services: Services, user: User, source: Source, prompt: Prompt
         **pngs,
         "models": {"classifier": {"name": entry.name, "sha256": entry.sha256, "version": entry.sha256[:12],
                                   "id": result.version, "regime": entry.regime, "temperature": entry.temperature},
-                   "sam": {"name": sam.name, "sha256": sam.sha256, "version": sam.sha256[:12]}},
+                   "sam": {"name": sam.name, "sha256": sam.sha256, "version": sam.sha256[:12]},
+                   **({"localiser": {"name": result.localiser.name, "sha256": result.localiser.sha256,
+                                     "version": result.localiser.sha256[:12], "id": result.localiser_version}}
+                      if result.localiser else {})},
         "timings_ms": timer.ms, "notice": NOTICE,
     }
     summary = {k: body[k] for k in ("id", "image_id", "created", "modality", "label", "p_malignant")}

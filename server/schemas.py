@@ -28,6 +28,11 @@ class Rle(BaseModel):
     counts: list[int] = Field(description="COCO uncompressed RLE, column-major, starting with background")
 
 
+class CandidateOut(BaseModel):
+    box: Box = Field(description="x0, y0, x1, y1 (exclusive) in image pixels: the box given to SAM")
+    score: float = Field(description="the localiser's lesion score of this region (its highest cell)")
+
+
 class SegmentationOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"mask_png": "iVBORw0KGgo...", "mask_rle": {"size": [598, 449], "counts": [1200, 35, 410]},
@@ -44,6 +49,15 @@ class SegmentationOut(BaseModel):
         "torch", description="what ran SAM's image encoder for this result (results stored before it was recorded: torch)")
     encoder_precision: Literal["f32", "bf16"] = Field("f32", description="the image encoder's precision")
     timings_ms: dict[str, float]
+    auto_mode: Literal["localiser", "sam-amg"] | None = Field(
+        None, description="how an automatic result was found: the lesion localiser or the paper's automatic mask "
+                          "generator; null for a drawn prompt (box, points, mask)")
+    candidates: list[CandidateOut] | None = Field(
+        None, description="localiser mode: the regions scoring at least lesion_threshold, best first; the first "
+                          "is the one outlined (another one: send its box as a box prompt)")
+    lesion_score: float | None = Field(None, description="localiser mode: the best candidate's score")
+    lesion_threshold: float | None = Field(None, description="localiser mode: the score a lesion needs (below it "
+                                                             "the answer is 422 no_lesion_found, with the score)")
 
 
 class SegmentRequest(BaseModel):
@@ -71,9 +85,15 @@ class ClassifierInfo(ModelInfo):
     temperature: float
 
 
+class LocaliserInfo(ModelInfo):
+    id: str | None = Field(None, description="its version id in the models folder")
+
+
 class AnalysisModels(BaseModel):
     classifier: ClassifierInfo
     sam: ModelInfo
+    localiser: LocaliserInfo | None = Field(None, description="the lesion localiser that placed the box (automatic "
+                                                              "prompt, localiser mode); null otherwise")
 
 
 class AnalysisOut(BaseModel):
@@ -215,6 +235,20 @@ class ServedSam(BaseModel):
                                                    "(null on torch)")
 
 
+class ServedLocaliser(BaseModel):
+    modality: Modality
+    name: str
+    id: str | None = Field(None, description="its version id in the models folder (see versions)")
+    sha256: str
+    version: str
+    sam: str = Field(description="the SAM whose image embedding it reads: the modality's box route")
+    threshold: float = Field(description="a candidate scoring at least this is a lesion found; below it the "
+                                         "automatic prompt answers no_lesion_found")
+    level: float = Field(description="cells at or above this lesion probability form the candidate regions")
+    limit: int = Field(description="candidates returned at most")
+    metrics: dict
+
+
 class ModelVersionOut(BaseModel):
     """One version of a role in the models folder (server/model_registry.py)."""
 
@@ -225,8 +259,8 @@ class ModelVersionOut(BaseModel):
         "activated_by": "dev", "activated_at": "2026-12-01T15:01:00.000+00:00", "regime": "real",
         "threshold": 0.27, "quality": None}]})
     id: str
-    role: str = Field(description="classifier-us or classifier-dm")
-    sha256: str = Field(description="the classifier file's sha256")
+    role: str = Field(description="classifier-us, classifier-dm, localiser-us or localiser-dm")
+    sha256: str = Field(description="the classifier's (or localiser's) file's sha256")
     files: dict[str, str] = Field(description="every file of the version (classifier, SAM probe, SAM decoders) "
                                               "and its sha256")
     source: Literal["committed", "upload"] = Field(description="the weights committed with the server, or an "
@@ -248,6 +282,9 @@ class ModelsOut(BaseModel):
     classifiers: list[ServedClassifier]
     sam: list[ServedSam]
     routes: dict[str, dict[str, str]] = Field(description="SAM model per modality and prompt kind")
+    localisers: list[ServedLocaliser] = Field(
+        default_factory=list, description="the lesion localisers served (an automatic prompt `{}` uses the "
+                                          "modality's; a modality without one uses sam-amg)")
     versions: dict[str, list[ModelVersionOut]] = Field(
         default_factory=dict, description="per role every version in the models folder, oldest first")
 

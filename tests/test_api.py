@@ -101,14 +101,18 @@ def test_drawn_mask_prompt_and_automatic_mode(api, alice, busi_dir):
     seg = api.post(f"/v1/images/{image['image_id']}/segment", json={"prompt": {"mask": drawn}}, headers=alice)
     assert seg.status_code == 200, seg.text
     assert dice(np.asarray(Image.open(io.BytesIO(base64.b64decode(seg.json()["mask_png"])))) > 0, truth) > 0.7
-    # Automatic: the paper's generator, on a small image with a 4x4 grid (the grid is a setting). On this
-    # benign lesion it finds the lesion (measured: box [93, 38, 129, 54] against the expert's [92, 37, 130, 55],
+    # Automatic, the paper's generator asked for by name (`{}` is the lesion localiser where one is served:
+    # tests/test_auto_lesion.py), on a small image with a 4x4 grid (the grid is a setting). On this benign
+    # lesion it finds the lesion (measured: box [93, 38, 129, 54] against the expert's [92, 37, 130, 55],
     # Dice 0.93 with the expert mask at this size, benign p 0.005); no_lesion_found (422) would be a regression.
     small = Image.open(io.BytesIO(data)).convert("L").resize((160, 120))
-    auto = api.post("/v1/analyses", files={"file": ("s.png", png_of(small))}, data={"modality": "us"}, headers=alice)
+    auto = api.post("/v1/analyses", files={"file": ("s.png", png_of(small))},
+                    data={"modality": "us", "prompt": json.dumps({"auto": "sam-amg"})}, headers=alice)
     assert auto.status_code == 201, auto.text
     result = auto.json()
     assert result["segmentation"]["prompt"] == "auto" and result["segmentation"]["sam_model"] == "mobilesam"
+    assert result["segmentation"]["auto_mode"] == "sam-amg" and result["segmentation"].get("candidates") is None
+    assert result["models"].get("localiser") is None
     found = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["segmentation"]["mask_png"])))) > 0
     small_truth = np.asarray(Image.fromarray(truth.astype(np.uint8) * 255).resize((160, 120))) > 127
     assert dice(found, small_truth) > 0.8

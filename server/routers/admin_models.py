@@ -66,11 +66,11 @@ def refused(err: ModelRefused) -> ApiError:
 
 @router.post("/models", status_code=201, response_model=ModelVersionOut, responses={**REFUSED, **READ_ONLY},
              summary="Deploy a model version (validated; not served until activated)")
-async def deploy(role: Literal["classifier-us", "classifier-dm"] = Form(description="the role it serves"),
+async def deploy(role: Literal["classifier-us", "classifier-dm", "localiser-us", "localiser-dm"] = Form(description="the role it serves"),
                  manifest: UploadFile = File(description="manifest.json as `python -m training export` writes it, "
                                                          "holding the role's entry"),
                  files: list[UploadFile] = File(description="every file the entry names: the classifier, its SAM "
-                                                           "probe, SAM decoders"),
+                                                           "probe, SAM decoders (a localiser: its one file)"),
                  gate_data: str | None = Form(None, description="a validation folder on the server (relative: under "
                                                                 "BRANET_DATA): the new version's AUC there may not "
                                                                 "be below the active one's by more than gate_margin"),

@@ -8,7 +8,7 @@ from server import pipeline
 from server.auth import current_user
 from server.deps import idempotency_key, services
 from server.engine import Timer
-from server.errors import COMMON_ERRORS, ApiError, ErrorResponse
+from server.errors import COMMON_ERRORS, PROMPT_ERRORS, ApiError, ErrorResponse, prompt_only
 from server.pipeline import Services
 from server.schemas import AnalysisOut, AnalysisPage, AnalysisRequest
 from server.store import DuplicateRequest, User
@@ -21,7 +21,8 @@ MULTIPART_SCHEMA = {
     "properties": {
         "file": {"type": "string", "format": "binary", "description": "PNG or JPEG, at most 10 MB"},
         "modality": {"type": "string", "enum": ["us", "dm"]},
-        "prompt": {"type": "string", "description": 'JSON prompt, e.g. {"box": [10, 20, 200, 180]}; empty = automatic'},
+        "prompt": {"type": "string", "description": 'JSON prompt, e.g. {"box": [10, 20, 200, 180]}; empty or {} = '
+                                                      'automatic (the lesion localiser, else {"auto": "sam-amg"})'},
     },
 }
 REQUEST_BODY = {"requestBody": {"required": True, "content": {
@@ -62,7 +63,9 @@ async def _from_json(request: Request, svc: Services, user: User):
     try:
         body = AnalysisRequest.model_validate_json(await request.body())
     except ValueError as err:
-        raise ApiError(422, "invalid_request", f"body: {pipeline.first_error(err)}") from err
+        errors = err.errors() if callable(getattr(err, "errors", None)) else []
+        code = "invalid_prompt" if prompt_only(errors) else "invalid_request"
+        raise ApiError(422, code, f"body: {pipeline.first_error(err)}") from err
     record = svc.history.get_image(user, body.image_id)
     if record is None:
         raise ApiError(404, "not_found", f"no image {body.image_id}")
@@ -71,7 +74,7 @@ async def _from_json(request: Request, svc: Services, user: User):
 
 @router.post("", status_code=201, response_model=AnalysisOut, openapi_extra=REQUEST_BODY,
              summary="Segment and classify: an uploaded image_id (JSON) or a file in the same call (multipart)",
-             responses={**NOT_FOUND, 201: {"description": "analysed and stored"},
+             responses={**NOT_FOUND, **PROMPT_ERRORS, 201: {"description": "analysed and stored"},
                         200: {"model": AnalysisOut, "description": "a repeat of an Idempotency-Key this user already "
                                                                   "used here: the stored analysis (same id and "
                                                                   "body), nothing new run or stored"},

@@ -9,7 +9,7 @@ from PIL import Image
 from server import pipeline
 from server.auth import current_user
 from server.deps import idempotency_key, own_image, services
-from server.errors import COMMON_ERRORS, ApiError, ErrorResponse
+from server.errors import COMMON_ERRORS, PROMPT_ERRORS, ApiError, ErrorResponse
 from server.pipeline import Services
 from server.schemas import ImageOut, Modality, SegmentationOut, SegmentRequest
 from server.store import DuplicateRequest, ImageRecord, User
@@ -51,7 +51,7 @@ async def upload_image(response: Response, file: UploadFile = File(description="
 
 
 @router.post("/{image_id}/segment", response_model=SegmentationOut, summary="Outline the lesion from a prompt",
-             responses={404: {"model": ErrorResponse, "description": "no such image (of this user)"},
+             responses={404: {"model": ErrorResponse, "description": "no such image (of this user)"}, **PROMPT_ERRORS,
                         503: {"model": ErrorResponse, "description": "queue full, see Retry-After"}})
 async def segment_image(request: SegmentRequest | None = None, record: ImageRecord = Depends(own_image),
                         svc: Services = Depends(services)) -> dict:

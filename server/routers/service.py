@@ -33,8 +33,11 @@ def served_models(request: Request, svc: Services = Depends(services)) -> dict:
             "encoder_runtime": s.runtime, "encoder_precision": s.precision,
             "encoder_sha256": s.encoder.sha256 if s.encoder else None}
            for name, s in sorted(served.segmenters.items())]
+    localisers = [{"modality": m, "name": e.name, "id": served.localiser_versions.get(m), "sha256": e.sha256,
+                   "version": e.sha256[:12], "sam": e.sam, "threshold": e.threshold, "level": e.level,
+                   "limit": e.limit, "metrics": e.metrics} for m, (_, e) in sorted(served.localisers.items())]
     manager = getattr(request.app.state, "models", None)
-    return {"classifiers": classifiers, "sam": sam, "routes": served.routes,
+    return {"classifiers": classifiers, "sam": sam, "routes": served.routes, "localisers": localisers,
             "versions": manager.listing() if manager else {}}
 
 

@@ -346,6 +346,8 @@ export interface components {
         /** AnalysisModels */
         AnalysisModels: {
             classifier: components["schemas"]["ClassifierInfo"];
+            /** @description the lesion localiser that placed the box (automatic prompt, localiser mode); null otherwise */
+            localiser?: components["schemas"]["LocaliserInfo"] | null;
             sam: components["schemas"]["ModelInfo"];
         };
         /**
@@ -562,7 +564,7 @@ export interface components {
         Body_deploy_v1_admin_models_post: {
             /**
              * Files
-             * @description every file the entry names: the classifier, its SAM probe, SAM decoders
+             * @description every file the entry names: the classifier, its SAM probe, SAM decoders (a localiser: its one file)
              */
             files: string[];
             /**
@@ -592,7 +594,7 @@ export interface components {
              * @description the role it serves
              * @enum {string}
              */
-            role: "classifier-us" | "classifier-dm";
+            role: "classifier-us" | "classifier-dm" | "localiser-us" | "localiser-dm";
         };
         /** Body_upload_image_v1_images_post */
         Body_upload_image_v1_images_post: {
@@ -607,6 +609,19 @@ export interface components {
              * @enum {string}
              */
             modality: "us" | "dm";
+        };
+        /** CandidateOut */
+        CandidateOut: {
+            /**
+             * Box
+             * @description x0, y0, x1, y1 (exclusive) in image pixels: the box given to SAM
+             */
+            box: number[];
+            /**
+             * Score
+             * @description the localiser's lesion score of this region (its highest cell)
+             */
+            score: number;
         };
         /** ClassifierInfo */
         ClassifierInfo: {
@@ -687,6 +702,16 @@ export interface components {
             code: string;
             /** Message */
             message: string;
+            /**
+             * Score
+             * @description `no_lesion_found` from the lesion localiser: its best score (omitted otherwise)
+             */
+            score?: number | null;
+            /**
+             * Threshold
+             * @description `no_lesion_found` from the lesion localiser: the score a lesion needs (omitted otherwise)
+             */
+            threshold?: number | null;
         };
         /** ErrorResponse */
         ErrorResponse: {
@@ -739,6 +764,20 @@ export interface components {
             sha256: string;
             /** Width */
             width: number;
+        };
+        /** LocaliserInfo */
+        LocaliserInfo: {
+            /**
+             * Id
+             * @description its version id in the models folder
+             */
+            id?: string | null;
+            /** Name */
+            name: string;
+            /** Sha256 */
+            sha256: string;
+            /** Version */
+            version: string;
         };
         /**
          * MeOut
@@ -909,12 +948,12 @@ export interface components {
             regime?: string | null;
             /**
              * Role
-             * @description classifier-us or classifier-dm
+             * @description classifier-us, classifier-dm, localiser-us or localiser-dm
              */
             role: string;
             /**
              * Sha256
-             * @description the classifier file's sha256
+             * @description the classifier's (or localiser's) file's sha256
              */
             sha256: string;
             /**
@@ -930,6 +969,11 @@ export interface components {
         ModelsOut: {
             /** Classifiers */
             classifiers: components["schemas"]["ServedClassifier"][];
+            /**
+             * Localisers
+             * @description the lesion localisers served (an automatic prompt `{}` uses the modality's; a modality without one uses sam-amg)
+             */
+            localisers?: components["schemas"]["ServedLocaliser"][];
             /**
              * Notice
              * @default Research use only. Not for clinical diagnosis.
@@ -1002,7 +1046,7 @@ export interface components {
         };
         /**
          * Prompt
-         * @description One of box, points or mask; none of them means automatic.
+         * @description One of box, points or mask; none of them means automatic (`auto`, or `{}`).
          * @example {
          *       "box": [
          *         120,
@@ -1026,8 +1070,16 @@ export interface components {
          *       ]
          *     }
          * @example {}
+         * @example {
+         *       "auto": "sam-amg"
+         *     }
          */
         Prompt: {
+            /**
+             * Auto
+             * @description automatic mode, only without box, points or mask: `localiser` (the modality's lesion localiser on the box route's SAM embedding, about a second on a CPU; 422 where the modality has none) or `sam-amg` (the paper's automatic mask generator, 32x32 grid: about 210 s per image on a 2-core CPU, meant for GPU deployments). Omitted (`{}`): the localiser where the modality has one, else sam-amg
+             */
+            auto?: ("localiser" | "sam-amg") | null;
             /**
              * Box
              * @description x0, y0, x1, y1 in image pixels (x1 > x0, y1 > y0)
@@ -1107,10 +1159,20 @@ export interface components {
          */
         SegmentationOut: {
             /**
+             * Auto Mode
+             * @description how an automatic result was found: the lesion localiser or the paper's automatic mask generator; null for a drawn prompt (box, points, mask)
+             */
+            auto_mode?: ("localiser" | "sam-amg") | null;
+            /**
              * Box
              * @description x0, y0, x1, y1 (exclusive) of the mask
              */
             box: number[];
+            /**
+             * Candidates
+             * @description localiser mode: the regions scoring at least lesion_threshold, best first; the first is the one outlined (another one: send its box as a box prompt)
+             */
+            candidates?: components["schemas"]["CandidateOut"][] | null;
             /**
              * Encoder Precision
              * @description the image encoder's precision
@@ -1125,6 +1187,16 @@ export interface components {
              * @enum {string}
              */
             encoder_runtime: "openvino" | "onnxruntime" | "torch";
+            /**
+             * Lesion Score
+             * @description localiser mode: the best candidate's score
+             */
+            lesion_score?: number | null;
+            /**
+             * Lesion Threshold
+             * @description localiser mode: the score a lesion needs (below it the answer is 422 no_lesion_found, with the score)
+             */
+            lesion_threshold?: number | null;
             /**
              * Mask Png
              * @description PNG (base64) of the image's size, 255 = lesion
@@ -1180,6 +1252,49 @@ export interface components {
             /** Temperature */
             temperature: number;
             /** Threshold */
+            threshold: number;
+            /** Version */
+            version: string;
+        };
+        /** ServedLocaliser */
+        ServedLocaliser: {
+            /**
+             * Id
+             * @description its version id in the models folder (see versions)
+             */
+            id?: string | null;
+            /**
+             * Level
+             * @description cells at or above this lesion probability form the candidate regions
+             */
+            level: number;
+            /**
+             * Limit
+             * @description candidates returned at most
+             */
+            limit: number;
+            /** Metrics */
+            metrics: {
+                [key: string]: unknown;
+            };
+            /**
+             * Modality
+             * @enum {string}
+             */
+            modality: "us" | "dm";
+            /** Name */
+            name: string;
+            /**
+             * Sam
+             * @description the SAM whose image embedding it reads: the modality's box route
+             */
+            sam: string;
+            /** Sha256 */
+            sha256: string;
+            /**
+             * Threshold
+             * @description a candidate scoring at least this is a lesion found; below it the automatic prompt answers no_lesion_found
+             */
             threshold: number;
             /** Version */
             version: string;
@@ -1744,7 +1859,7 @@ export interface operations {
                     file: string;
                     /** @enum {string} */
                     modality: "us" | "dm";
-                    /** @description JSON prompt, e.g. {"box": [10, 20, 200, 180]}; empty = automatic */
+                    /** @description JSON prompt, e.g. {"box": [10, 20, 200, 180]}; empty or {} = automatic (the lesion localiser, else {"auto": "sam-amg"}) */
                     prompt?: string;
                 };
             };
@@ -1813,7 +1928,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description invalid request */
+            /** @description invalid request (`invalid_request`); a prompt that does not fit the image (`invalid_prompt`, also `{"auto": "localiser"}` on a modality without a localiser); `no_lesion_found`: automatic mode found no lesion (from the localiser with its best `score` and the `threshold` it needed: draw a box if you see one). Nothing is stored */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2358,7 +2473,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description invalid request */
+            /** @description invalid request (`invalid_request`); a prompt that does not fit the image (`invalid_prompt`, also `{"auto": "localiser"}` on a modality without a localiser); `no_lesion_found`: automatic mode found no lesion (from the localiser with its best `score` and the `threshold` it needed: draw a box if you see one). Nothing is stored */
             422: {
                 headers: {
                     [name: string]: unknown;
