@@ -17,6 +17,8 @@ COMMANDS = {
     # segmentation: lesions + expert masks -> zero-shot SAM figures, a fine-tuned SAM decoder and its masks
     "evaluate-segmentation": ("training.segmentation.evaluate_segmentation",
                               "zero-shot Dice/IoU of a SAM model (box/point/auto prompt) on BUSI lesion masks"),
+    "train-localiser": ("training.segmentation.localiser",
+                        "the automatic lesion finder on LiteMedSAM's embedding: CV, held-out site, served weights"),
     "finetune-sam": ("training.segmentation.sam_finetune",
                      "LiteMedSAM's mask decoder fine-tuned on expert masks, cross-fitted; outline fidelity report"),
     # classifier: ROIs -> cross-validated ResNet18 runs and their weights

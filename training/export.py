@@ -2,7 +2,8 @@
 
 Each `--from` is a weights folder written by train-classifier (`OUT/weights`); each `--sam-decoder` a
 finetune-sam output folder (its final decoder becomes `sam_decoders[<base>-<modality>]`, loadable by
-that name everywhere a SAM name is taken). Entries are verified (sha256, architecture) before anything
+that name everywhere a SAM name is taken); each `--localiser` a train-localiser output folder (its served
+lesion finder becomes `localisers[localiser-<modality>]`). Entries are verified (sha256, architecture) before anything
 is copied; the served manifest is replaced atomically, so a failed export leaves the served weights as
 they were. Each `--out-of-site` is a held-out-site report (`train-classifier --holdout-site` or `sam-probe`
 on such a run: OUT/holdout/report.json) of the exported recipe, trained on one site and tested on another,
@@ -17,8 +18,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from models.manifest import (WEIGHTS_DIR, Manifest, ModelEntry, SamDecoderEntry, WeightsError, load_classifier,
-                             load_sam_probe, read_manifest, SamProbeSpec, sha256_file, write_manifest)
+from models.manifest import (WEIGHTS_DIR, LocaliserEntry, Manifest, ModelEntry, SamDecoderEntry, SamProbeSpec,
+                             WeightsError, load_classifier, load_localiser, load_sam_probe, read_manifest,
+                             sha256_file, write_manifest)
 from models.sam import load_sam
 
 
@@ -27,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weights folder from train-classifier (repeatable)")
     p.add_argument("--sam-decoder", dest="decoders", type=Path, action="append", default=[],
                    help="finetune-sam output folder (decoder.safetensors + decoder.json; repeatable)")
+    p.add_argument("--localiser", dest="localisers", type=Path, action="append", default=[],
+                   help="train-localiser output folder (entry.json + localiser-<modality>.safetensors; repeatable)")
     p.add_argument("--to", type=Path, default=WEIGHTS_DIR, help=f"served weights folder (default {WEIGHTS_DIR})")
     p.add_argument("--out-of-site", type=Path, action="append", default=[], metavar="REPORT",
                    help="a holdout/report.json of the exported recipe (repeatable: one per held-out site)")
@@ -85,8 +89,17 @@ def decoder_entry(folder: Path) -> SamDecoderEntry:
                            git_commit=meta.get("git_commit", "unknown"), created=meta.get("created", ""))
 
 
-def export(sources: list[Path], target: Path, decoders: list[Path] = (), out_of_site_reports: list[Path] = ()
-           ) -> Manifest:
+def localiser_entry(folder: Path) -> LocaliserEntry:
+    try:
+        entry = LocaliserEntry.model_validate_json((folder / "entry.json").read_text())
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{folder} holds no served localiser (entry.json from train-localiser): {e}") from e
+    load_localiser(entry, folder)  # verifies sha256 and shape before anything is copied
+    return entry
+
+
+def export(sources: list[Path], target: Path, decoders: list[Path] = (), out_of_site_reports: list[Path] = (),
+           localisers: list[Path] = ()) -> Manifest:
     try:
         merged = read_manifest(target)
     except WeightsError:
@@ -106,29 +119,34 @@ def export(sources: list[Path], target: Path, decoders: list[Path] = (), out_of_
     for path, entry in decoder_entries:
         if sha256_file(path) != entry.sha256:
             raise WeightsError(f"{path} does not match the sha256 in its decoder.json")
+    localiser_entries = [(folder / entry.file, entry) for folder in localisers
+                         for entry in [localiser_entry(folder)]]
     target.mkdir(parents=True, exist_ok=True)
     probes = [(path.parent / entry.sam_probe.file, entry.sam_probe) for path, entry in staged if entry.sam_probe]
-    for path, entry in [*staged, *decoder_entries, *probes]:
+    for path, entry in [*staged, *decoder_entries, *probes, *localiser_entries]:
         tmp = target / f".{entry.file}.tmp"
         shutil.copyfile(path, tmp)
         tmp.replace(target / entry.file)
-        if isinstance(entry, SamProbeSpec):
-            continue
-        (merged.models if isinstance(entry, ModelEntry) else merged.sam_decoders)[entry.name] = entry
+        if isinstance(entry, LocaliserEntry):
+            merged.localisers[entry.name] = entry
+        elif not isinstance(entry, SamProbeSpec):
+            (merged.models if isinstance(entry, ModelEntry) else merged.sam_decoders)[entry.name] = entry
     write_manifest(merged, target)
     for _, entry in staged:
         load_classifier(entry.name, target)
         load_sam_probe(entry, target)
     for _, entry in decoder_entries:
         load_sam(entry.name, weights_dir=target)
+    for _, entry in localiser_entries:
+        load_localiser(entry, target)
     return merged
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        if not args.sources and not args.decoders:
-            raise WeightsError("nothing to export: give --from and/or --sam-decoder")
-        manifest = export(args.sources, args.to, args.decoders, args.out_of_site)
+        if not args.sources and not args.decoders and not args.localisers:
+            raise WeightsError("nothing to export: give --from, --sam-decoder and/or --localiser")
+        manifest = export(args.sources, args.to, args.decoders, args.out_of_site, args.localisers)
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -136,4 +154,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: {e.file} sha256 {e.sha256[:12]} regime {e.regime} threshold {e.threshold:.3f}")
     for name, d in sorted(manifest.sam_decoders.items()):
         print(f"{name}: {d.file} sha256 {d.sha256[:12]} ({d.base} with a fine-tuned mask decoder)")
+    for name, loc in sorted(manifest.localisers.items()):
+        print(f"{name}: {loc.file} sha256 {loc.sha256[:12]} on {loc.sam}'s embedding, threshold {loc.threshold:.3f}")
     return 0

@@ -1,4 +1,5 @@
-"""`evaluate-segmentation`: a SAM-family model, zero-shot, on the lesions of a BUSI-layout folder.
+"""`evaluate-segmentation`: a SAM-family model, zero-shot, on the lesions of a BUSI-layout folder, or the
+served automatic lesion finder on any dataset folder (`--prompt auto`).
 
 Every benign and malignant image with a mask is segmented (normal images and images without a mask
 are skipped); the truth is the union of the image's masks (`NAME_mask.png`, `NAME_mask_1.png`, ...).
@@ -6,7 +7,11 @@ The prompt is derived from that truth, so this measures SAM given a perfect prom
 - `box`: the true mask's bounding box;
 - `point`: one positive point at the mask's most interior pixel (maximum of the distance transform;
   with two lesions in one image it lies in the larger one);
-- `auto`: no prompt: SAM's automatic mask generator and the lesion pick the server uses.
+- `sam-amg`: no prompt: SAM's automatic mask generator (the paper's) and the server's lesion pick;
+- `auto`: no prompt, as the server answers `{}`: the served localiser (models.localiser, `--weights`)
+  on every image of a dataset folder of any layout `prepare` reads, normal images included, reported
+  per site: Dice (a missed lesion 0), detection (IoU >= 0.5), false positives on normal images,
+  seconds per image (training.segmentation.localiser.evaluate_served; `--sam` is the localiser's).
 The image is encoded once per image. "No lesion found" counts as Dice 0 and is noted per image.
 
 `--limit N` evaluates the first N readable lesion images in a fixed order that alternates benign and
@@ -33,7 +38,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-PROMPTS = ("box", "point", "auto")
+PROMPTS = ("box", "point", "sam-amg", "auto")
 CLASSES = ("benign", "malignant")
 SAM_NAMES = "litemedsam, mobilesam, vit_b, vit_l, vit_h"  # models.sam.SAM_MODELS, spelled out for --help
 
@@ -54,13 +59,18 @@ def _positive(v: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sam", required=True, help=f"SAM model: {SAM_NAMES}")
+    p.add_argument("--sam", help=f"SAM model: {SAM_NAMES} (not with --prompt auto: the localiser's)")
     p.add_argument("--prompt", required=True, choices=PROMPTS,
-                   help="box: true bounding box; point: one point inside the true mask; auto: no prompt")
+                   help="box: true bounding box; point: one point inside the true mask; sam-amg: SAM's automatic "
+                        "mask generator; auto: the served lesion localiser, as the server answers {}")
     p.add_argument("--data", type=Path, required=True,
-                   help="folder holding a BUSI-layout dataset ({benign,malignant}/NAME.png + NAME_mask*.png)")
+                   help="folder holding a BUSI-layout dataset ({benign,malignant}/NAME.png + NAME_mask*.png); with "
+                        "--prompt auto any dataset folder (several sites: reported per site)")
+    p.add_argument("--weights", type=Path, default=Path("models/weights"), help="--prompt auto: the served weights")
+    p.add_argument("--modality", choices=("us", "dm"), default="us", help="--prompt auto: whose localiser")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--limit", type=_positive, help="evaluate only the first N lesion images (classes alternating)")
+    p.add_argument("--limit", type=_positive, help="evaluate only the first N lesion images (classes alternating); "
+                   "--prompt auto: the first N images of each label (benign, malignant, normal) per site")
     p.add_argument("--threads", type=_positive, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--points-per-side", type=_positive, default=32,
                    help="automatic mask generator grid, --prompt auto only (default 32)")
@@ -301,7 +311,7 @@ def evaluate_segmentation(sam: str, prompt: str, data: Path, out: Path, limit: i
         "prompt_errors": sum(r["error"].startswith("PromptError") for r in rows),
         "seconds_per_image": float(np.mean([r["seconds"] for r in rows])),
         "threads": threads,
-        "points_per_side": points_per_side if prompt == "auto" else None,
+        "points_per_side": points_per_side if prompt == "sam-amg" else None,
         "limit": limit,
         "n_boot": n_boot,
         "seed": seed,
@@ -341,6 +351,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.prompt == "auto":
+        return run_auto(args)
+    if not args.sam:
+        print("error: --sam is required with --prompt box, point or sam-amg", file=sys.stderr)
+        return 2
     try:
         rep = evaluate_segmentation(args.sam, args.prompt, args.data, args.out, args.limit, args.checkpoint,
                                     args.points_per_side, args.n_boot, args.seed, args.threads)
@@ -349,4 +364,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(summary_text(rep))
     print(f"wrote {args.out / 'report.json'}, per_image.csv, dice.png")
+    return 0
+
+
+def run_auto(args: argparse.Namespace) -> int:
+    from models.files import WeightsError
+    from training.segmentation.localiser import evaluate_served, served_markdown
+    if args.sam:
+        print("error: --prompt auto uses the served localiser's SAM: leave --sam out", file=sys.stderr)
+        return 2
+    try:
+        report = evaluate_served(args.data, args.out, args.modality, args.weights, args.limit, sys.stderr.isatty())
+    except (ValueError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    (args.out / "report.md").write_text(served_markdown(report))
+    print(served_markdown(report))
+    print(f"wrote {args.out / 'report.json'}, report.md, per_image.csv, dice.png, scores.png")
     return 0
