@@ -1,30 +1,10 @@
 // Automatic lesion finding (issue 24): what an automatic result carries, and the "no lesion found"
 // answer. The server's `{}` prompt runs its lesion finder (a trained localiser, milliseconds) or,
 // where none is served, SAM's automatic mask generator (minutes on a CPU).
-import type { Analysis, Models, Segmentation } from './client';
+import type { Analysis, Candidate, FinderModel, Models, Segmentation } from './client';
 import type { ApiError } from './errors';
 
-export interface Candidate {
-  /** x0, y0, x1, y1 in image pixels */
-  box: number[];
-  score: number;
-}
-
-export type AutoMode = 'localiser' | 'sam-amg';
-
-/** The automatic-finding fields of a segmentation (absent in results stored before them). */
-interface AutoFields {
-  auto_mode?: AutoMode | null;
-  candidates?: Candidate[] | null;
-  lesion_score?: number | null;
-  lesion_threshold?: number | null;
-}
-
-export interface FinderModel {
-  name: string;
-  version: string;
-  sha256: string;
-}
+export type AutoMode = NonNullable<Segmentation['auto_mode']>;
 
 export interface AutoFinding {
   mode: AutoMode | null;
@@ -39,7 +19,7 @@ export interface AutoFinding {
 /** What an automatic result says about how it was found; null for a drawn prompt. */
 export function autoFinding(segmentation: Segmentation): AutoFinding | null {
   if (segmentation.prompt !== 'auto') return null;
-  const s = segmentation as Segmentation & AutoFields;
+  const s = segmentation; // results stored before automatic finding have none of these fields
   return {
     mode: s.auto_mode ?? null,
     candidates: (s.candidates ?? []).filter((c) => Array.isArray(c.box) && c.box.length === 4),
@@ -52,15 +32,14 @@ export function autoFinding(segmentation: Segmentation): AutoFinding | null {
 export function analysisFinding(analysis: Analysis): AutoFinding | null {
   const finding = autoFinding(analysis.segmentation);
   if (!finding) return null;
-  const model = (analysis.models as { localiser?: FinderModel | null }).localiser ?? null;
+  const model = analysis.models.localiser ?? null;
   return { ...finding, model };
 }
 
 /** Whether the server serves a lesion finder (localiser) for this modality: `{}` then answers in
  * milliseconds; without one it runs SAM's automatic mask generator (minutes on a CPU). */
 export function servesFinder(models: Models, modality: string): boolean {
-  const localisers = (models as Models & { localisers?: { modality: string }[] }).localisers ?? [];
-  return localisers.some((l) => l.modality === modality);
+  return (models.localisers ?? []).some((l) => l.modality === modality);
 }
 
 /** A score and the threshold it is compared with, as text: two decimals, more (up to four) when two

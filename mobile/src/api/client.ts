@@ -16,6 +16,8 @@ export type Models = Schemas['ModelsOut'];
 export type ServedClassifier = Schemas['ServedClassifier'];
 export type Modality = ImageOut['modality'];
 export type Prompt = Schemas['Prompt'];
+export type Candidate = Schemas['CandidateOut'];
+export type FinderModel = Schemas['LocaliserInfo'];
 
 /** What the app uploads: a picked file's bytes as a Blob (web) or its URI (native). */
 export interface LocalFile {
