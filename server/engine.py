@@ -330,7 +330,7 @@ class Engine:
                 height, width = embedding.original_size
                 return np.zeros((height, width), dtype=bool)
             return answers[-1].mask
-        mask = localiser.outline(found, candidate, predict)
+        mask = localiser.outline(candidate, predict)
         chosen = next((a for a in answers if a.mask is mask), None)
         if chosen is None or not mask.any():
             raise NoLesionFound(f"SAM found no outline in the lesion finder's best region (score {candidate.score:.2f}, "

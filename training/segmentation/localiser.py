@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.localiser import GRID, SAM_INPUT, Localiser, LocaliserNet, upsampled, valid_cells
+from models.localiser import GRID, Localiser, LocaliserNet, upsampled, valid_cells
 from training.datasets.roi_table import RoiRecord
 
 SAM = "litemedsam"  # the box route's SAM for both modalities (server.settings DEFAULT_ROUTE, manifest input.sam)
@@ -109,8 +109,9 @@ def cell_target(mask: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
     """(32, 32) share of each head cell the mask covers, in SAM's frame (resized, padded bottom-right)."""
     m = torch.from_numpy(mask.astype(np.float32))[None, None]
     m = F.interpolate(m, size=tuple(input_size), mode="area")
-    m = F.pad(m, (0, SAM_INPUT - input_size[1], 0, SAM_INPUT - input_size[0]))
-    return F.avg_pool2d(m, SAM_INPUT // GRID)[0, 0].numpy()
+    side = max(input_size)
+    m = F.pad(m, (0, side - input_size[1], 0, side - input_size[0]))
+    return F.adaptive_avg_pool2d(m, GRID)[0, 0].numpy()
 
 
 def valid_map(input_size: tuple[int, int], grid: int = GRID) -> np.ndarray:
@@ -238,7 +239,7 @@ def score_images(localiser: Localiser, data: Encoded, index: np.ndarray, segment
         started = time.perf_counter()
         located = localiser.locate(features, emb.input_size, emb.original_size)
         found = located.found
-        mask = localiser.outline(located, found[0], lambda box: segmenter.predict(emb, Prompt(box=box)).mask) \
+        mask = localiser.outline(found[0], lambda box: segmenter.predict(emb, Prompt(box=box)).mask) \
             if found else None
         seconds = time.perf_counter() - started
         row = {"image": image.path, "site": image.source, "group": image.group, "label": image.label,
