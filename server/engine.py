@@ -319,8 +319,8 @@ class Engine:
 
     @staticmethod
     def outline(localiser: Localiser, segmenter: SamSegmenter, embedding: Embedding, found, candidate) -> Segmentation:
-        """The box route's outline of `candidate` (`Localiser.outline`: its box at a few scales, the mask agreeing
-        best with the lesion map, outlined again from its own box); NoLesionFound when SAM outlines nothing."""
+        """The box route's outline of `candidate` (`Localiser.outline`: SAM on its box, as a drawn box would be);
+        NoLesionFound when SAM outlines nothing."""
         answers: list[Segmentation] = []
 
         def predict(box: list[float]) -> np.ndarray:

@@ -146,7 +146,7 @@ def test_refused_deploys_name_the_check_and_leave_nothing(servers, deployed, var
     models = servers["home"] / "models"
     assert not list((models / ".staging").iterdir())  # nothing half-written left
     assert sorted(p.name for p in (models / "versions").iterdir()) == [
-        "classifier-dm-v1", "classifier-us-v1", "classifier-us-v2"]
+        "classifier-dm-v1", "classifier-us-v1", "classifier-us-v2", "localiser-us-v1"]
 
 
 def test_a_non_admin_is_refused(servers, variant):
@@ -275,7 +275,7 @@ def test_the_audit_log_records_every_change(servers, deployed):
     with client(servers) as c:
         events = c.get("/v1/admin/audit").json()["events"]
     actions = Counter(e["action"] for e in events)
-    assert actions["register"] == 2 and actions["upload"] == 1
+    assert actions["register"] == 3 and actions["upload"] == 1  # classifier-us, classifier-dm, localiser-us
     assert actions["activate"] >= 2 + SWAPS // 2 and actions["rollback"] >= SWAPS // 2
     refusals = [e for e in events if e["action"] == "refuse"]
     assert {"sha256", "role", "files"} <= {e["check"] for e in refusals}
@@ -411,3 +411,58 @@ def test_a_replica_with_a_read_only_models_folder_serves_and_names_the_writer(tm
                 assert "branet-admin" in res.json()["error"]["message"]
     finally:
         subprocess.run(["umount", str(models)], check=False)
+
+
+def localiser_variant(out: Path, scale: float, **update) -> Path:
+    """A `training export`-style folder holding localiser-us only: the committed one with its last convolution
+    scaled by `scale` (another sha256, still a working localiser) and its entry changed by `update`."""
+    from safetensors.torch import load_file, save_file
+
+    from models.manifest import Manifest
+    from server.settings import Settings
+    weights = Settings().weights  # what the servers serve: the committed models/weights (BRANET_WEIGHTS)
+    entry = read_manifest(weights).localisers["localiser-us"]
+    state = load_file(str(weights / entry.file))
+    last = max((k for k in state if k.startswith("body.") and k.endswith(".weight")), key=lambda k: int(k.split(".")[1]))
+    state[last] = (state[last].float() * scale).to(state[last].dtype)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / entry.file))
+    entry = entry.model_copy(update={"sha256": sha256_file(out / entry.file), **update})
+    (out / "manifest.json").write_text(Manifest(localisers={"localiser-us": entry}).model_dump_json(indent=2))
+    return out
+
+
+def test_a_localiser_version_is_deployed_validated_activated_and_rolled_back(servers, busi_dir, tmp_path):
+    """localiser-us is a role like the classifiers' (issue 24): the committed one is version 1; a new one is
+    validated (here refused at `load` when it reads another SAM than the box route's), deployed by the CLI,
+    activated (automatic results name it) and rolled back."""
+    folder = localiser_variant(tmp_path / "localiser", 1.01)
+    elsewhere = localiser_variant(tmp_path / "elsewhere", 1.02, sam="mobilesam")
+    image = busi_dir / "benign" / "benign (3).png"
+    with client(servers) as c:
+        listed = c.get("/v1/models").json()
+        (v1,) = listed["versions"]["localiser-us"]
+        assert v1["id"] == "localiser-us-v1" and v1["active"] and v1["source"] == "committed"
+        assert [x["id"] for x in listed["localisers"]] == ["localiser-us-v1"]
+        parts = [("manifest", ("manifest.json", (elsewhere / "manifest.json").read_bytes())),
+                 ("files", ("localiser-us.safetensors", (elsewhere / "localiser-us.safetensors").read_bytes()))]
+        refused = c.post("/v1/admin/models", data={"role": "localiser-us"}, files=parts)
+        assert refused.status_code == 422 and refused.headers["X-Model-Check"] == "load", refused.text
+        assert "box route is litemedsam" in refused.json()["error"]["message"]
+    out = subprocess.run([BRANET, "models", "deploy", str(folder), "--server", f"http://127.0.0.1:{servers['a']}",
+                          "--token", servers["tokens"]["root"]], env=server_env(servers["home"]), capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"localiser-us-v2: localiser-us sha256 {sha256_file(folder / 'localiser-us.safetensors')[:12]}")
+    with client(servers) as c:
+        assert [x["id"] for x in c.get("/v1/models").json()["localisers"]] == ["localiser-us-v1"]  # not served yet
+        activated = c.post("/v1/admin/models/localiser-us-v2/activate")
+        assert activated.status_code == 200 and activated.json()["previous"] == "localiser-us-v1", activated.text
+        assert activated.json()["embeddings_dropped"] == []  # the SAM did not change
+        res = c.post("/v1/analyses", files={"file": (image.name, image.read_bytes())}, data={"modality": "us"})
+        assert res.status_code == 201, res.text
+        assert res.json()["segmentation"]["auto_mode"] == "localiser"
+        assert res.json()["models"]["localiser"]["id"] == "localiser-us-v2"
+        back = c.post("/v1/admin/models/localiser-us/rollback")
+        assert back.status_code == 200 and back.json()["active"] == "localiser-us-v1", back.text
+        assert [x["id"] for x in c.get("/v1/models").json()["localisers"]] == ["localiser-us-v1"]
