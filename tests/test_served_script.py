@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from models.manifest import WEIGHTS_DIR, load_classifier, load_sam_probe, read_manifest
+from models.manifest import WEIGHTS_DIR, load_classifier, load_localiser, load_sam_probe, read_manifest
 from training.classifier.train_classifier import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,8 @@ def test_served_script_trains_the_served_recipe(data_dir, tmp_path):
     wall = time.monotonic() - started
     assert res.returncode == 0, res.stderr[-3000:]
     times = [line.split("\t") for line in (runs / "served-time.tsv").read_text().splitlines()[1:]]
-    assert [step for step, _ in times] == ["prepare", "us-classifier", "us-probe", "dm-classifier", "export", "total"]
+    assert [step for step, _ in times] == ["prepare", "us-classifier", "us-probe", "dm-classifier", "us-localiser",
+                                           "export", "total"]
     # Minutes with one decimal, rounded down (whole 6 s): the total is the script's own wall time (what this
     # test measured around it, less at most 6 s of rounding and a few of start-up), and the steps add up to
     # it (each step loses under 6 s to the rounding, the total under 6 s more).
@@ -45,3 +46,8 @@ def test_served_script_trains_the_served_recipe(data_dir, tmp_path):
     probe, want = trained["classifier-us"].sam_probe, served["classifier-us"].sam_probe
     load_sam_probe(trained["classifier-us"], weights)
     assert probe.model_dump(exclude=FITTED_PROBE_KEYS) == want.model_dump(exclude=FITTED_PROBE_KEYS)
+    localiser, want = read_manifest(weights).localisers["localiser-us"], read_manifest(WEIGHTS_DIR).localisers["localiser-us"]
+    load_localiser(localiser, weights)  # sha256 and shape verified
+    assert (localiser.sam, localiser.level, localiser.limit, sorted(localiser.data)) == \
+        (want.sam, want.level, want.limit, sorted(want.data))
+    assert localiser.training["find_rate"] == want.training["find_rate"]

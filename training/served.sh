@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The served weights from scratch, and nothing else: the budget is 2 hours on the 2-core CPU (issue 9).
 # prepare, the US classifier (ROI source sam + mask channel, 5 folds + final), its SAM probe, the DM
-# classifier, export into $WEIGHTS and evaluate it. `make served-weights` runs it; reproduce.sh runs it first.
+# classifier, the US lesion localiser, export into $WEIGHTS and evaluate it. `make served-weights` runs it; reproduce.sh runs it first.
 # Each step's wall time goes to $RUNS/served-time.tsv. For a run that shares nothing with earlier ones,
 # point BRANET_CACHE at an empty folder (LiteMedSAM's masks and encoder passes are cached there).
 # LIMIT=N trains on the first N lesions per class with --quick configs and skips the evaluation: a smoke
@@ -41,8 +41,13 @@ step us-probe $PY -m training sam-probe "$RUNS/us-sam-mask" --rois "$RUNS/rois" 
   "${LIMIT_ARGS[@]}" --out "$RUNS/us-sam-mask-probe-stages-marks-scanner"
 step dm-classifier $PY -m training train-classifier --rois "$RUNS/rois" --modality dm --regime real "${QUICK[@]}" \
   --out "$RUNS/dm-real"
+us_localiser() {  # the automatic lesion finder (issue 24): BUSI (its normal images too) and BUS-BRA's expert masks
+  $PY -m training prepare --data "$DATA" --sources busi busbra --out "$RUNS/rois-localiser"
+  $PY -m training train-localiser --rois "$RUNS/rois-localiser" --out "$RUNS/localiser-us" ${LIMIT:+--quick}
+}
+step us-localiser us_localiser
 step export $PY -m training export --from "$RUNS/us-sam-mask-probe-stages-marks-scanner/weights" \
-  --from "$RUNS/dm-real/weights" --to "$WEIGHTS"
+  --from "$RUNS/dm-real/weights" --localiser "$RUNS/localiser-us" --to "$WEIGHTS"
 log_minutes total "$START"
 [ -n "${LIMIT:-}" ] && exit 0
 # Not part of the budget: the exported weights run as the server runs them, on the images they were trained
