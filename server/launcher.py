@@ -109,5 +109,6 @@ def us_classifier_variant(out: Path, change: Callable, weights: Path | None = No
     sha = save_classifier(model, out / entry.file)
     shutil.copyfile(weights / entry.sam_probe.file, out / entry.sam_probe.file)
     manifest.models = {"classifier-us": entry.model_copy(update={"sha256": sha})}
+    manifest.localisers = {}
     (out / "manifest.json").write_text(manifest.model_dump_json(indent=2))
     return out
