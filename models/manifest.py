@@ -149,21 +149,27 @@ def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> st
     return f"missing or misshapen {bad[:5]}, unexpected {extra[:5]}" if bad or extra else None
 
 
+def load_state(module: torch.nn.Module, path: Path, what: str, fits: str = "") -> torch.nn.Module:
+    """`module` with the (verified) file's state loaded as float32; WeightsError names the file and what
+    does not fit."""
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises several types for corrupt headers
+        raise WeightsError(f"cannot read {what} {path}: {e}") from e
+    mismatch = state_mismatch(module, state)
+    if mismatch:
+        raise WeightsError(f"{what} {path} does not fit{fits}: {mismatch}")
+    module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return module
+
+
 def load_sam_probe(entry: ModelEntry, weights_dir: Path = WEIGHTS_DIR, device: str | torch.device = "cpu"):
     """The entry's verified SAM probe (models.sam_probe.SamProbe, eval mode), or None if it has none."""
     spec = entry.sam_probe
     if spec is None:
         return None
     path = verified_file(Path(weights_dir) / spec.file, spec.sha256, "SAM probe file")
-    probe = SamProbe(probe_size(spec.regions, spec.iou_token, spec.stages))
-    try:
-        state = load_file(str(path))
-    except Exception as e:
-        raise WeightsError(f"cannot read SAM probe file {path}: {e}") from e
-    mismatch = state_mismatch(probe, state)
-    if mismatch:
-        raise WeightsError(f"SAM probe file {path} does not fit: {mismatch}")
-    probe.load_state_dict(state)
+    probe = load_state(SamProbe(probe_size(spec.regions, spec.iou_token, spec.stages)), path, "SAM probe file")
     return probe.to(device).eval()
 
 
@@ -179,14 +185,7 @@ def load_classifier(name: str, weights_dir: Path = WEIGHTS_DIR, device: str | to
     path = verified_file(weights_dir / entry.file, entry.sha256, "weight file")
     model = build_classifier(in_channels=entry.input.channels, num_classes=len(entry.classes),
                              members=entry.members)
-    try:
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises several types for corrupt headers
-        raise WeightsError(f"cannot read weight file {path}: {e}") from e
-    mismatch = state_mismatch(model, state)
-    if mismatch:
-        raise WeightsError(f"weight file {path} does not fit {entry.architecture}: {mismatch}")
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    model = load_state(model, path, "weight file", f" {entry.architecture}")
     return model.to(device).eval(), entry
 
 
@@ -194,13 +193,5 @@ def load_localiser(entry: LocaliserEntry, weights_dir: Path = WEIGHTS_DIR,
                    device: str | torch.device = "cpu") -> Localiser:
     """The entry's verified localiser, float32, eval mode."""
     path = verified_file(Path(weights_dir) / entry.file, entry.sha256, "localiser file")
-    net = LocaliserNet()
-    try:
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises several types for corrupt headers
-        raise WeightsError(f"cannot read localiser file {path}: {e}") from e
-    mismatch = state_mismatch(net, state)
-    if mismatch:
-        raise WeightsError(f"localiser file {path} does not fit LocaliserNet: {mismatch}")
-    net.load_state_dict({k: v.float() for k, v in state.items()})
+    net = load_state(LocaliserNet(), path, "localiser file", " LocaliserNet")
     return Localiser(net.to(device), entry.sam, entry.threshold, entry.level, entry.limit)
