@@ -2,6 +2,7 @@
 what an in-process TestClient cannot show: a browser, a socket, a process that starts and stops."""
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,6 +10,16 @@ from pathlib import Path
 import pytest
 
 from server.launcher import ServerDidNotStart, free_port, server_env, start
+
+MOBILE = Path(__file__).resolve().parents[1] / "mobile"
+
+
+def require_app() -> None:
+    """The browser tests' prerequisites, or a failure naming the make target that provides each (never a skip)."""
+    for needed, how in [(MOBILE / "dist" / "index.html", "make app"), (MOBILE / "node_modules" / "playwright-core", "make app"),
+                        (Path(shutil.which("chromium") or "/nonexistent"), "make chromium")]:
+        if not needed.exists():
+            pytest.fail(f"{needed} is missing: run `{how}` (make test does)")
 
 
 @contextmanager

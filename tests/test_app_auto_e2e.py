@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from PIL import Image
 
 from server.launcher import branet
-from tests.live_server import live_server
+from tests.live_server import live_server, require_app
 
 ROOT = Path(__file__).resolve().parents[1]
 MOBILE = ROOT / "mobile"
@@ -35,10 +34,7 @@ NORMAL_IMAGES = [f"normal/normal ({i}).png" for i in range(1, 13)]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    for needed, how in [(MOBILE / "dist" / "index.html", "make app"), (MOBILE / "node_modules" / "playwright-core", "make app"),
-                        (Path(shutil.which("chromium") or "/nonexistent"), "make chromium")]:
-        if not needed.exists():
-            pytest.fail(f"{needed} is missing: run `{how}` (make test does)")
+    require_app()
     home = tmp_path_factory.mktemp("auto-e2e-home")
     token = branet(home, "users", "add", "clinician", "--password-stdin", stdin=PASSWORD + "\n").strip().splitlines()[-1]
     with live_server(home, BRANET_APP_DIR=str(MOBILE / "dist")) as port:

@@ -7,7 +7,6 @@ A second run is against a server with Firebase sign-in and the history in Firest
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from PIL import Image
 from models.preprocessing import box_of_mask
 from server.launcher import branet
 from tests.firebase_emulators import PROJECT, auth_emulator, firestore_emulator
-from tests.live_server import live_server
+from tests.live_server import live_server, require_app
 
 ROOT = Path(__file__).resolve().parents[1]
 MOBILE = ROOT / "mobile"
@@ -29,10 +28,7 @@ PASSWORD = "correct horse 42"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    for needed, how in [(MOBILE / "dist" / "index.html", "make app"), (MOBILE / "node_modules" / "playwright-core", "make app"),
-                        (Path(shutil.which("chromium") or "/nonexistent"), "make chromium")]:
-        if not needed.exists():
-            pytest.fail(f"{needed} is missing: run `{how}` (make test does)")
+    require_app()
     home = tmp_path_factory.mktemp("e2e-home")
     branet(home, "users", "add", "clinician", "--password-stdin", stdin=PASSWORD + "\n")
     with live_server(home, BRANET_APP_DIR=str(MOBILE / "dist")) as port:
