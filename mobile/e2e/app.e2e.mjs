@@ -13,13 +13,8 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { launch } from './browser.mjs';
+import { env, launch } from './browser.mjs';
 
-const env = (name) => {
-  const value = process.env[name];
-  if (!value) throw new Error(`set ${name}`);
-  return value;
-};
 const BASE = env('BASE_URL');
 const OUT = env('OUT');
 const [X0, Y0, X1, Y1] = env('BOX').split(',').map(Number);

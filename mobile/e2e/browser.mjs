@@ -25,3 +25,10 @@ export async function launch() {
   }
   return { browser, page, outside };
 }
+
+/** The environment variable `name`, or an error naming it (the Python test sets them all). */
+export const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`set ${name}`);
+  return value;
+};
