@@ -227,20 +227,29 @@ async def analyze(services: Services, user: User, source: Source, prompt: Prompt
     }
     summary = {k: body[k] for k in ("id", "image_id", "created", "modality", "label", "p_malignant")}
     summary["classifier"] = entry.name
+    written = time.perf_counter()
     if together:  # both or neither (DuplicateRequest: neither)
         await run_in_threadpool(history.add_analysis_with_image, user, record, source.decoded.png, summary, body,
                                 request_key)
         services.images.put(record.id, source.decoded.rgb)
-        observe_stages(timer.ms)
-        return body
-    try:
-        await run_in_threadpool(history.add_analysis, user, record.id, summary, body, request_key)
-    except BaseException:  # DuplicateRequest included: the image uploaded with a lost race goes too
-        if source.record is None:
-            await run_in_threadpool(history.delete_image, user, record.id)
-        raise
+    else:
+        try:
+            await run_in_threadpool(history.add_analysis, user, record.id, summary, body, request_key)
+        except BaseException:  # DuplicateRequest included: the image uploaded with a lost race goes too
+            if source.record is None:
+                await run_in_threadpool(history.delete_image, user, record.id)
+            raise
     observe_stages(timer.ms)
-    return body
+    return with_history_write(body, written)
+
+
+def with_history_write(body: dict, written: float) -> dict:
+    """The answer's timings with the history write that stored `body` (begun at `written`) in `total`: the
+    stored copy cannot contain its own write, so it keeps the times known before it."""
+    ms = round((time.perf_counter() - written) * 1000, 2)
+    timings = {**body["timings_ms"], "history": ms}
+    timings["total"] = round(timings["total"] + ms, 2)
+    return {**body, "timings_ms": timings}
 
 
 def overlay(services: Services, result: dict, record: ImageRecord) -> bytes:

@@ -460,7 +460,10 @@ export interface components {
              * @description p_malignant >= threshold is called malignant (chosen for 0.90 sensitivity)
              */
             threshold: number;
-            /** Timings Ms */
+            /**
+             * Timings Ms
+             * @description server time per stage in ms; in the answer to the analysis request `history` is the final write of the result and `total` includes it; the stored copy (read back later) has the times known before that write
+             */
             timings_ms: {
                 [key: string]: number;
             };
