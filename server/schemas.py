@@ -118,9 +118,7 @@ class AnalysisOut(BaseModel):
     roi_png: str = Field(description="PNG (base64): the 128x128 gray crop the classifier saw")
     heatmap_png: str = Field(description="PNG (base64): Grad-CAM of the malignant class over that crop")
     models: AnalysisModels
-    timings_ms: dict[str, float] = Field(description=(
-        "server time per stage in ms; in the answer to the analysis request `history` is the final write of "
-        "the result and `total` includes it; the stored copy (read back later) has the times known before that write"))
+    timings_ms: dict[str, float]
     notice: str = NOTICE
 
 

@@ -74,7 +74,9 @@ async def _from_json(request: Request, svc: Services, user: User):
 
 @router.post("", status_code=201, response_model=AnalysisOut, openapi_extra=REQUEST_BODY,
              summary="Segment and classify: an uploaded image_id (JSON) or a file in the same call (multipart)",
-             responses={**NOT_FOUND, **PROMPT_ERRORS, 201: {"description": "analysed and stored"},
+             responses={**NOT_FOUND, **PROMPT_ERRORS, 201: {"description": "analysed and stored; the Server-Timing header has every stage "
+                                                        "in ms, the final history write (`history`) and the total "
+                                                        "with it"},
                         200: {"model": AnalysisOut, "description": "a repeat of an Idempotency-Key this user already "
                                                                   "used here: the stored analysis (same id and "
                                                                   "body), nothing new run or stored"},
@@ -98,10 +100,18 @@ async def create_analysis(request: Request, response: Response, key: str | None 
     else:
         source, prompt = await _from_json(request, svc, user)
     try:
-        return await pipeline.analyze(svc, user, source, prompt, timer, key)
+        result = await pipeline.analyze(svc, user, source, prompt, timer, key)
+        response.headers["Server-Timing"] = server_timing(timer.ms)
+        return result
     except DuplicateRequest as first:  # a concurrent repeat stored its result first: answer with that one
         response.status_code = 200
         return first.existing
+
+
+def server_timing(ms: dict[str, float]) -> str:
+    """The W3C Server-Timing header: every stage of this request, the final history write and the total
+    with it (the body's `timings_ms` is the stored copy, written before that write could be timed)."""
+    return ", ".join(f"{stage};dur={value}" for stage, value in ms.items())
 
 
 @router.get("", response_model=AnalysisPage, summary="Your analyses, newest first")

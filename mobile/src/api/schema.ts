@@ -460,10 +460,7 @@ export interface components {
              * @description p_malignant >= threshold is called malignant (chosen for 0.90 sensitivity)
              */
             threshold: number;
-            /**
-             * Timings Ms
-             * @description server time per stage in ms; in the answer to the analysis request `history` is the final write of the result and `total` includes it; the stored copy (read back later) has the times known before that write
-             */
+            /** Timings Ms */
             timings_ms: {
                 [key: string]: number;
             };
@@ -1877,7 +1874,7 @@ export interface operations {
                     "application/json": components["schemas"]["AnalysisOut"];
                 };
             };
-            /** @description analysed and stored */
+            /** @description analysed and stored; the Server-Timing header has every stage in ms, the final history write (`history`) and the total with it */
             201: {
                 headers: {
                     [name: string]: unknown;
