@@ -3,8 +3,8 @@
 One subpackage per step, in the order they run (each `__init__` says what goes in and what comes out):
 
 1. `datasets/`     raw dataset folders -> lesion records (`datasets.roi_table.RoiRecord`)
-2. `rois/`         records -> the ROI table (`prepare`), crops from the expert, a drawn box or SAM, SAM
-                   embeddings, and the lesion selection and CV folds every later step shares
+2. `rois/`         records -> the ROI table (`prepare`), crops from the expert, a drawn box, SAM or the
+                   served localiser (`auto`), SAM embeddings, and the lesion selection and CV folds every later step shares
 3. `gan/`          ROIs -> a class-conditional SNGAN, synthetic ROIs, FID/KID
 4. `segmentation/` lesions + expert masks -> zero-shot SAM figures, a fine-tuned SAM decoder and its masks
 5. `classifier/`   ROIs (+ synthetic ROIs, + fine-tuned masks) -> cross-validated ResNet18 runs and weights

@@ -37,6 +37,8 @@ COMMANDS = {
                     "held out"),
     # evaluation: runs and weights -> reports that compare them
     "evaluate": ("training.evaluation.evaluate", "evaluate weights on a prepared or raw dataset folder"),
+    "evaluate-auto-roi": ("training.evaluation.evaluate_auto_roi",
+                          "served classifier on the automatic ROI (the server's {}) next to a drawn box's, per site"),
     "compare": ("training.evaluation.compare", "regimes side by side: AUC with CIs and paired AUC differences, plot"),
     "site-ablation": ("training.evaluation.site_ablation", "recipes side by side on one site's lesions (held out or "
                       "out of fold), paired bootstrap CIs over its patients"),

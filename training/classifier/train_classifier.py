@@ -103,9 +103,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sam-masks", type=Path, default=None,
                    help="the sam ROI source's masks from this file: finetune-sam's OUT/oof_masks.npz (cross-fitted)")
     p.add_argument("--mask-channel", action="store_true", help="give the ROI source's lesion mask as a 2nd channel")
-    p.add_argument("--served-as", nargs="*", default=["expert", "box", "sam"], choices=["expert", "box", "sam"],
+    p.add_argument("--served-as", nargs="*", default=["expert", "box", "sam"],
+                   choices=["expert", "box", "sam", "auto"],
                    help="also score every fold model on its test lesions cropped by these ROI sources "
-                        "(default: all three; none: --served-as)")
+                        "(default: expert box sam; none: --served-as). auto: the served localiser's box "
+                        "(models/weights, trained on BUSI and BUS-BRA, so optimistic there), blank where it "
+                        "finds no lesion: pair on found lesions with evaluate-auto-roi --cv")
     p.add_argument("--augment", choices=["affine", "scanner", "none"], default=None,
                    help="affine (flips, rotation, shift, scale); scanner: affine + gain, speckle, blur, resolution")
     p.add_argument("--size", type=int, default=None, help="classifier input size (BraNet: 128)")

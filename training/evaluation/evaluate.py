@@ -112,7 +112,8 @@ def predict(records: list[RoiRecord], weights: Path, name: str, roi_source: str 
         from training.probe.sam_probe import probe_features
         features = probe_features(records, roi_source, entry.sam_probe.sam, entry.input.roi_margin,
                                   entry.sam_probe.regions, progress=sys.stderr.isatty(),
-                                  iou_token=entry.sam_probe.iou_token, stages=entry.sam_probe.stages)
+                                  iou_token=entry.sam_probe.iou_token, stages=entry.sam_probe.stages,
+                                  weights_dir=weights)
         with torch.inference_mode():
             logits = fuse(logits, probe(torch.from_numpy(features)), entry.sam_probe.alpha)
     p = torch.softmax(logits / entry.temperature, dim=1)[:, 1]

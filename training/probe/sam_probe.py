@@ -70,18 +70,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def probe_features(records: list[RoiRecord], source: str, sam_name: str, margin: float,
                    regions: tuple[Region, ...] = REGIONS, seed: int = 0, sam_masks: Path | None = None,
-                   progress: bool = True, iou_token: bool = False, stages: tuple[Stage, ...] = ("neck",)) -> np.ndarray:
+                   progress: bool = True, iou_token: bool = False, stages: tuple[Stage, ...] = ("neck",),
+                   weights_dir: Path | None = None) -> np.ndarray:
     """(N, models.sam_probe.probe_size): SAM `sam_name`'s encoder `stages` for each image, averaged over
     each region around the ROI source's lesion mask and box, then (`iou_token`) its decoder's IoU token
     for that box (models.sam_probe.probe_input). The image embedding alone comes from its cache; other
-    stages from a fresh encoder pass, whose features are cached."""
+    stages from a fresh encoder pass, whose features are cached. The `auto` source takes the localiser of
+    `weights_dir` (default models/weights) and only lesions it found (training.rois.auto_views.NotFound)."""
     from models.sam import SAM_MODELS, load_sam
     from models.segmentation import Embedding, SamSegmenter
     from training.rois.sam_embeddings import Embeddings
     if sam_name not in SAM_MODELS:
         raise ValueError(f"the SAM probe needs a packaged SAM encoder ({', '.join(SAM_MODELS)}), not {sam_name!r}")
-    sam = SamViews(records, seed, sam_name, progress, sam_masks) if source == "sam" else None
-    if sam is not None:
+    if source == "sam":
+        sam = SamViews(records, seed, sam_name, progress, sam_masks)
+    elif source == "auto":
+        from training.rois.auto_views import AutoViews, NotFound
+        sam = AutoViews(records, sam_name, weights_dir, progress)
+        if not sam.found().all():  # before the encoder pass, not half-way through it
+            raise NotFound(f"{int((~sam.found()).sum())} of these {len(records)} lesions have no auto ROI "
+                           "(no lesion found): give the found ones only")
+    else:
+        sam = None
+    if source == "sam":
         sam.dice()  # outline first: that encoder pass also fills the embeddings' cache
     if encoder_only(stages):
         return view_features(records, sam_name, margin, regions, View("clean", source=source, sam=sam),

@@ -5,5 +5,7 @@
   classifier, the SAM decoder fine-tuning, the per-fold SNGANs and the SAM probe all share.
 - `crops`: gray crops around each record's lesion box (uint8 N x size x size), cached: what the SNGAN sees.
 - `sources`: where a crop comes from: the expert, a jittered drawn box, or SAM's mask from that box, as served.
+- `auto_views`: the `auto` source: the served localiser's box outlined by SAM, as the server answers `{}`
+  (or "no lesion found": no crop), and whether it hit the expert's lesion.
 - `sam_embeddings`: SAM image embeddings of every record, computed once and memory-mapped.
 """

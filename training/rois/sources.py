@@ -1,4 +1,4 @@
-"""Where the classifier's crop (and lesion mask) comes from: the expert, a user's box, or SAM.
+"""Where the classifier's crop (and lesion mask) comes from: the expert, a user's box, SAM, or the localiser.
 
 - `expert`: the dataset's own annotation (mask bounding box; the mask itself, or the ellipse inside
   the box where a set only gives circles, e.g. mini-MIAS).
@@ -6,6 +6,9 @@
   user would draw it; the mask channel is the drawn box, filled.
 - `sam`: that jittered box sent through the server's SAM route for the modality (LiteMedSAM for box
   prompts) and cropped as the server crops: around the SAM mask's box, with the SAM mask.
+- `auto`: nobody draws: the served lesion localiser's best box, outlined by that SAM, as the server answers
+  `{}` (training.rois.auto_views). A lesion whose image gets "no lesion found" has no auto crop: its
+  crop is left blank (all zeros) and `AutoViews.found()` says so; `evaluate-auto-roi` scores found lesions only.
 Crops are `models.preprocessing.classifier_input`, the function the server calls.
 """
 from __future__ import annotations
@@ -14,7 +17,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
@@ -26,7 +29,10 @@ from training.common.cache import cache_root
 from training.datasets.roi_table import RoiRecord
 from training.rois.crops import load_gray, save_atomic
 
-ROI_SOURCES = ("expert", "box", "sam")
+if TYPE_CHECKING:
+    from training.rois.auto_views import AutoViews
+
+ROI_SOURCES = ("expert", "box", "sam", "auto")
 SAM_FOR_BOXES = "litemedsam"  # the server's default box route (server/settings.py DEFAULT_ROUTE)
 
 
@@ -72,8 +78,9 @@ def outline_from_box(segmenter, embedding, box, shape: tuple[int, int]
 
 
 def lesion_view(record: RoiRecord, i: int, source: str, shape: tuple[int, int], seed: int,
-                sam: "SamViews | None") -> tuple[tuple[float, ...], np.ndarray]:
-    """Where the ROI source puts lesion `i` (record `record`) in an image of `shape`: its box and mask."""
+                sam: "SamViews | AutoViews | None") -> tuple[tuple[float, ...], np.ndarray]:
+    """Where the ROI source puts lesion `i` (record `record`) in an image of `shape`: its box and mask.
+    `sam`: the sam or auto source's views of the records (auto: NotFound where no lesion was found)."""
     if source == "expert":
         return record.box, expert_mask(record, shape)
     if source == "box":
@@ -188,17 +195,22 @@ def load_inputs(records: list[RoiRecord], source: str = "expert", channels: int 
                 mask_of: Literal["source", "expert"] = "source", intensity: str = "raw") -> np.ndarray:
     """Classifier inputs of every record: (N, size, size) uint8 for 1 channel, (N, 2, size, size) with the mask.
 
-    For the `sam` source the masks come from `sam_name` or, given, from the `sam_masks` file (SamViews).
+    For the `sam` source the masks come from `sam_name` or, given, from the `sam_masks` file (SamViews); for
+    `auto` from the localiser of `weights_dir` (default models/weights) outlined by `sam_name` (AutoViews),
+    with a blank crop where no lesion was found.
     `mask_of="expert"`: the second channel is the expert mask, cropped in the source's frame (training targets)."""
     if source not in ROI_SOURCES:
         raise ValueError(f"unknown ROI source {source!r}; known: {', '.join(ROI_SOURCES)}")
     if source == "expert" and channels == 1 and intensity == "raw":
         from training.rois.crops import load_rois
         return load_rois(records, size, margin, progress)
-    sam = SamViews(records, seed, sam_name, progress, sam_masks, weights_dir) if source == "sam" else None
+    sam = (SamViews(records, seed, sam_name, progress, sam_masks, weights_dir) if source == "sam" else
+           auto_views(records, sam_name, weights_dir, progress) if source == "auto" else None)
     key = hashlib.sha256(json.dumps([source, channels, size, margin, seed] + ([mask_of] if mask_of != "source" else [])
                                     + ([intensity] if intensity != "raw" else [])).encode())
-    if sam is not None:
+    if source == "auto":
+        key.update(sam.identity.encode())
+    elif sam is not None:
         key.update(str(sam.path).encode() + (sha256_file(sam.path).encode() if sam_masks else b""))
     for r in records:
         key.update(f"{r.image_path}|{r.box}|{r.mask_paths}\n".encode())
@@ -208,11 +220,20 @@ def load_inputs(records: list[RoiRecord], source: str = "expert", channels: int 
     return out[:, 0] if channels == 1 else out
 
 
+def auto_views(records: list[RoiRecord], sam_name: str, weights_dir: Path | None, progress: bool) -> "AutoViews":
+    from training.rois.auto_views import AutoViews
+    return AutoViews(records, sam_name, weights_dir, progress)
+
+
 def _crop_all(records: list[RoiRecord], source: str, channels: int, size: int, margin: float, seed: int,
-              progress: bool, path: Path, sam: SamViews | None, mask_of: str = "source", intensity: str = "raw"
-              ) -> np.ndarray:
+              progress: bool, path: Path, sam: "SamViews | AutoViews | None", mask_of: str = "source",
+              intensity: str = "raw") -> np.ndarray:
     out = np.zeros((len(records), channels, size, size), np.uint8)
+    # auto: a lesion whose image got "no lesion found" keeps a blank crop, never another source's
+    found = sam.found() if source == "auto" else np.ones(len(records), bool)
     for i, r in enumerate(tqdm(records, desc=f"{source} crops", disable=not progress, leave=False)):
+        if not found[i]:
+            continue
         gray = load_gray(r.image_path)
         box, mask = lesion_view(r, i, source, gray.shape, seed, sam)
         if mask_of == "expert":
