@@ -44,6 +44,7 @@ chromium:
 # The Firebase emulators for tests/test_firebase.py: the Auth emulator from npm firebase-tools (pinned in
 # deploy/firebase; optional packages left out, the Emulator UI is off) and Google's Firestore emulator from the
 # Debian package (CI runs as root; it comes from Google's Cloud SDK apt repository, see README).
+# The Cloud Storage emulator (PyPI gcp-storage-emulator, pure Python) comes with `install`: the test extra.
 FIREBASE_STAMP := deploy/firebase/node_modules/.installed
 FIRESTORE_EMULATOR := /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator
 

@@ -83,7 +83,8 @@ def open_backends(settings: Settings, host: str | None) -> tuple[UserStore, Hist
     history: HistoryStore = store
     if settings.store == "firestore":
         from server.firestore_store import FirestoreStore
-        history = FirestoreStore(firebase.firestore_client(settings, fb_app), settings.home, settings.firebase_timeout_s)
+        history = FirestoreStore(firebase.firestore_client(settings, fb_app), settings.home, settings.firebase_timeout_s,
+                                 bucket=firebase.storage_bucket(settings, fb_app))
 
     def close() -> None:
         if history is not store:
@@ -111,7 +112,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, h
             engine.load()  # WeightsError stops the start-up with the missing file's name
         users, history, close_backends = open_backends(settings, host)
         app.state.users = users
-        app.state.services = Services(settings, engine, history, ImageMemory())
+        app.state.services = Services(settings, engine, history, ImageMemory(history.image_png))
         registry = ModelRegistry(settings.models_root)
         registry.clean_staging()
         app.state.models = ModelManager(settings, registry, engine)

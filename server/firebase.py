@@ -3,8 +3,9 @@
 Production needs a project id (BRANET_FIREBASE_PROJECT_ID) and credentials: a service-account file
 (BRANET_FIREBASE_CREDENTIALS) or, without one, Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS,
 or the metadata server on Google Cloud). The emulators' variables (FIREBASE_AUTH_EMULATOR_HOST,
-FIRESTORE_EMULATOR_HOST) make the SDK accept unsigned tokens and talk to a local database: they are honoured
-only with BRANET_FIREBASE_EMULATORS=true, and a server that finds one set without it refuses to start.
+FIRESTORE_EMULATOR_HOST, STORAGE_EMULATOR_HOST) make the SDK accept unsigned tokens and talk to a local database
+or bucket: they are honoured only with BRANET_FIREBASE_EMULATORS=true, and a server that finds one set without it
+refuses to start (google-cloud-storage reads STORAGE_EMULATOR_HOST by itself, whatever we pass it).
 
 Every request's bearer is checked with `verify_id_token(token, check_revoked=True)` (one call to Firebase
 Authentication per request: a revoked session or a disabled account stops at once). The user is the token's
@@ -21,7 +22,7 @@ from server.errors import ApiError
 from server.settings import Settings
 from server.store import Session, User
 
-EMULATOR_VARS = ("FIREBASE_AUTH_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST")
+EMULATOR_VARS = ("FIREBASE_AUTH_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
@@ -33,8 +34,15 @@ def uses_firebase(settings: Settings) -> bool:
     return settings.auth == "firebase" or settings.store == "firestore"
 
 
+def uses_cloud_storage(settings: Settings) -> bool:
+    return settings.store == "firestore" and settings.bytes_store == "cloud-storage"
+
+
 def check_settings(settings: Settings) -> None:
     """FirebaseConfigError for settings that cannot work or would be unsafe; nothing for local + sqlite."""
+    if settings.bytes_store == "cloud-storage" and settings.store != "firestore":
+        raise FirebaseConfigError("BRANET_BYTES_STORE=cloud-storage keeps the bytes of the Firestore history: set "
+                                  "BRANET_STORE=firestore (SQLite keeps its images in BRANET_HOME)")
     if not uses_firebase(settings):
         return
     if not settings.firebase_project_id:
@@ -42,6 +50,9 @@ def check_settings(settings: Settings) -> None:
                                   "(the Firebase project's id)")
     if settings.auth == "firebase" and settings.store != "firestore":
         raise FirebaseConfigError("BRANET_AUTH=firebase keeps the history in Firestore: set BRANET_STORE=firestore")
+    if uses_cloud_storage(settings) and not settings.storage_bucket:
+        raise FirebaseConfigError("BRANET_BYTES_STORE=cloud-storage needs BRANET_STORAGE_BUCKET (the Cloud Storage "
+                                  "bucket, e.g. PROJECT.firebasestorage.app)")
     present = [name for name in EMULATOR_VARS if os.environ.get(name)]
     if present and not settings.firebase_emulators:
         raise FirebaseConfigError(
@@ -68,10 +79,10 @@ def admin_app(settings: Settings):
     import firebase_admin
     check_settings(settings)
     # The SDK retries a timed-out read once: half the bound per try keeps a request within it.
-    return firebase_admin.initialize_app(
-        credential(settings), {"projectId": settings.firebase_project_id,
-                               "httpTimeout": settings.firebase_timeout_s / 2},
-        name=f"branet-{uuid.uuid4().hex[:12]}")
+    options = {"projectId": settings.firebase_project_id, "httpTimeout": settings.firebase_timeout_s / 2}
+    if uses_cloud_storage(settings):
+        options["storageBucket"] = settings.storage_bucket
+    return firebase_admin.initialize_app(credential(settings), options, name=f"branet-{uuid.uuid4().hex[:12]}")
 
 
 def close_app(app) -> None:
@@ -84,6 +95,21 @@ def firestore_client(settings: Settings, app):
     if emulated(settings, "FIRESTORE_EMULATOR_HOST"):
         return client(settings.firebase_project_id)  # anonymous, as the emulator's owner
     return client(settings.firebase_project_id, app.credential.get_credential())
+
+
+def storage_bucket(settings: Settings, app):
+    """The bucket of BRANET_BYTES_STORE=cloud-storage (None for local bytes): firebase_admin.storage's, with the app's
+    credentials; with the Storage emulator allowed and set, anonymous (the emulator checks no credentials, and
+    Application Default Credentials may not exist on a test machine)."""
+    if not uses_cloud_storage(settings):
+        return None
+    if emulated(settings, "STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+        client = storage.Client(project=settings.firebase_project_id, credentials=AnonymousCredentials())
+        return client.bucket(settings.storage_bucket)
+    from firebase_admin import storage
+    return storage.bucket(settings.storage_bucket, app=app)
 
 
 def browser_auth_emulator(settings: Settings) -> str | None:

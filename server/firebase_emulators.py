@@ -5,6 +5,10 @@ by a serving process).
   (`cloud_firestore_emulator`, Java), loaded with the repository's firestore.rules.
 - Auth: the emulator of npm firebase-tools, pinned in deploy/firebase (`make firebase-tools`), run with a
   firebase.json of its own (the chosen port, the Emulator UI off: it cannot be downloaded here).
+- Cloud Storage: PyPI gcp-storage-emulator (pinned in pyproject's `test` extra: `make install`), a pure-Python
+  implementation of the Cloud Storage JSON API, in memory, with the bucket created at start. Firebase's own Storage
+  emulator cannot run here (firebase-tools needs Java 21 for it and downloads its rules runtime at start), so
+  storage.rules are not exercised: this emulator has no rules engine.
 
 A missing emulator, one that exits or one not up in time calls `fail` with the command that installs it or the
 end of its log (by default EmulatorError; tests/firebase_emulators.py passes pytest.fail: a failure, never a
@@ -16,6 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -31,6 +36,8 @@ FIREBASE_CLI = ROOT / "deploy" / "firebase" / "node_modules" / ".bin" / "firebas
 INSTALL_FIRESTORE = ("apt-get install google-cloud-cli-firestore-emulator (or `make firebase-emulators`, "
                      "which also installs firebase-tools)")
 INSTALL_AUTH = "make firebase-tools (npm ci --omit=optional in deploy/firebase)"
+INSTALL_STORAGE = ".venv/bin/pip install gcp-storage-emulator==2026.7.19 (or `make install`: the test extra)"
+BUCKET = f"{PROJECT}.appspot.com"
 
 
 class EmulatorError(RuntimeError):
@@ -58,6 +65,15 @@ def firebase_cli(fail: Fail = _raise) -> Path:
     if not os.access(FIREBASE_CLI, os.X_OK):
         fail(f"firebase-tools (the Auth emulator) is not installed: {INSTALL_AUTH}")
     return FIREBASE_CLI
+
+
+def storage_cli(fail: Fail = _raise) -> str:
+    # The virtual environment's own script first: the tests run with .venv/bin/python, often without it on PATH.
+    beside = Path(sys.executable).with_name("gcp-storage-emulator")
+    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("gcp-storage-emulator")
+    if found is None:
+        fail(f"the Cloud Storage emulator is not installed: {INSTALL_STORAGE}")
+    return found
 
 
 class Emulator:
@@ -148,6 +164,29 @@ def firestore_emulator(workdir: Path, port: int | None = None, fail: Fail = _rai
     command = [firestore_launcher(fail), "start", "--host=127.0.0.1", f"--port={port}", f"--project_id={PROJECT}",
                f"--rules={ROOT / 'firestore.rules'}"]
     return FirestoreEmulator("firestore", command, port, f"http://127.0.0.1:{port}/", workdir, fail=fail)
+
+
+class StorageEmulator(Emulator):
+    @property
+    def url(self) -> str:
+        """STORAGE_EMULATOR_HOST's value (google-cloud-storage wants the scheme)."""
+        return f"http://{self.host}"
+
+    def objects(self, bucket: str = BUCKET, prefix: str = "") -> list[str]:
+        """The names of the bucket's objects, through the JSON API (as any client sees them)."""
+        res = httpx.get(f"{self.url}/storage/v1/b/{bucket}/o", params={"prefix": prefix}, timeout=10)
+        res.raise_for_status()
+        return sorted(item["name"] for item in res.json().get("items", []))
+
+
+def storage_emulator(workdir: Path, port: int | None = None, fail: Fail = _raise) -> StorageEmulator:
+    """Not started yet: `with storage_emulator(dir) as gcs:`, or `.start()`; the bucket BUCKET is created."""
+    port = port or free_port()
+    # Objects on disk in the work folder: a restart (the fault tests) finds what was stored before it.
+    command = [storage_cli(fail), "--data-dir", str(workdir / "storage-data"), "start", "--host=127.0.0.1",
+               f"--port={port}", f"--default-bucket={BUCKET}"]
+    return StorageEmulator("storage", command, port, f"http://127.0.0.1:{port}/storage/v1/b/{BUCKET}", workdir,
+                           timeout_s=30.0, fail=fail)
 
 
 def auth_emulator(workdir: Path, port: int | None = None, fail: Fail = _raise) -> Emulator:

@@ -8,17 +8,22 @@ Documents (everything the API returns but image bytes):
 - `users/{uid}/request_keys/{images|analyses}:{key}`: the Idempotency-Key's claim, created in the same batch
   as what it names (a second create fails: the first request's answer is returned).
 
-Bytes stay in the server's data folder (BRANET_HOME/firestore/{uid}/): the image as `{image id}.png`, an
-analysis' pictures (mask, ROI, heat map: the result's `*_png` fields) as `{analysis id}.json`. The file protocol
-of the SQLite store: a file is written to `.part`, fsync'd, renamed (folder fsync'd) before its document is
-written, and unlinked only after its document is deleted. A write that surely did not reach Firestore removes its
-files at once; one that timed out (it may still land) is undone by a background thread once Firestore answers:
-its documents deleted, then its files (never a document without its file). A stop before that leaves files
-that the next start's repair removes when their document does not exist (`.part` leftovers too).
+Bytes (BRANET_BYTES_STORE): the image as `{image id}.png`, an analysis' pictures (mask, ROI, heat map: the result's
+`*_png` fields) as `{analysis id}.json`, either
+- `local`: files in the server's data folder (BRANET_HOME/firestore/{uid}/), with the file protocol of the SQLite
+  store: written to `.part`, fsync'd, renamed (folder fsync'd); or
+- `cloud-storage`: objects `users/{uid}/images/{id}.png` and `users/{uid}/analyses/{id}.json` in the bucket
+  BRANET_STORAGE_BUCKET (an upload is all or nothing: no `.part` is needed).
+Either way the bytes are written before their document and removed only after it is deleted. A write that
+surely did not reach Firestore removes its bytes at once; one that timed out (it may still land) is undone by a
+background thread once Firestore answers: its documents deleted, then its bytes (never a document without its
+bytes). Objects that could not be deleted at once (Cloud Storage unreachable) are retried by the same thread. A
+stop before that leaves bytes that a later start's repair removes when their document does not exist (`.part`
+leftovers too; objects only once older than `sweep_age_s`, since other replicas share the bucket).
 
-Every call to Firestore is bounded by BRANET_FIRESTORE_TIMEOUT_S (transient errors are retried within it);
-past it, or when Firestore is unreachable, `FirestoreUnavailable` (503 `storage_unavailable`): nothing of the
-request was kept."""
+Every call to Firestore or Cloud Storage is bounded by BRANET_FIREBASE_TIMEOUT_S (transient errors are retried
+within it); past it, or when the service is unreachable, `FirestoreUnavailable` (503 `storage_unavailable`,
+naming the service): nothing of the request was kept."""
 from __future__ import annotations
 
 import copy
@@ -31,13 +36,16 @@ import re
 import threading
 import time
 import uuid
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath, PurePosixPath
+from typing import Any, Literal
 
+import requests
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+# What the pinned google-cloud-storage's own DEFAULT_RETRY retries (private, but the library's definition).
+from google.cloud.storage.retry import _should_retry as storage_transient
 
 from server.store import (DuplicateRequest, ImageRecord, StorageError, User, fsync_dir, now, storage_error,
                           write_durably)
@@ -45,35 +53,57 @@ from server.store import (DuplicateRequest, ImageRecord, StorageError, User, fsy
 log = logging.getLogger("branet.store")
 FILE = re.compile(r"^([0-9a-f]{32})\.(png|json|part)$")
 SAFE_UID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+OBJECT = re.compile(r"^users/([^/]+)/(images|analyses)/([0-9a-f]{32})\.(png|json)$")
+Service = Literal["firestore", "storage"]
+SERVICE_NAMES: dict[str, str] = {"firestore": "the history database (Firestore)",
+                                 "storage": "the image store (Cloud Storage)"}
+# Cloud Storage and this server's HTTP client: the failures that mean "unreachable or too slow", not a bug.
+STORAGE_DOWN = (requests.ConnectionError, requests.Timeout, gexc.RetryError, gexc.ServiceUnavailable,
+                gexc.InternalServerError, gexc.BadGateway, gexc.GatewayTimeout, gexc.TooManyRequests,
+                gexc.DeadlineExceeded, TimeoutError)
 
 
 class FirestoreUnavailable(StorageError):
     status, code = 503, "storage_unavailable"
 
-    def __init__(self, timeout_s: float, writing: bool):
-        super().__init__(f"the history database (Firestore) did not answer within {timeout_s:g} s"
+    def __init__(self, timeout_s: float, writing: bool, service: Service = "firestore"):
+        super().__init__(f"{SERVICE_NAMES[service]} did not answer within {timeout_s:g} s"
                          + (": nothing was stored" if writing else "") + "; try again shortly")
 
 
 class _Deadline:
     """One operation's time left: each call gets it as its timeout and as its retry's deadline."""
 
-    def __init__(self, store: "FirestoreStore", writing: bool):
-        self.store, self.writing = store, writing
+    def __init__(self, store: "FirestoreStore", writing: bool, service: Service = "firestore"):
+        self.store, self.writing, self.service = store, writing, service
         self.end = time.monotonic() + store.timeout_s
 
-    def kw(self) -> dict:
+    def _left(self) -> float:
         left = self.end - time.monotonic()
         if left <= 0.05:
-            raise FirestoreUnavailable(self.store.timeout_s, self.writing)
+            raise FirestoreUnavailable(self.store.timeout_s, self.writing, self.service)
+        return left
+
+    def kw(self) -> dict:
+        left = self._left()
         return {"timeout": left, "retry": gretry.Retry(predicate=gretry.if_transient_error, initial=0.05,
                                                         maximum=0.5, multiplier=2, timeout=left)}
 
+    def storage_kw(self) -> dict:
+        """The same bound for google-cloud-storage (HTTP): its own idea of transient (connection refused or
+        reset, 408, 429, 5xx) is retried, quickly, within the time left."""
+        left = self._left()
+        return {"timeout": left, "retry": gretry.Retry(predicate=storage_transient, initial=0.05, maximum=0.5,
+                                                        multiplier=2, timeout=left)}
 
-def _firestore_error(err: BaseException, store: "FirestoreStore", writing: bool) -> StorageError | None:
-    if isinstance(err, (gexc.RetryError, gexc.DeadlineExceeded, gexc.ServiceUnavailable, gexc.InternalServerError,
-                        gexc.Unknown, gexc.Aborted, gexc.ResourceExhausted, gexc.Cancelled, TimeoutError)):
-        return FirestoreUnavailable(store.timeout_s, writing)
+
+def _firestore_error(err: BaseException, store: "FirestoreStore", writing: bool,
+                     service: Service = "firestore") -> StorageError | None:
+    down = STORAGE_DOWN if service == "storage" else (
+        gexc.RetryError, gexc.DeadlineExceeded, gexc.ServiceUnavailable, gexc.InternalServerError, gexc.Unknown,
+        gexc.Aborted, gexc.ResourceExhausted, gexc.Cancelled, TimeoutError)
+    if isinstance(err, down):
+        return FirestoreUnavailable(store.timeout_s, writing, service)
     return None
 
 
@@ -114,8 +144,12 @@ def _with_pictures(result: dict, pictures: dict[str, str]) -> dict:
 
 
 class FirestoreStore:
-    def __init__(self, client: firestore.Client, home: Path, timeout_s: float = 5.0, repair: bool = True):
+    """`bucket`: a google.cloud.storage Bucket for BRANET_BYTES_STORE=cloud-storage, None for files under `home`."""
+
+    def __init__(self, client: firestore.Client, home: Path, timeout_s: float = 5.0, repair: bool = True,
+                 bucket=None, sweep_age_s: float = 3600.0):
         self.db, self.home, self.timeout_s = client, Path(home), timeout_s
+        self.bucket, self.sweep_age_s = bucket, sweep_age_s
         self.files_dir = self.home / "firestore"
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self._seq_lock = threading.Lock()
@@ -148,7 +182,17 @@ class FirestoreStore:
     def _folder(self, uid: str) -> Path:
         return self.files_dir / (uid if SAFE_UID.match(uid) else hashlib.sha256(uid.encode()).hexdigest())
 
+    def _bytes_at(self, uid: str, kind: str, item_id: str) -> PurePath:
+        """Where an item's bytes live: a file under home, or (Cloud Storage) the object's name in the bucket, by
+        the same path as its document (users/{uid}/...), so that storage.rules can match the owner."""
+        ext = "png" if kind == "images" else "json"
+        if self.bucket is not None:
+            return PurePosixPath("users", uid, kind, f"{item_id}.{ext}")
+        return self._folder(uid) / f"{item_id}.{ext}"
+
     def _ensure_folder(self, user: User) -> None:
+        if self.bucket is not None:
+            return
         folder = self._folder(user.id)
         if folder.name != user.id and not (folder / ".uid").exists():  # a uid not safe as a name: hashed, noted
             self._write_file(folder / ".uid", user.id.encode())
@@ -164,18 +208,20 @@ class FirestoreStore:
             self._last_seq = max(time.time_ns() // 1000, self._last_seq + 1)
             return self._last_seq
 
-    def _call(self, writing: bool, fn):
-        """Run `fn(deadline)` against Firestore; unreachable or too slow -> FirestoreUnavailable."""
-        deadline = _Deadline(self, writing)
+    def _call(self, writing: bool, fn, service: Service = "firestore"):
+        """Run `fn(deadline)` against Firestore (or Cloud Storage); unreachable or too slow -> FirestoreUnavailable
+        naming the service."""
+        deadline = _Deadline(self, writing, service)
         try:
             return fn(deadline)
         except (StorageError, DuplicateRequest):
             raise
         except Exception as err:
-            mapped = _firestore_error(err, self, writing)
+            mapped = _firestore_error(err, self, writing, service)
             if mapped is None:
                 raise
-            log.warning("branet.store: Firestore: %s: %s", type(err).__name__, err)
+            log.warning("branet.store: %s: %s: %s", "Cloud Storage" if service == "storage" else "Firestore",
+                        type(err).__name__, err)
             raise mapped from err
 
     def _write_file(self, path: Path, data: bytes) -> None:
@@ -194,22 +240,80 @@ class FirestoreStore:
         except OSError as err:
             log.warning("branet.store: could not remove %s (%s): the next start-up repair will", path.name, err)
 
-    def _create(self, uid: str, items: list[tuple[str, str, dict, Path, bytes]], key_table: str,
+    # bytes: files or objects
+    def _put_bytes(self, items: list[tuple[PurePath, bytes]]) -> None:
+        if self.bucket is None:
+            for path, data in items:
+                self._write_file(path, data)
+            return
+
+        def upload(deadline: _Deadline) -> None:
+            for name, data in items:
+                content_type = "image/png" if name.suffix == ".png" else "application/json"
+                self.bucket.blob(str(name)).upload_from_string(data, content_type=content_type,
+                                                               **deadline.storage_kw())
+        self._call(True, upload, "storage")
+
+    def read_bytes(self, at: PurePath) -> bytes | None:
+        """An item's bytes; None when they are gone."""
+        if self.bucket is None:
+            try:
+                return Path(at).read_bytes()
+            except FileNotFoundError:
+                return None
+
+        def download(deadline: _Deadline) -> bytes | None:
+            try:
+                return self.bucket.blob(str(at)).download_as_bytes(**deadline.storage_kw())
+            except gexc.NotFound:
+                return None
+        return self._call(False, download, "storage")
+
+    def _delete_bytes(self, places: list[PurePath], deadline: _Deadline | None = None) -> None:
+        """Files go at once; objects within `deadline` (raises when Cloud Storage does not answer)."""
+        if self.bucket is None:
+            for path in places:
+                self._unlink(Path(path))
+            return
+        for name in places:
+            try:
+                self.bucket.blob(str(name)).delete(**deadline.storage_kw())
+            except gexc.NotFound:
+                pass
+
+    def _drop_bytes(self, places: list[PurePath]) -> None:
+        """Remove the bytes of documents that do not exist (any more): objects that cannot be deleted now (Cloud
+        Storage unreachable) are left to the background thread, never to fail the request."""
+        if self.bucket is None:
+            self._delete_bytes(places)
+            return
+        try:
+            self._call(True, lambda d: self._delete_bytes(places, d), "storage")
+        except StorageError:
+            self._undo_later([], None, "", places)
+
+    def image_png(self, record: ImageRecord) -> bytes | None:
+        """The stored image's PNG bytes; None when they are gone (HistoryStore)."""
+        return self.read_bytes(record.file)
+
+    def _create(self, uid: str, items: list[tuple[str, str, dict, PurePath, bytes]], key_table: str,
                 request_key: str | None) -> None:
-        """Items (table, id, document, file, bytes), all or nothing: the files first (durably), then the documents
-        and the request key's claim (on the last item, the one `key_table` names) in one batch. A taken key: the
-        files go and DuplicateRequest carries the first request's item. Another failure: the files go at once if
-        the write surely did not reach Firestore, else (a timeout: it may still land) _undo_later."""
+        """Items (table, id, document, bytes' place, bytes), all or nothing: the bytes first (files durably, or
+        objects), then the documents and the request key's claim (on the last item, the one `key_table` names)
+        in one batch. A taken key: the bytes go and DuplicateRequest carries the first request's item. Another
+        failure: the bytes go at once if the write surely did not reach Firestore, else (a timeout: it may still
+        land) _undo_later."""
         refs = [self._user(uid).collection(table).document(item_id) for table, item_id, *_ in items]
         claimed_id = items[-1][1]
         key_ref = self._key_ref(uid, key_table, request_key) if request_key is not None else None
-        paths = [path for *_, path, _ in items]
+        places = [place for *_, place, _ in items]
         try:
-            for *_, path, data in items:
-                self._write_file(path, data)
+            self._put_bytes([(place, data) for *_, place, data in items])
         except BaseException:
-            for path in paths:
-                self._unlink(path)
+            if self.bucket is None:
+                self._delete_bytes(places)
+            else:  # Cloud Storage is down or slow: an upload may still land; removed once it answers
+                self._undo_later([], None, "", places)
             raise
 
         def write(deadline: _Deadline) -> None:
@@ -222,28 +326,27 @@ class FirestoreStore:
         try:
             self._call(True, write)
         except (gexc.AlreadyExists, gexc.Conflict):  # the key is taken: nothing of this request was written
-            for path in paths:
-                self._unlink(path)
+            self._drop_bytes(places)
             if key_ref is None:
                 raise
             raise DuplicateRequest(self.image_for_key(User(uid, uid), request_key) if key_table == "images"
                                    else self.analysis_for_key(User(uid, uid), request_key)) from None
         except BaseException as err:
             if not _may_have_landed(err):
-                for path in paths:
-                    self._unlink(path)
+                self._drop_bytes(places)
             else:  # Firestore is slow, not gone: undone in the background, not in this request's time
-                self._undo_later(refs, key_ref, claimed_id, paths)
+                self._undo_later(refs, key_ref, claimed_id, places)
             raise
 
-    def _undo_later(self, refs: list, key_ref, claimed_id: str, paths: list[Path]) -> None:
-        """A write that timed out may still land: its documents are deleted (and only then its files) by a
-        background thread that retries every second until Firestore answers. Until then the files stay (never
-        a document without its file); a stop before it is done leaves them to the next start's repair."""
+    def _undo_later(self, refs: list, key_ref, claimed_id: str, places: list[PurePath]) -> None:
+        """A write that timed out may still land: its documents are deleted (and only then its bytes) by a
+        background thread that retries every second until Firestore (and Cloud Storage) answer. Until then the
+        bytes stay (never a document without its bytes); a stop before it is done leaves them to a later start's
+        repair. With no documents (`refs` empty) only the bytes are deleted."""
         with self._undo_lock:
-            self._undos.append((refs, key_ref, claimed_id, paths))
-            log.warning("branet.store: a write to Firestore timed out: %s will be undone once Firestore answers",
-                        [p.name for p in paths])
+            self._undos.append([refs, key_ref, claimed_id, places])
+            log.warning("branet.store: %s will be undone once %s answers", [p.name for p in places],
+                        "Firestore" if refs else "Cloud Storage")
             if self._undo_thread is None or not self._undo_thread.is_alive():
                 self._undo_thread = threading.Thread(target=self._undo_loop, name="branet-firestore-undo", daemon=True)
                 self._undo_thread.start()
@@ -256,7 +359,7 @@ class FirestoreStore:
                     self._undo_thread = None
                     return
             for item in pending:
-                refs, key_ref, claimed_id, paths = item
+                refs, key_ref, claimed_id, places = item
 
                 def undo(deadline: _Deadline) -> None:
                     batch = self.db.batch()
@@ -268,21 +371,24 @@ class FirestoreStore:
                             batch.delete(key_ref)
                     batch.commit(**deadline.kw())
                 try:
-                    self._call(True, undo)
+                    if refs or key_ref is not None:
+                        self._call(True, undo)
+                        item[0], item[1] = [], None  # the documents are gone: only the bytes are left to do
+                    self._call(True, lambda d: self._delete_bytes(places, d), "storage")
                 except Exception as err:  # noqa: BLE001 - retried
                     log.debug("branet.store: undo not done yet: %s", err)
                     continue
-                for path in paths:
-                    self._unlink(path)
                 with self._undo_lock:
                     self._undos.remove(item)
-                log.warning("branet.store: undid the timed-out write of %s", [p.name for p in paths])
+                log.warning("branet.store: undid the write of %s", [p.name for p in places])
             self._closing.wait(1.0)
 
     def repair(self) -> dict[str, list[str]]:
-        """Files without their document (a crash between writing a file and its document, or deleting a document
-        and its file) and `.part` leftovers are deleted. Call it only while no other process writes here."""
-        candidates: list[tuple[Path, Any]] = []
+        """Bytes without their document (a crash between writing the bytes and the document, or deleting a
+        document and its bytes) and `.part` leftovers are deleted. Call it only while no other process writes
+        this home. Objects in Cloud Storage are shared by every replica: only those older than `sweep_age_s`
+        (far longer than any write takes) are candidates, so a write in flight elsewhere is never swept."""
+        candidates: list[tuple[PurePath, Any]] = []
         partial: list[Path] = []
         for folder in sorted(p for p in self.files_dir.iterdir() if p.is_dir()):
             uid_file = folder / ".uid"
@@ -296,27 +402,51 @@ class FirestoreStore:
                 else:
                     kind = "images" if match[2] == "png" else "analyses"
                     candidates.append((path, self._user(uid).collection(kind).document(match[1])))
-        orphans: list[Path] = []
+        if self.bucket is not None:
+            candidates += self._old_objects()
+        orphans: list[PurePath] = []
         for start in range(0, len(candidates), 100):
             chunk = candidates[start:start + 100]
             docs = self._call(False, lambda d, c=chunk: list(self.db.get_all([ref for _, ref in c], **d.kw())))
             existing = {doc.reference.path for doc in docs if doc.exists}
-            orphans += [path for path, ref in chunk if ref.path not in existing]
-        for path in orphans + partial:
+            orphans += [place for place, ref in chunk if ref.path not in existing]
+        files = [p for p in orphans if isinstance(p, Path)]
+        objects = [p for p in orphans if not isinstance(p, Path)]
+        for path in files + partial:
             path.unlink(missing_ok=True)
-        for folder in {p.parent for p in orphans + partial}:
+        for folder in {p.parent for p in files + partial}:
             fsync_dir(folder)
-        report = {"files_without_documents": [p.name for p in orphans], "partial_files": [p.name for p in partial]}
+        for name in objects:
+            self._call(True, lambda d, n=name: self._delete_bytes([n], d), "storage")
+        report = {"files_without_documents": [p.name for p in files], "partial_files": [p.name for p in partial]}
+        if self.bucket is not None:
+            report["objects_without_documents"] = [str(p) for p in objects]
         if orphans or partial:
-            log.warning("branet.store: start-up repair (Firestore): deleted %d file(s) without a document %s and %d "
-                        "partial write(s) %s", len(orphans), report["files_without_documents"], len(partial),
-                        report["partial_files"])
+            log.warning("branet.store: start-up repair (Firestore): deleted %d file(s) without a document %s, %d "
+                        "partial write(s) %s and %d Cloud Storage object(s) without a document %s", len(files),
+                        report["files_without_documents"], len(partial), report["partial_files"], len(objects),
+                        [str(p) for p in objects])
         return report
+
+    def _old_objects(self) -> list[tuple[PurePath, Any]]:
+        """The bucket's users/{uid}/{images|analyses}/{id} objects older than sweep_age_s, with their document."""
+        cutoff = time.time() - self.sweep_age_s
+
+        def listing(deadline: _Deadline) -> list:
+            return list(self.bucket.client.list_blobs(self.bucket, prefix="users/", **deadline.storage_kw()))
+        found = []
+        for blob in self._call(False, listing, "storage"):
+            match = OBJECT.match(blob.name)
+            if match is None or blob.time_created is None or blob.time_created.timestamp() > cutoff:
+                continue
+            found.append((PurePosixPath(blob.name), self._user(match[1]).collection(match[2]).document(match[3])))
+        return found
 
     # images
     def _record(self, uid: str, data: dict) -> ImageRecord:
+        place = PurePosixPath(data["object"]) if data.get("object") else self.home / data["file"]
         return ImageRecord(data["id"], uid, data["sha256"], data["modality"], data["width"], data["height"],
-                           self.home / data["file"], data["created"])
+                           place, data["created"])
 
     def add_image(self, user: User, sha256: str, modality: str, width: int, height: int, png: bytes,
                   request_key: str | None = None) -> ImageRecord:
@@ -327,8 +457,11 @@ class FirestoreStore:
 
     def _image_item(self, record: ImageRecord, png: bytes, request_key: str | None) -> tuple:
         doc = {"id": record.id, "sha256": record.sha256, "modality": record.modality, "width": record.width,
-               "height": record.height, "created": record.created, "request_key": request_key,
-               "file": str(record.file.relative_to(self.home))}
+               "height": record.height, "created": record.created, "request_key": request_key}
+        if isinstance(record.file, Path):
+            doc["file"] = str(record.file.relative_to(self.home))
+        else:  # the object's name in this server's bucket (BRANET_STORAGE_BUCKET)
+            doc["object"] = str(record.file)
         return "images", record.id, doc, record.file, png
 
     def get_image(self, user: User, image_id: str) -> ImageRecord | None:
@@ -355,7 +488,7 @@ class FirestoreStore:
             return self._record(user.id, data)
         record = self._call(True, delete)
         if record is not None:
-            self._unlink(record.file)
+            self._drop_bytes([record.file])
 
     # analyses
     def _analysis_item(self, user: User, image_id: str, summary: dict, result: dict,
@@ -364,7 +497,8 @@ class FirestoreStore:
         stripped, pictures = _pictures(result)
         doc = {"id": analysis_id, "image_id": image_id, "created": result["created"], "seq": self._next_seq(),
                "summary": summary, "request_key": request_key, "result": json.dumps(stripped)}
-        return "analyses", analysis_id, doc, self._folder(user.id) / f"{analysis_id}.json", json.dumps(pictures).encode()
+        return ("analyses", analysis_id, doc, self._bytes_at(user.id, "analyses", analysis_id),
+                json.dumps(pictures).encode())
 
     def add_analysis(self, user: User, image_id: str, summary: dict, result: dict,
                      request_key: str | None = None) -> str:
@@ -376,7 +510,7 @@ class FirestoreStore:
         """The record an image will have, not stored yet (add_analysis_with_image stores it)."""
         image_id = uuid.uuid4().hex
         return ImageRecord(image_id, user.id, sha256, modality, width, height,
-                           self._folder(user.id) / f"{image_id}.png", now())
+                           self._bytes_at(user.id, "images", image_id), now())
 
     def add_analysis_with_image(self, user: User, record: ImageRecord, png: bytes, summary: dict, result: dict,
                                 request_key: str | None = None) -> str:
@@ -390,12 +524,12 @@ class FirestoreStore:
 
     def _full(self, uid: str, data: dict) -> dict | None:
         result = json.loads(data["result"])
-        try:
-            pictures = json.loads((self._folder(uid) / f"{data['id']}.json").read_bytes())
-        except FileNotFoundError:
-            log.warning("branet.store: the pictures of analysis %s are missing from %s", data["id"], self.files_dir)
+        raw = self.read_bytes(self._bytes_at(uid, "analyses", data["id"]))
+        if raw is None:
+            log.warning("branet.store: the pictures of analysis %s are missing (%s)", data["id"],
+                        f"bucket {self.bucket.name}" if self.bucket is not None else self.files_dir)
             return None
-        return _with_pictures(result, pictures)
+        return _with_pictures(result, json.loads(raw))
 
     def analysis_for_key(self, user: User, request_key: str) -> dict | None:
         key = self._call(False, lambda d: self._key_ref(user.id, "analyses", request_key).get(**d.kw()))
@@ -443,9 +577,7 @@ class FirestoreStore:
             return True, image
         deleted, image = self._call(True, delete)
         if deleted:
-            self._unlink(self._folder(user.id) / f"{analysis_id}.json")
-        if image is not None:
-            self._unlink(image.file)
+            self._drop_bytes([self._bytes_at(user.id, "analyses", analysis_id)] + ([image.file] if image else []))
         return deleted
 
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from fastapi import UploadFile
@@ -39,10 +40,11 @@ class Services:
 
 
 class ImageMemory:
-    """The last few decoded images by id: a re-prompt does not decode the PNG again."""
+    """The last few decoded images by id: a re-prompt does not decode the PNG again. `read` gives a record's
+    bytes from the history store (a file, or an object in Cloud Storage), None when they are gone."""
 
-    def __init__(self, size: int = 32):
-        self.size = size
+    def __init__(self, read: Callable[[ImageRecord], bytes | None], size: int = 32):
+        self.read, self.size = read, size
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # used from the threadpool
 
@@ -52,7 +54,10 @@ class ImageMemory:
             if rgb is not None:
                 self._items.move_to_end(record.id)
                 return rgb
-        rgb = load_png(record.file.read_bytes())
+        data = self.read(record)
+        if data is None:
+            raise FileNotFoundError(f"the bytes of image {record.id} are gone")
+        rgb = load_png(data)
         self.put(record.id, rgb)
         return rgb
 

@@ -78,7 +78,13 @@ class Settings(BaseSettings):
                              "(Firebase Authentication ID tokens; needs store=firestore)")
     store: Literal["sqlite", "firestore"] = Field(
         "sqlite", description="where the history lives: sqlite (in home) or firestore (documents in Firestore, "
-                              "image bytes in home)")
+                              "image bytes as BRANET_BYTES_STORE says)")
+    bytes_store: Literal["local", "cloud-storage"] = Field(
+        "local",
+        description="with store=firestore, where image and mask bytes live: local (files in home) or cloud-storage "
+                    "(objects users/{uid}/... in BRANET_STORAGE_BUCKET, through firebase_admin.storage)")
+    storage_bucket: str | None = Field(None, description="the Cloud Storage bucket of bytes=cloud-storage (e.g. "
+                                                         "PROJECT.firebasestorage.app)")
     firebase_project_id: str | None = Field(None, description="the Firebase project's id (needed by firebase/firestore)")
     firebase_credentials: Path | None = Field(
         None, description="a service-account JSON file; without one, Application Default Credentials")
@@ -87,14 +93,14 @@ class Settings(BaseSettings):
     firebase_auth_domain: str | None = Field(None, description="the web app's auth domain, for GET /v1/config "
                                                                "(default: PROJECT.firebaseapp.com)")
     firebase_emulators: bool = Field(False, description="honour FIREBASE_AUTH_EMULATOR_HOST / FIRESTORE_EMULATOR_HOST "
-                                                        "(tests, development); without it the server refuses to "
-                                                        "start when one is set")
+                                                        "/ STORAGE_EMULATOR_HOST (tests, development); without it "
+                                                        "the server refuses to start when one is set")
     firebase_auth_emulator_url: str | None = Field(
         None, description="the Auth emulator's address as the app's browser reaches it, for GET /v1/config when the "
                           "server reaches it by another name (docker-compose.firebase.yml); default "
                           "http://FIREBASE_AUTH_EMULATOR_HOST")
-    firebase_timeout_s: float = Field(5.0, gt=0, description="longest wait for Firestore or Firebase Authentication "
-                                                             "before a request answers 503")
+    firebase_timeout_s: float = Field(5.0, gt=0, description="longest wait for Firestore, Cloud Storage or Firebase "
+                                                             "Authentication before a request answers 503")
 
     @property
     def models_root(self) -> Path:

@@ -40,7 +40,7 @@ import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Protocol
 
 SCHEMA = """
@@ -166,7 +166,7 @@ class ImageRecord:
     modality: str
     width: int
     height: int
-    file: Path
+    file: PurePath  # where its bytes are: a file under BRANET_HOME, or (BRANET_BYTES_STORE=cloud-storage) an object
     created: str
 
 
@@ -194,6 +194,7 @@ class HistoryStore(Protocol):
                   request_key: str | None = None) -> ImageRecord: ...
     def get_image(self, user: User, image_id: str) -> ImageRecord | None: ...
     def image_for_key(self, user: User, request_key: str) -> ImageRecord | None: ...
+    def image_png(self, record: ImageRecord) -> bytes | None: ...
     def delete_image(self, user: User, image_id: str) -> None: ...
     def add_analysis(self, user: User, image_id: str, summary: dict, result: dict,
                      request_key: str | None = None) -> str: ...
@@ -471,6 +472,13 @@ class Store:
         with self._lock:
             row = self._db.execute("SELECT * FROM images WHERE id = ? AND user_id = ?", (image_id, user.id)).fetchone()
         return self._record(row) if row else None
+
+    def image_png(self, record: ImageRecord) -> bytes | None:
+        """The stored image's bytes; None when its file is gone."""
+        try:
+            return Path(record.file).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def delete_image(self, user: User, image_id: str) -> None:
         record = self.get_image(user, image_id)

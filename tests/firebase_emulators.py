@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from server.firebase_emulators import (PROJECT, AuthRest, Emulator, EmulatorError,  # noqa: F401 - re-exported
-                                       FirestoreEmulator)
+from server.firebase_emulators import (BUCKET, PROJECT, AuthRest, Emulator, EmulatorError,  # noqa: F401
+                                       FirestoreEmulator, StorageEmulator)
 from server.firebase_emulators import auth_emulator as _auth_emulator
 from server.firebase_emulators import firestore_emulator as _firestore_emulator
+from server.firebase_emulators import storage_emulator as _storage_emulator
 
 
 def firestore_emulator(workdir: Path, port: int | None = None) -> FirestoreEmulator:
@@ -20,3 +21,7 @@ def firestore_emulator(workdir: Path, port: int | None = None) -> FirestoreEmula
 
 def auth_emulator(workdir: Path, port: int | None = None) -> Emulator:
     return _auth_emulator(workdir, port, fail=pytest.fail)
+
+
+def storage_emulator(workdir: Path, port: int | None = None) -> StorageEmulator:
+    return _storage_emulator(workdir, port, fail=pytest.fail)

@@ -1,7 +1,9 @@
 """Firebase sign-in and the history in Firestore, on the real emulators (tests/firebase_emulators.py).
 
-The same history contract runs on both pairs, local + sqlite and firebase + firestore: create, list (paginated,
-newest first), get, delete, isolation between two users, admin-only routes, Idempotency-Key repeats. Then what
+The same history contract runs on both pairs, local + sqlite and firebase + firestore, and on a third,
+firebase + firestore with the bytes in Cloud Storage (BRANET_BYTES_STORE=cloud-storage, on PyPI gcp-storage-emulator):
+create, list (paginated, newest first), get, delete, isolation between two users, admin-only routes,
+Idempotency-Key repeats. Then what
 only Firebase has: real ID tokens from the Auth emulator that are expired, revoked, malformed, another project's,
 or a disabled or deleted account's; admin rights from `branet users grant-admin` / `revoke-admin`; the security
 rules (firestore.rules) read through Firestore's REST API with a user's own ID token; and Firestore stopped in
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -26,7 +29,7 @@ from server.app import create_app
 from server.firebase import FirebaseConfigError, check_settings
 from server.launcher import BRANET
 from server.settings import Settings
-from tests.firebase_emulators import PROJECT, AuthRest, auth_emulator, firestore_emulator
+from tests.firebase_emulators import BUCKET, PROJECT, AuthRest, auth_emulator, firestore_emulator, storage_emulator
 from tests.test_api import busi_case
 
 TIMEOUT_S = 5.0  # BRANET_FIREBASE_TIMEOUT_S (the default): the fault test waits for it
@@ -35,19 +38,22 @@ SLACK_S = 4.0  # beyond it, for a 2-core machine shared with training runs (with
 
 @pytest.fixture(scope="module")
 def emulators(tmp_path_factory, request):
-    """Firestore and Auth emulators on free ports, their variables set for this module only; their logs are
-    printed when a test of the module failed."""
+    """Firestore, Auth and Cloud Storage emulators on free ports, their variables set for this module only; their
+    logs are printed when a test of the module failed."""
     workdir = tmp_path_factory.mktemp("emulators")
     failed_before = request.session.testsfailed
-    firestore, auth = firestore_emulator(workdir), auth_emulator(workdir)
-    saved = {k: os.environ.get(k) for k in ("FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST")}
+    firestore, auth, storage = firestore_emulator(workdir), auth_emulator(workdir), storage_emulator(workdir)
+    saved = {k: os.environ.get(k) for k in ("FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST",
+                                            "STORAGE_EMULATOR_HOST")}
     try:
         firestore.start()
         auth.start()
+        storage.start()
         os.environ["FIRESTORE_EMULATOR_HOST"], os.environ["FIREBASE_AUTH_EMULATOR_HOST"] = firestore.host, auth.host
-        yield {"firestore": firestore, "auth": auth, "rest": AuthRest(auth.host)}
+        os.environ["STORAGE_EMULATOR_HOST"] = storage.url
+        yield {"firestore": firestore, "auth": auth, "storage": storage, "rest": AuthRest(auth.host)}
     finally:
-        for emulator in (auth, firestore):
+        for emulator in (storage, auth, firestore):
             emulator.stop()
         for key, value in saved.items():
             if value is None:
@@ -55,7 +61,7 @@ def emulators(tmp_path_factory, request):
             else:
                 os.environ[key] = value
         if request.session.testsfailed > failed_before:
-            for emulator in (firestore, auth):
+            for emulator in (firestore, auth, storage):
                 print(f"\n--- {emulator.name} emulator log ({emulator.log}) ---\n{emulator.tail()}", file=sys.__stderr__)
 
 
@@ -64,7 +70,20 @@ class Pair:
 
     def __init__(self, name: str, client: TestClient, emulators: dict, env: dict[str, str]):
         self.name, self.client, self.emulators, self.env = name, client, emulators, env
-        self.firebase = name == "firebase+firestore"
+        self.firebase = name.startswith("firebase+firestore")
+        self.cloud = name.endswith("+cloud-storage")
+
+    def stored(self, item_id: str) -> list[str]:
+        """The bytes of an image (or an analysis' pictures) wherever this pair keeps them: files, or objects."""
+        if self.cloud:
+            return [name for name in self.emulators["storage"].objects(prefix="users/")
+                    if name.rsplit("/", 1)[1].split(".")[0] == item_id]
+        return [str(p) for p in self.client.home.glob(f"**/{item_id}.*") if p.suffix in (".png", ".json")]
+
+    def leftovers(self) -> list[str]:
+        """Bytes of the Firestore store under home (files) and in the bucket (objects), whoever they belong to."""
+        files = [p.name for p in (self.client.home / "firestore").glob("*/*") if p.name != ".uid"]
+        return files + (self.emulators["storage"].objects(prefix="users/") if self.cloud else [])
 
     def user(self, admin: bool = False) -> tuple[dict, str]:
         """A new user's Authorization header and its name (e-mail with Firebase)."""
@@ -86,15 +105,18 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return res
 
 
-@pytest.fixture(scope="module", params=["local+sqlite", "firebase+firestore"])
+@pytest.fixture(scope="module", params=["local+sqlite", "firebase+firestore", "firebase+firestore+cloud-storage"])
 def pair(request, emulators, tmp_path_factory):
     home = tmp_path_factory.mktemp(request.param.replace("+", "-"))
-    auth, store = request.param.split("+")
-    env = {"BRANET_HOME": str(home), "BRANET_AUTH": auth, "BRANET_STORE": store,
+    auth, store, *rest = request.param.split("+")
+    bytes_store = rest[0] if rest else "local"
+    env = {"BRANET_HOME": str(home), "BRANET_AUTH": auth, "BRANET_STORE": store, "BRANET_BYTES_STORE": bytes_store,
+           "BRANET_STORAGE_BUCKET": BUCKET,
            "BRANET_FIREBASE_PROJECT_ID": PROJECT, "BRANET_FIREBASE_EMULATORS": "true",
            "BRANET_FIREBASE_API_KEY": "fake-api-key", "BRANET_FIREBASE_TIMEOUT_S": str(TIMEOUT_S),
            "BRANET_CREATE_DEV_USER": "false"}
-    settings = Settings(home=home, auth=auth, store=store, firebase_project_id=PROJECT, firebase_emulators=True,
+    settings = Settings(home=home, auth=auth, store=store, bytes_store=bytes_store, storage_bucket=BUCKET,
+                        firebase_project_id=PROJECT, firebase_emulators=True,
                         firebase_api_key="fake-api-key", firebase_timeout_s=TIMEOUT_S, create_dev_user=False,
                         amg_points_per_side=4, metrics="token")
     with TestClient(create_app(settings)) as client:
@@ -103,6 +125,7 @@ def pair(request, emulators, tmp_path_factory):
 
 
 firebase_only = pytest.mark.parametrize("pair", ["firebase+firestore"], indirect=True)
+cloud_only = pytest.mark.parametrize("pair", ["firebase+firestore+cloud-storage"], indirect=True)
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +142,6 @@ def upload(client: TestClient, headers: dict, data: bytes, **extra) -> dict:
 
 def analyse(client: TestClient, headers: dict, image_id: str, box: list, **extra):
     return client.post("/v1/analyses", json={"image_id": image_id, "prompt": {"box": box}}, headers=headers, **extra)
-
-
-def files_of(home, image_id: str) -> list:
-    return list(home.glob(f"**/{image_id}.png"))
 
 
 # the same contract on both pairs
@@ -143,16 +162,16 @@ def test_create_list_newest_first_get_and_delete(pair, case):
     assert got.status_code == 200 and got.json() == created[1].json()  # pictures and all
     assert api.get(f"/v1/analyses/{ids[1]}/overlay.png", headers=alice).content[:8] == b"\x89PNG\r\n\x1a\n"
     assert api.get(f"/v1/images/{image['image_id']}/image.png", headers=alice).status_code == 200
-    [image_file] = files_of(pair.client.home, image["image_id"])
+    assert len(pair.stored(image["image_id"])) == 1
     for analysis_id in ids:
         assert api.delete(f"/v1/analyses/{analysis_id}", headers=alice).status_code == 204
         assert api.get(f"/v1/analyses/{analysis_id}", headers=alice).status_code == 404
         assert api.delete(f"/v1/analyses/{analysis_id}", headers=alice).status_code == 404
     assert api.get("/v1/analyses", headers=alice).json()["items"] == []
-    assert not image_file.exists()  # the last analysis of an image takes the image with it
+    assert pair.stored(image["image_id"]) == []  # the last analysis of an image takes the image with it
     assert api.get(f"/v1/images/{image['image_id']}/image.png", headers=alice).status_code == 404
-    if pair.firebase:  # no file is left behind in the user's folder: pictures went with their analyses
-        assert [p.name for p in (pair.client.home / "firestore").glob("*/*")] == []
+    if pair.firebase:  # no bytes are left behind (file or object): pictures went with their analyses
+        assert pair.leftovers() == []
 
 
 def test_users_never_see_each_others_history(pair, case):
@@ -192,14 +211,14 @@ def test_a_repeated_idempotency_key_answers_the_first_request(pair, case):
     again = analyse(api, {**alice, **key}, first["image_id"], box)
     assert (done.status_code, again.status_code) == (201, 200) and again.json() == done.json()
     assert len(api.get("/v1/analyses", headers=alice).json()["items"]) == 1
-    assert len(files_of(pair.client.home, first["image_id"])) == 1
+    assert len(pair.stored(first["image_id"])) == 1  # the repeat's bytes went
     # a one-call analysis (its image stored with it) and its repeat
     key = {"Idempotency-Key": uuid.uuid4().hex}
     one, repeat = [api.post("/v1/analyses", files={"file": ("b.png", data)}, headers={**alice, **key},
                             data={"modality": "us", "prompt": json.dumps({"box": box})}) for _ in range(2)]
     assert (one.status_code, repeat.status_code) == (201, 200) and repeat.json() == one.json()
     assert len(api.get("/v1/analyses", headers=alice).json()["items"]) == 2
-    assert len(files_of(pair.client.home, one.json()["image_id"])) == 1
+    assert len(pair.stored(one.json()["image_id"])) == 1
     assert api.get(f"/v1/images/{one.json()['image_id']}/image.png", headers=alice).status_code == 200
 
 
@@ -490,3 +509,185 @@ def test_firestore_stopped_mid_analysis_answers_503_and_a_retry_works(pair, case
     assert sorted(p.name for p in folder.glob("*/*")) == sorted(before + [f"{done['image_id']}.png",
                                                                           f"{done['id']}.json"])
     assert api.get(f"/v1/images/{done['image_id']}/image.png", headers=alice).status_code == 200
+
+
+# Cloud Storage bytes (BRANET_BYTES_STORE=cloud-storage), on the gcp-storage-emulator
+def test_cloud_storage_settings(monkeypatch, tmp_path):
+    for name in ("FIREBASE_AUTH_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1")
+    monkeypatch.setenv("BRANET_BYTES_STORE", "cloud-storage")
+    monkeypatch.setenv("BRANET_STORAGE_BUCKET", BUCKET)
+    from_env = Settings(home=tmp_path, auth="firebase", store="firestore", firebase_project_id=PROJECT)
+    assert (from_env.bytes_store, from_env.storage_bucket) == ("cloud-storage", BUCKET)
+    # google-cloud-storage follows STORAGE_EMULATOR_HOST by itself: only with the emulators allowed
+    with pytest.raises(FirebaseConfigError, match="STORAGE_EMULATOR_HOST is set.*BRANET_FIREBASE_EMULATORS=true"):
+        check_settings(from_env)
+    base = dict(home=tmp_path, auth="firebase", store="firestore", firebase_project_id=PROJECT,
+                firebase_emulators=True, bytes_store="cloud-storage")
+    with pytest.raises(FirebaseConfigError, match="needs BRANET_STORAGE_BUCKET"):
+        check_settings(Settings(**base, storage_bucket=None))
+    with pytest.raises(FirebaseConfigError, match="BRANET_STORE=firestore"):
+        check_settings(Settings(home=tmp_path, bytes_store="cloud-storage"))
+    check_settings(Settings(**base))
+
+
+def object_bytes(storage, name: str) -> bytes:
+    res = httpx.get(f"{storage.url}/download/storage/v1/b/{BUCKET}/o/{quote(name, safe='')}", params={"alt": "media"},
+                    timeout=10)
+    res.raise_for_status()
+    return res.content
+
+
+def one_call(api: TestClient, headers: dict, data: bytes, box: list):
+    return api.post("/v1/analyses", files={"file": ("b.png", data)}, headers=headers,
+                    data={"modality": "us", "prompt": json.dumps({"box": box})})
+
+
+@cloud_only
+def test_the_bytes_are_objects_under_the_users_path(pair, case):
+    api, (data, box), storage = pair.client, case, pair.emulators["storage"]
+    (alice, _), (bob, _) = pair.user(), pair.user()
+    uid = claims_of(alice["Authorization"].split()[1])["user_id"]
+    res = one_call(api, alice, data, box)
+    assert res.status_code == 201, res.text
+    done = res.json()
+    image_object = f"users/{uid}/images/{done['image_id']}.png"
+    pictures_object = f"users/{uid}/analyses/{done['id']}.json"
+    assert storage.objects(prefix=f"users/{uid}/") == sorted([image_object, pictures_object])
+    assert object_bytes(storage, image_object)[:8] == b"\x89PNG\r\n\x1a\n"
+    pictures = json.loads(object_bytes(storage, pictures_object))
+    assert pictures["segmentation.mask_png"] == done["segmentation"]["mask_png"]
+    assert list((pair.client.home / "firestore").glob("*/*")) == []  # nothing in the data folder
+    docs = f"http://{pair.emulators['firestore'].host}/v1/projects/{PROJECT}/databases/(default)/documents"
+    fields = httpx.get(f"{docs}/users/{uid}/images/{done['image_id']}", headers={"Authorization": "Bearer owner"},
+                       timeout=10).json()["fields"]
+    assert fields["object"]["stringValue"] == image_object and "file" not in fields
+    # read back through the API: the full result (pictures from their object), the overlay and the image
+    assert api.get(f"/v1/analyses/{done['id']}", headers=alice).json() == done
+    assert api.get(f"/v1/analyses/{done['id']}/overlay.png", headers=alice).content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert api.get(f"/v1/images/{done['image_id']}/image.png", headers=alice).status_code == 200
+    for path in (f"/v1/analyses/{done['id']}/overlay.png", f"/v1/images/{done['image_id']}/image.png"):
+        assert error(api.get(path, headers=bob)) == (404, "not_found")
+    assert api.delete(f"/v1/analyses/{done['id']}", headers=bob).status_code == 404
+    assert storage.objects(prefix=f"users/{uid}/") == sorted([image_object, pictures_object])
+    # deleting the analysis deletes its bytes (its pictures, and its image: no other analysis uses it)
+    assert api.delete(f"/v1/analyses/{done['id']}", headers=alice).status_code == 204
+    assert storage.objects(prefix=f"users/{uid}/") == []
+
+
+@cloud_only
+def test_cloud_storage_stopped_answers_503_nothing_half_written_and_a_retry_works(pair, case):
+    api, (data, box), storage = pair.client, case, pair.emulators["storage"]
+    alice, _ = pair.user()
+    uid = claims_of(alice["Authorization"].split()[1])["user_id"]
+    kept = one_call(api, alice, data, box).json()
+    before = storage.objects(prefix=f"users/{uid}/")
+    storage.stop()
+    try:
+        start = time.monotonic()
+        res = one_call(api, alice, data, box)
+        elapsed = time.monotonic() - start
+        assert error(res) == (503, "storage_unavailable"), res.text
+        message = res.json()["error"]["message"]
+        assert "Cloud Storage" in message and "nothing was stored" in message, message
+        # the history's documents are in Firestore: the list still answers, without the failed analysis
+        page = api.get("/v1/analyses", headers=alice)
+        assert page.status_code == 200 and [a["id"] for a in page.json()["items"]] == [kept["id"]]
+        start = time.monotonic()
+        full = api.get(f"/v1/analyses/{kept['id']}", headers=alice)  # its pictures are in Cloud Storage
+        read_in = time.monotonic() - start
+        assert error(full) == (503, "storage_unavailable") and read_in < TIMEOUT_S + SLACK_S, read_in
+    finally:
+        storage.start()  # the same port, the same objects (on disk)
+    print(f"\nCloud Storage down: a one-call analysis answered 503 in {elapsed:.1f} s, a stored analysis in "
+          f"{read_in:.1f} s (BRANET_FIREBASE_TIMEOUT_S={TIMEOUT_S:g})")
+    # The models ran before the store: the 503 comes after the analysis time plus the bound.
+    assert storage.objects(prefix=f"users/{uid}/") == before  # no orphan object of the failed request
+    res = one_call(api, alice, data, box)
+    assert res.status_code == 201, res.text
+    done = res.json()
+    assert [a["id"] for a in api.get("/v1/analyses", headers=alice).json()["items"]] == [done["id"], kept["id"]]
+    assert storage.objects(prefix=f"users/{uid}/") == sorted(before + [f"users/{uid}/images/{done['image_id']}.png",
+                                                                       f"users/{uid}/analyses/{done['id']}.json"])
+    assert api.get(f"/v1/analyses/{kept['id']}", headers=alice).json() == kept
+
+
+@cloud_only
+def test_a_hung_firestore_leaves_no_object_of_the_timed_out_write(pair, case):
+    """The bytes are uploaded before the documents: when the documents' write times out (it may still land), its
+    documents and then its objects are removed once Firestore answers again."""
+    api, (data, _), storage, firestore = pair.client, case, pair.emulators["storage"], pair.emulators["firestore"]
+    alice, _ = pair.user()
+    uid = claims_of(alice["Authorization"].split()[1])["user_id"]
+    image = upload(api, alice, data)
+    before = storage.objects(prefix=f"users/{uid}/")
+    firestore.pause()
+    try:
+        start = time.monotonic()
+        res = api.post("/v1/images", files={"file": ("b.png", data)}, data={"modality": "us"}, headers=alice)
+        elapsed = time.monotonic() - start
+    finally:
+        firestore.resume()
+    assert error(res) == (503, "storage_unavailable") and elapsed < TIMEOUT_S + SLACK_S, elapsed
+    assert "Firestore" in res.json()["error"]["message"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and storage.objects(prefix=f"users/{uid}/") != before:
+        time.sleep(0.5)
+    assert storage.objects(prefix=f"users/{uid}/") == before == [f"users/{uid}/images/{image['image_id']}.png"]
+
+
+def test_start_up_repair_sweeps_old_objects_without_documents(emulators, tmp_path):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    from server.firestore_store import FirestoreStore, client
+    from server.store import User
+    bucket = gcs.Client(project=PROJECT, credentials=AnonymousCredentials()).bucket(BUCKET)
+    user = User(f"u{uuid.uuid4().hex[:12]}", "x@example.com")
+    store = FirestoreStore(client(PROJECT), tmp_path, timeout_s=60, bucket=bucket)
+    kept = store.add_image(user, "0" * 64, "us", 4, 4, b"png bytes")
+    store.close()
+    orphans = [f"users/{user.id}/images/{uuid.uuid4().hex}.png", f"users/{user.id}/analyses/{uuid.uuid4().hex}.json"]
+    for name in orphans:  # a crash between the upload and the document
+        bucket.blob(name).upload_from_string(b"x", timeout=10)
+    # another replica may be between its upload and its document: young objects are never swept
+    young = FirestoreStore(client(PROJECT), tmp_path, timeout_s=60, bucket=bucket)
+    young.close()
+    assert young.repaired["objects_without_documents"] == []
+    store = FirestoreStore(client(PROJECT), tmp_path, timeout_s=60, bucket=bucket, sweep_age_s=0)
+    try:
+        assert sorted(store.repaired["objects_without_documents"]) == sorted(orphans)
+        assert emulators["storage"].objects(prefix=f"users/{user.id}/") == [str(kept.file)]
+        assert store.image_png(store.get_image(user, kept.id)) == b"png bytes"
+    finally:
+        store.close()
+
+
+def test_production_bytes_go_to_the_bucket_through_firebase_admin(monkeypatch, tmp_path):
+    """Without the emulators: firebase_admin.storage's bucket, with the service account's credentials, on Google's
+    endpoint (no call is made: building it needs no network)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from server.firebase import admin_app, close_app, storage_bucket
+    for name in ("FIREBASE_AUTH_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    account = tmp_path / "service-account.json"
+    account.write_text(json.dumps({"type": "service_account", "project_id": "my-project", "private_key_id": "k1",
+                                   "private_key": key, "client_email": "branet@my-project.iam.gserviceaccount.com",
+                                   "client_id": "1", "token_uri": "https://oauth2.googleapis.com/token"}))
+    settings = Settings(home=tmp_path, auth="firebase", store="firestore", firebase_project_id="my-project",
+                        firebase_credentials=account, bytes_store="cloud-storage",
+                        storage_bucket="my-project.firebasestorage.app")
+    app = admin_app(settings)
+    try:
+        bucket = storage_bucket(settings, app)
+        assert bucket.name == "my-project.firebasestorage.app" and app.options.get("storageBucket") == bucket.name
+        assert bucket.client._connection.API_BASE_URL == "https://storage.googleapis.com"
+        assert bucket.client._credentials.service_account_email == "branet@my-project.iam.gserviceaccount.com"
+        assert storage_bucket(Settings(home=tmp_path, store="firestore", firebase_project_id="p"), app) is None
+    finally:
+        close_app(app)

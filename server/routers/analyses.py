@@ -139,9 +139,12 @@ def get_analysis(analysis_id: str, user: User = Depends(current_user), svc: Serv
 def get_overlay(analysis_id: str, user: User = Depends(current_user), svc: Services = Depends(services)) -> Response:
     result = _own(analysis_id, user, svc)
     record = svc.history.get_image(user, result["image_id"])
-    if record is None or not record.file.exists():
-        raise ApiError(404, "not_found", f"the image of analysis {analysis_id} is gone")
-    return Response(pipeline.overlay(svc, result, record), media_type="image/png")
+    try:
+        if record is None:
+            raise FileNotFoundError(analysis_id)
+        return Response(pipeline.overlay(svc, result, record), media_type="image/png")
+    except FileNotFoundError:
+        raise ApiError(404, "not_found", f"the image of analysis {analysis_id} is gone") from None
 
 
 @router.delete("/{analysis_id}", status_code=204, response_class=Response, responses=NOT_FOUND,

@@ -62,12 +62,12 @@ async def segment_image(request: SegmentRequest | None = None, record: ImageReco
 @router.get("/{image_id}/image.png", response_class=Response, responses={
     **NOT_FOUND, 200: {"content": {"image/png": {}}, "description": "the stored image, 8-bit gray"}},
     summary="Your stored image as a grayscale PNG (as the classifier reads it)")
-def get_image_png(record: ImageRecord = Depends(own_image)) -> Response:
-    try:
-        with Image.open(record.file) as stored:
-            gray = stored.convert("L")
-    except FileNotFoundError:
-        raise ApiError(404, "not_found", f"the file of image {record.id} is gone") from None
+def get_image_png(record: ImageRecord = Depends(own_image), svc: Services = Depends(services)) -> Response:
+    data = svc.history.image_png(record)
+    if data is None:
+        raise ApiError(404, "not_found", f"the file of image {record.id} is gone")
+    with Image.open(io.BytesIO(data)) as stored:
+        gray = stored.convert("L")
     buf = io.BytesIO()
     gray.save(buf, format="PNG")
     return Response(buf.getvalue(), media_type="image/png", headers=PRIVATE_PNG)
