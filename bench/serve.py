@@ -176,11 +176,14 @@ def main() -> None:
     parser.add_argument("--store", choices=["sqlite", "firestore"], default="sqlite",
                         help="firestore: the store's share of an analysis, Firestore vs SQLite (bench/store_share.py)")
     parser.add_argument("--store-images", type=int, default=21, help="with --store firestore: images (1st: warm-up)")
+    parser.add_argument("--bytes-store", choices=["local", "cloud-storage"], default="local",
+                        help="with --store firestore: where the Firestore server keeps image bytes "
+                             "(BRANET_BYTES_STORE; cloud-storage on the Storage emulator)")
     args = parser.parse_args()
     if args.store == "firestore":
         import store_share
         runtime = args.serve_runtimes[0] if args.serve_runtimes else None
-        out = store_share.run(busi_cases(args.data, args.store_images), runtime)
+        out = store_share.run(busi_cases(args.data, args.store_images), runtime, bytes_store=args.bytes_store)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(out | {"torch_threads": torch.get_num_threads(),

@@ -15,6 +15,8 @@ sign-in), on the real emulators, in one run. Run through `bench/serve.py --store
    Reported: p50 / p95 of latency, store ms and store share (store / latency) per backend, the paired
    Firestore / SQLite ratios of latency, and Firestore's store time over the same image's SQLite analysis.
    Target (issue 22): Firestore's store share <= 5% of the analysis time at concurrency 1.
+   With `bytes_store="cloud-storage"` the Firestore server keeps its bytes in Cloud Storage (PyPI
+   gcp-storage-emulator, started here too): its store time then includes the uploads.
 Everything started here is stopped at the end, also on failure."""
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from server import launcher  # noqa: E402
-from server.firebase_emulators import PROJECT, AuthRest, auth_emulator, firestore_emulator  # noqa: E402
+from server.firebase_emulators import (BUCKET, PROJECT, AuthRest, auth_emulator, firestore_emulator,  # noqa: E402
+                                       storage_emulator)
 
 BACKENDS = ("sqlite", "firestore")
 TARGET_SHARE = 0.05
@@ -45,7 +48,8 @@ def start_server(name: str, home: Path, timings: Path, env_extra: dict, log: Pat
     """The instrumented server (bench/timed_server.py) with `env_extra`, never the emulators of this process'
     environment unless `env_extra` names them."""
     port = launcher.free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")}
     env |= {"BRANET_HOME": str(home), "BRANET_CREATE_DEV_USER": "false", "BRANET_BENCH_TIMINGS": str(timings),
             **env_extra}
     with log.open("a") as out:
@@ -115,7 +119,8 @@ def summarise(rows: dict[str, list[dict]]) -> dict:
 
 def report(summary: dict, threads: str) -> None:
     runtimes = sorted({r for b in BACKENDS for r in summary[b]["encoder_runtimes"]})
-    print(f"\nstore share at concurrency 1 (encoder runtime {', '.join(runtimes)}, torch threads {threads}):")
+    print(f"\nstore share at concurrency 1 (Firestore bytes {summary.get('bytes_store', 'local')}, encoder runtime "
+          f"{', '.join(runtimes)}, torch threads {threads}):")
     print(f"{'backend':>10} {'n':>3} {'p50 ms':>8} {'p95 ms':>8} {'store p50':>10} {'store p95':>10} "
           f"{'share p50':>10} {'share p95':>10} {'auth p50':>9} {'auth p95':>9} {'models p50':>11}")
     for backend in BACKENDS:
@@ -135,18 +140,26 @@ def report(summary: dict, threads: str) -> None:
           f"p95 {'met' if t['met_p95'] else 'NOT met'}")
 
 
-def run(cases: list[tuple[Path, list[int]]], runtime: str | None = None, keep_logs: Path | None = None) -> dict:
-    """cases: (image, box) pairs, the first one the warm-up; each later one goes to both servers."""
+def run(cases: list[tuple[Path, list[int]]], runtime: str | None = None, keep_logs: Path | None = None,
+        bytes_store: str = "local") -> dict:
+    """cases: (image, box) pairs, the first one the warm-up; each later one goes to both servers. bytes_store: the
+    Firestore server's BRANET_BYTES_STORE (local files, or cloud-storage on the Storage emulator)."""
     env_common = {"BRANET_ENCODER_RUNTIME": runtime} if runtime else {}
     procs: dict[str, subprocess.Popen] = {}
     with tempfile.TemporaryDirectory(prefix="branet-store-bench-") as tmp:
         work = Path(tmp)
         failed = True
         firestore, auth = firestore_emulator(work), auth_emulator(work)
+        storage = storage_emulator(work) if bytes_store == "cloud-storage" else None
         try:
             print("starting the Firestore and Auth emulators ...", flush=True)
             firestore.start()
             auth.start()
+            cloud = {}
+            if storage is not None:
+                storage.start()
+                cloud = {"BRANET_BYTES_STORE": "cloud-storage", "BRANET_STORAGE_BUCKET": BUCKET,
+                         "STORAGE_EMULATOR_HOST": storage.url}
             rest = AuthRest(auth.host)
             email = "bench@example.com"
             firebase_token = rest.sign_up(email)["idToken"]
@@ -159,7 +172,7 @@ def run(cases: list[tuple[Path, list[int]]], runtime: str | None = None, keep_lo
                    "firestore": env_common | {
                        "BRANET_AUTH": "firebase", "BRANET_STORE": "firestore", "BRANET_FIREBASE_PROJECT_ID": PROJECT,
                        "BRANET_FIREBASE_EMULATORS": "true", "FIRESTORE_EMULATOR_HOST": firestore.host,
-                       "FIREBASE_AUTH_EMULATOR_HOST": auth.host}}
+                       "FIREBASE_AUTH_EMULATOR_HOST": auth.host} | cloud}
             timings = {b: work / f"timings-{b}.jsonl" for b in BACKENDS}
             ports = {}
             for b in BACKENDS:
@@ -191,12 +204,14 @@ def run(cases: list[tuple[Path, list[int]]], runtime: str | None = None, keep_lo
                 launcher.stop(proc)
             auth.stop()
             firestore.stop()
+            if storage is not None:
+                storage.stop()
             if keep_logs is not None or failed:
                 target = keep_logs or Path(tempfile.mkdtemp(prefix="branet-store-bench-logs-"))
                 target.mkdir(parents=True, exist_ok=True)
                 for log in work.glob("*.log"):
                     (target / log.name).write_bytes(log.read_bytes())
                 print(f"emulator and server logs kept in {target}", file=sys.stderr)
-    summary = summarise(rows)
+    summary = summarise(rows) | {"bytes_store": bytes_store}
     report(summary, os.environ.get("BRANET_TORCH_THREADS", "default"))
     return {"summary": summary, "requests": rows}
