@@ -56,9 +56,11 @@ def test_sam_source_outlines_the_lesion_and_matches_the_server(records, api):
     assert np.array_equal(served, sam[3])
 
 
-def test_sam_masks_fill_the_embedding_cache_in_the_same_pass(records, api):
+def test_sam_masks_fill_the_embedding_cache_in_the_same_pass(records, api, tmp_path, monkeypatch):
     from training.rois.sam_embeddings import EmbeddingWriter, Embeddings, cache_path, is_cached
-    load_inputs(records, "sam", channels=2, progress=False)  # SamViews' pass (cached by the test above)
+    # An empty cache of its own: masks another test cached for these lesions would skip the pass under test
+    monkeypatch.setenv("BRANET_CACHE", str(tmp_path))
+    load_inputs(records, "sam", channels=2, progress=False)  # SamViews' pass
     path = cache_path(records, "litemedsam")
     assert is_cached(path) and not list(path.parent.glob("*.tmp.npy"))
     rgb = np.asarray(Image.open(records[3].image_path).convert("RGB"))
