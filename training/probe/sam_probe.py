@@ -148,7 +148,6 @@ def view_cache(records: list[RoiRecord], sam_name: str, margin: float, regions: 
     import hashlib
 
     from models.encoder_runtime import identity
-    from models.encoder_runtime import identity
     from models.sam import sam_identity
     from training.common.cache import cache_root
     # the token, the stages and the encoder's runtime joined the key later: views cached without them keep
