@@ -189,3 +189,12 @@ def test_probe_sites_scores_the_probe_on_each_site_and_each_held_out_site(data_d
         "busi": (["busbra"], 8), "busbra": (["busi"], 8)}
     assert "trained on busi only" in (out / "report.md").read_text()
     assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    # each held-out site is a site-ablation row: the probe alone, paired on the same lesions
+    ablation = tmp_path / "ablation"
+    res = subprocess.run([sys.executable, "-m", "training", "site-ablation", "--site", "busbra",
+                          "--row", f"probe alone={out / 'held-out-busbra'}", "--row", f"again={out / 'held-out-busbra'}",
+                          "--out", str(ablation)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads((ablation / "site-ablation.json").read_text())
+    assert [r["n"] for r in rows] == [8, 8] and rows[0]["roc_auc"] == rep["held_out"]["busbra"]["roc_auc"]
+    assert rows[1]["delta_auc"] == 0

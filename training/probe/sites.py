@@ -9,7 +9,9 @@ of a folder with several sites (e.g. BUSI and BUS-BRA), with SAM's crop as serve
   threshold with sensitivity >= 0.90 on each site);
 - `held out SITE`: the probe fitted on the other sites, temperature and threshold from their own
   cross-validation, then scored on SITE, which it never saw.
-AUC CIs resample patients. Writes OUT/report.json, report.md and roc.png.
+AUC CIs resample patients. Writes OUT/report.json, report.md and roc.png, and per held-out site
+OUT/held-out-SITE/ (report.json with its threshold, predictions.csv per lesion): a `site-ablation` row, so
+the probe alone is paired with the ResNet18 and the fused model on the same lesions.
 """
 from __future__ import annotations
 
@@ -73,8 +75,21 @@ def probe_sites(records: list[RoiRecord], x: np.ndarray, folds: int = 5) -> dict
         rep = binary_report(y[~train], p, thr_tr, groups=[g for g, keep in zip(groups, train) if not keep])
         report["held_out"][site] = {"trained_on": [s for s in sites if s != site], "temperature": t_tr,
                                     "threshold": thr_tr, **{key: rep[key] for key in ROW_KEYS}}
-        report["curves"][site] = {"y": y[~train].tolist(), "p": p.tolist()}
+        report["curves"][site] = {"y": y[~train].tolist(), "p": p.tolist(),
+                                  "records": [r for r, keep in zip(records, train) if not keep]}
     return report
+
+
+def write_held_out(out: Path, site: str, row: dict, records: list[RoiRecord], p: list[float]) -> None:
+    """OUT/held-out-SITE/ in the layout `site-ablation` reads (as train-classifier's OUT/holdout)."""
+    import csv
+    folder = out / f"held-out-{site}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(row, indent=2, allow_nan=False) + "\n")
+    with open(folder / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["lesion_id", "group", "source", "label", "p_malignant"])
+        w.writerows([r.lesion_id, r.group, r.source, r.label, repr(float(q))] for r, q in zip(records, p))
 
 
 def markdown(report: dict) -> str:
@@ -118,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
     curves = report.pop("curves")
     (args.out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     (args.out / "report.md").write_text(markdown(report))
+    for site, c in curves.items():
+        write_held_out(args.out, site, report["held_out"][site], c["records"], c["p"])
     plot_roc([(f"{s} held out", c["y"], c["p"]) for s, c in curves.items()], args.out / "roc.png",
              "SAM probe alone, trained on the other site")
     print(markdown(report))
