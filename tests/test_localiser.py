@@ -21,7 +21,13 @@ def test_candidates_are_regions_in_image_pixels_best_first():
     prob[20:22, 10:12] = 0.6  # a weaker one, still above half the peak
     prob[30:, 30:] = 1.0  # in SAM's padding (the image covers 768 x 1024 input pixels): ignored
     found = candidates_of(prob, input_size=(768, 1024), original_size=(384, 512))
-    assert found == [Candidate((64, 32, 128, 64), pytest.approx(0.9)), Candidate((160, 320, 192, 352), pytest.approx(0.6))]
+    assert found == [Candidate((64, 32, 128, 64), pytest.approx(0.9), pytest.approx(7.2)),
+                     Candidate((160, 320, 192, 352), pytest.approx(0.6), pytest.approx(2.4))]  # mass: summed cells
+    by_mass = candidates_of(prob, input_size=(768, 1024), original_size=(384, 512), rank_by="mass")
+    assert [c.box for c in by_mass] == [(64, 32, 128, 64), (160, 320, 192, 352)]  # 8 cells at 0.9 before 4 at 0.6
+    prob[20:26, 10:16] = 0.6  # the weaker region now larger: first by mass, second by peak
+    assert candidates_of(prob, (768, 1024), (384, 512), rank_by="mass")[0].box == (160, 320, 256, 384)  # to the image
+    assert candidates_of(prob, (768, 1024), (384, 512))[0].box == (64, 32, 128, 64)
 
 
 def test_train_localiser_quick_reports_cv_held_out_and_exports(data_dir, tmp_path, capsys):

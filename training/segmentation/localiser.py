@@ -11,12 +11,14 @@ normal images, training loss).
 
 Protocol, nothing tuned on a test fold:
 - `cv`: group-aware 5-fold CV on `--cv-source` (BUSI: lesion and normal images, patients and near
-  duplicates never straddle folds). Each fold's "lesion found" threshold is fitted on the other folds'
-  out-of-fold scores (cross-fitted), by the served rule: the largest threshold that still finds
-  `--find-rate` of the lesion images.
-- `held out SITE`: fitted on `--cv-source` alone, threshold from its own CV, scored on SITE (BUS-BRA),
-  which it never saw: the estimate for a hospital the project never sees.
-- `served`: fitted on every `--sources` site, threshold from the pooled out-of-fold scores.
+  duplicates never straddle folds). Each fold trains on its other folds plus every `--cv-extra` image
+  (default: the other sites, as the served fit; test folds stay BUSI only). Each fold's "lesion found"
+  threshold is fitted on the other folds' out-of-fold scores (cross-fitted), by the served rule: the
+  largest threshold that still finds `--find-rate` of the lesion images.
+- `held out SITE`: fitted on `--cv-source` alone, scored on SITE (BUS-BRA), which it never saw: the
+  estimate for a hospital the project never sees. Its threshold is the CV's (all out-of-fold scores).
+- `served`: fitted on every `--sources` site, threshold from the CV's pooled out-of-fold scores.
+Training (`Recipe`): the recipe is the same for every fit; `--flip` mirrors half of each batch.
 Per image: the best candidate's box goes to LiteMedSAM as a drawn box would; Dice and IoU of that
 outline against the experts' mask (a lesion not found scores 0), detected = IoU >= 0.5, "found" on a
 normal image is a false positive; the drawn-box Dice (the experts' box) is the ceiling beside it.
@@ -35,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.localiser import GRID, Localiser, LocaliserNet, upsampled, valid_cells
+from models.localiser import DILATIONS, GRID, RANK_BY, WIDTH, Localiser, LocaliserNet, upsampled, valid_cells
 from training.datasets.roi_table import RoiRecord
 
 SAM = "litemedsam"  # the box route's SAM for both modalities (server.settings DEFAULT_ROUTE, manifest input.sam)
@@ -49,6 +51,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sources", nargs="+", help="sites the served localiser is fitted on (default: all of the modality)")
     p.add_argument("--cv-source", help="the site cross-validated and held-out runs train on (default: the first site)")
     p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--width", type=int, default=WIDTH, help="the head's channels (the served net: models.localiser.WIDTH)")
+    p.add_argument("--dilations", type=int, nargs="+", default=list(DILATIONS), help="one dilated 3x3 conv each")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="mirror half of each batch left-right (embedding and target, within the image's columns)")
+    p.add_argument("--cv-extra", nargs="*", default=None,
+                   help="sites added to every CV fold's training images, never to a test fold (default: the other "
+                        "--sources, as the served fit has them; none given: --cv-source alone). The held-out "
+                        "row's fit stays on --cv-source alone")
+    p.add_argument("--rank-by", choices=("peak", "mass"), default=RANK_BY,
+                   help="candidate order: the region's highest probability or its summed probability")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--find-rate", type=float, default=FIND_RATE)
     p.add_argument("--seed", type=int, default=0)
@@ -164,13 +176,45 @@ def pooled(data: Encoded, progress: bool) -> torch.Tensor:
     return torch.cat(out)
 
 
-def fit(data: Encoded, reduced: torch.Tensor, index: np.ndarray, epochs: int, seed: int, progress: bool,
+@dataclass(frozen=True)
+class Recipe:
+    """How a head is built and trained: the same for every fold, the held-out fit and the served fit."""
+
+    epochs: int = 16
+    width: int = WIDTH
+    dilations: tuple[int, ...] = DILATIONS
+    flip: bool = True
+
+    def net(self) -> LocaliserNet:
+        return LocaliserNet(width=self.width, dilations=self.dilations)
+
+
+def mirror_index(cols: int, grid: int = GRID) -> torch.Tensor:
+    """Column order that mirrors the first `cols` columns (the image; SAM pads on the right) in place."""
+    order = torch.arange(grid)
+    order[:cols] = order[:cols].flip(0)
+    return order
+
+
+def mirrored(x: torch.Tensor, t: torch.Tensor, cols: np.ndarray, rng: np.random.Generator
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half of a batch mirrored left-right: a lesion's look does not depend on its side, and BUSI is small.
+    (A mirrored embedding is not exactly the embedding of the mirrored image: an augmentation, no more.)"""
+    x, t = x.clone(), t.clone()
+    for j in np.flatnonzero(rng.random(len(cols)) < 0.5):
+        order = mirror_index(int(cols[j]), x.shape[-1])
+        x[j], t[j] = x[j][..., order], t[j][..., order]
+    return x, t
+
+
+def fit(data: Encoded, reduced: torch.Tensor, index: np.ndarray, recipe: Recipe, seed: int, progress: bool,
         desc: str = "fit") -> tuple[LocaliserNet, list[float]]:
     """LocaliserNet on `index`'s images (`reduced`: `pooled(data)`): cell-wise BCE plus soft Dice on lesion
     images, AdamW, one cycle. Returns the net and the loss per epoch."""
     torch.manual_seed(seed)
-    net = LocaliserNet()
+    net, epochs = recipe.net(), recipe.epochs
     rng = np.random.default_rng(seed)
+    cols = np.array([valid_cells(s)[1] for s in data.input_size])
     batch = 16
     steps = epochs * int(np.ceil(len(index) / batch))
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-3)
@@ -183,8 +227,10 @@ def fit(data: Encoded, reduced: torch.Tensor, index: np.ndarray, epochs: int, se
         order = index[rng.permutation(len(index))]
         for start in range(0, len(order), batch):
             at = torch.from_numpy(order[start:start + batch])
-            t, v = targets[at], valid[at]
-            logits = net.head(reduced[at])[:, 0]
+            x, t, v = reduced[at], targets[at], valid[at]
+            if recipe.flip:
+                x, t = mirrored(x, t, cols[at.numpy()], rng)
+            logits = net.head(x)[:, 0]
             bce = (F.binary_cross_entropy_with_logits(logits, t, reduction="none") * v).sum() / v.sum()
             p = torch.sigmoid(logits) * v
             has = t.flatten(1).sum(1) > 0
@@ -293,18 +339,22 @@ def quick_subset(images: list[LesionImage], per: int = 12) -> list[LesionImage]:
     return [im for im in images if im in keep]
 
 
-def cross_validate(data: Encoded, reduced: torch.Tensor, index: np.ndarray, folds: int, epochs: int, find_rate: float, seed: int,
-                   segmenter, progress: bool) -> tuple[list[dict], list[float], float, list[list[float]]]:
+def cross_validate(data: Encoded, reduced: torch.Tensor, index: np.ndarray, folds: int, recipe: Recipe,
+                   find_rate: float, seed: int, segmenter, progress: bool, extra: np.ndarray | None = None,
+                   rank_by: str = RANK_BY) -> tuple[list[dict], list[float], float, list[list[float]]]:
     """Group-aware CV on `index`: per-image rows scored by each fold's net at its cross-fitted threshold
     (fitted on the other folds' out-of-fold scores), those thresholds, the threshold of all out-of-fold
-    scores (for nets fitted on all of `index`), and each fold's loss curve."""
+    scores (for nets fitted on all of `index`), and each fold's loss curve. `extra` (another site's images)
+    joins every fold's training images, never a test fold."""
+    extra = np.array([], int) if extra is None else extra
     from training.rois.splits import folds_of
     lesion = np.array([not im.normal for im in data.images])
     splits = folds_of([site_record(data.images[i]) for i in index], folds, seed)
     oof = np.zeros(len(data.images))
     nets, curves = [], []
     for k, (train, test) in enumerate(splits):
-        net, losses = fit(data, reduced, index[train], epochs, seed + k, progress, f"fold {k + 1}/{folds}")
+        net, losses = fit(data, reduced, np.concatenate([index[train], extra]), recipe, seed + k, progress,
+                          f"fold {k + 1}/{folds}")
         oof[index[test]] = peak_scores(net, reduced, data, index[test])
         nets.append(net)
         curves.append(losses)
@@ -313,8 +363,8 @@ def cross_validate(data: Encoded, reduced: torch.Tensor, index: np.ndarray, fold
         others = np.concatenate([index[t] for j, (_, t) in enumerate(splits) if j != k])
         threshold = fit_threshold(oof[others], lesion[others], find_rate)
         thresholds.append(round(threshold, 4))
-        rows += score_images(Localiser(nets[k], SAM, threshold), data, index[test], segmenter, progress,
-                             f"fold {k + 1} outlines")
+        rows += score_images(Localiser(nets[k], SAM, threshold, rank_by=rank_by), data, index[test], segmenter,
+                             progress, f"fold {k + 1} outlines")
     return rows, thresholds, fit_threshold(oof[index], lesion[index], find_rate), curves
 
 
@@ -341,30 +391,34 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         images = quick_subset(images)
     folds, epochs = (2, 2) if args.quick else (args.folds, args.epochs)
+    recipe = Recipe(epochs, args.width, tuple(args.dilations), args.flip)
     data = encode(images, progress)
     site = np.array([im.source for im in data.images])
     segmenter = SamSegmenter(load_sam(SAM))
     cv = np.flatnonzero(site == cv_source)
+    if args.cv_extra is None:  # the CV folds train on what the served fit trains on, less the test fold
+        args.cv_extra = [s for s in sources if s != cv_source]
+    extra = np.flatnonzero(np.isin(site, [s for s in args.cv_extra if s != cv_source]))
 
     reduced = pooled(data, progress)
-    rows, thresholds, cv_threshold, curves = cross_validate(data, reduced, cv, folds, epochs, args.find_rate, args.seed,
-                                                            segmenter, progress)
+    rows, thresholds, cv_threshold, curves = cross_validate(data, reduced, cv, folds, recipe, args.find_rate,
+                                                            args.seed, segmenter, progress, extra, args.rank_by)
     for r in rows:
         r["protocol"] = "cv"
     report: dict = {"modality": args.modality, "sam": SAM, "cv_source": cv_source, "sources": sources,
-                    "find_rate": args.find_rate, "epochs": epochs, "folds": folds,
+                    "find_rate": args.find_rate, "epochs": epochs, "folds": folds, "recipe": recipe_of(recipe, args),
                     "cv": {cv_source: summarise(rows, thresholds)}, "held_out": {}}
     held = [s for s in sources if s != cv_source]
     if held:
-        net, _ = fit(data, reduced, cv, epochs, args.seed, progress, f"{cv_source} only")
+        net, _ = fit(data, reduced, cv, recipe, args.seed, progress, f"{cv_source} only")
         for s in held:
-            scored = score_images(Localiser(net, SAM, cv_threshold), data, np.flatnonzero(site == s), segmenter,
+            scored = score_images(Localiser(net, SAM, cv_threshold, rank_by=args.rank_by), data, np.flatnonzero(site == s), segmenter,
                                   progress, f"{s} held out")
             for r in scored:
                 r["protocol"] = f"trained on {cv_source}"
             report["held_out"][s] = summarise(scored, round(cv_threshold, 4))
             rows += scored
-    served, losses = fit(data, reduced, np.arange(len(data.images)), epochs, args.seed, progress, "served")
+    served, losses = fit(data, reduced, np.arange(len(data.images)), recipe, args.seed, progress, "served")
     curves.append(losses)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -373,7 +427,7 @@ def run(args: argparse.Namespace) -> int:
     report["seconds"] = round(time.perf_counter() - started, 1)
     entry = {"name": name, "file": f"{name}.safetensors", "sha256": sha, "modality": args.modality, "sam": SAM,
              "threshold": round(cv_threshold, 4),
-             "training": {"epochs": epochs, "seed": args.seed, "find_rate": args.find_rate, "cv_source": cv_source,
+             "training": {**recipe_of(recipe, args), "seed": args.seed, "find_rate": args.find_rate, "cv_source": cv_source,
                           "threshold_from": f"out-of-fold scores of the {cv_source} CV", "seconds": report["seconds"]},
              "data": {s: int((site == s).sum()) for s in sources},
              "metrics": {"cv": report["cv"], "held_out": report["held_out"]},
@@ -385,6 +439,13 @@ def run(args: argparse.Namespace) -> int:
     plots(rows, curves, cv_threshold, args.out)
     print(markdown(report))
     return 0
+
+
+def recipe_of(recipe: Recipe, args: argparse.Namespace) -> dict:
+    """The recipe as the entry and report record it. models.localiser's WIDTH, DILATIONS and RANK_BY must
+    equal the served entry's: the server builds `LocaliserNet()` and ranks by RANK_BY."""
+    return {"epochs": recipe.epochs, "width": recipe.width, "dilations": list(recipe.dilations), "flip": recipe.flip,
+            "cv_extra": list(args.cv_extra), "rank_by": args.rank_by}
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
