@@ -28,10 +28,11 @@ POOL = 2  # the head reads the embedding pooled to 32 x 32 cells: 4x less work
 GRID = EMBEDDING_GRID // POOL
 UPSAMPLE = 4  # candidates are read on the probabilities upsampled to 128 x 128
 CHANNELS = 256
-# The served architecture. manifest.load_localiser builds `LocaliserNet()`, so these defaults must match the
-# served file (export checks every weight's shape; train-localiser writes them into the entry's `training`).
+# train-localiser's recipe. Each entry records its own (`training`: width, dilations, rank_by) and
+# manifest.load_localiser builds the net from that, so a model trained with other settings is served as trained.
 WIDTH = 32
 DILATIONS = (1, 2, 4, 8)
+FIRST_DILATIONS = (1, 2, 4)  # entries written before the design was recorded
 RANK_BY = "peak"  # candidates are ranked by their region's "peak" probability or its "mass" (sum, in cells)
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from models.classifier import build_classifier
 from models.files import WeightsError, sha256_file, verified_file
-from models.localiser import Localiser, LocaliserNet
+from models.localiser import FIRST_DILATIONS, RANK_BY, WIDTH, Localiser, LocaliserNet
 from models.probe_head import Region, SamProbe, Stage, probe_size
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -193,5 +193,9 @@ def load_localiser(entry: LocaliserEntry, weights_dir: Path = WEIGHTS_DIR,
                    device: str | torch.device = "cpu") -> Localiser:
     """The entry's verified localiser, float32, eval mode."""
     path = verified_file(Path(weights_dir) / entry.file, entry.sha256, "localiser file")
-    net = load_state(LocaliserNet(), path, "localiser file", " LocaliserNet")
-    return Localiser(net.to(device), entry.sam, entry.threshold, entry.level, entry.limit)
+    design = entry.training
+    net = LocaliserNet(width=design.get("width", WIDTH),
+                       dilations=tuple(design.get("dilations", FIRST_DILATIONS)))  # as trained, not as today's code
+    net = load_state(net, path, "localiser file", " LocaliserNet")
+    return Localiser(net.to(device), entry.sam, entry.threshold, entry.level, entry.limit,
+                     rank_by=design.get("rank_by", RANK_BY))

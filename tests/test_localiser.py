@@ -100,6 +100,27 @@ def test_served_localiser_finds_and_outlines_real_lesions(busi_dir):
     assert np.mean(dice) > 0.6, dice
 
 
+def test_the_served_net_is_built_as_its_entry_records(tmp_path):
+    """Dilations do not change a weight's shape, so only the entry can say which were trained: the loader
+    builds the recorded design (and the first design for entries written before it was recorded)."""
+    from models.localiser import FIRST_DILATIONS
+    from models.manifest import save_classifier
+    torch.manual_seed(0)
+    features = torch.randn(1, 256, 64, 64)
+    for training, dilations in (({"width": 16, "dilations": [1, 3], "rank_by": "mass"}, (1, 3)),
+                                ({}, FIRST_DILATIONS)):
+        net = LocaliserNet(width=training.get("width", 32), dilations=dilations).eval()
+        path = tmp_path / f"net{len(dilations)}.safetensors"
+        sha = save_classifier(net, path)
+        entry = LocaliserEntry(name="localiser-us", file=path.name, sha256=sha, modality="us", sam="litemedsam",
+                               threshold=0.5, training=training)
+        served = load_localiser(entry, tmp_path)
+        assert served.net.dilations == dilations and served.rank_by == training.get("rank_by", "peak")
+        with torch.no_grad():
+            want = net(features)
+        assert torch.allclose(served.net(features), want, atol=2e-2)  # fp16 file
+
+
 def test_a_net_that_does_not_fit_is_refused(tmp_path):
     net = LocaliserNet(width=16)
     path = tmp_path / "small.safetensors"

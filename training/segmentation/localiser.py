@@ -442,8 +442,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def recipe_of(recipe: Recipe, args: argparse.Namespace) -> dict:
-    """The recipe as the entry and report record it. models.localiser's WIDTH, DILATIONS and RANK_BY must
-    equal the served entry's: the server builds `LocaliserNet()` and ranks by RANK_BY."""
+    """The recipe as the entry and report record it; the server builds and ranks by the entry's width,
+    dilations and rank_by (models.manifest.load_localiser)."""
     return {"epochs": recipe.epochs, "width": recipe.width, "dilations": list(recipe.dilations), "flip": recipe.flip,
             "cv_extra": list(args.cv_extra), "rank_by": args.rank_by}
 
