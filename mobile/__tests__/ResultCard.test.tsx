@@ -77,5 +77,18 @@ test('what the recipe did at a hospital it never saw is shown next to the cross-
     sensitivity: 0.812, specificity: 0.7, ece: 0.09 };
   show('en', { ...us, quality: { ...us.quality!, out_of_site: [unseen] } });
   expect(screen.getByTestId('out-of-site-busbra')).toHaveTextContent(
-    'Trained on busi only and tested on busbra, a hospital it never saw: AUC 0.84 (95% CI 0.81–0.88); sensitivity 81%, specificity 70%.');
+    'Its recipe, trained on BUSI only and tested on BUS-BRA, a hospital it never saw: AUC 0.84 (95% CI 0.81–0.88); sensitivity 81%, specificity 70%.');
+});
+
+test('a model trained on two sites shows each site\'s cross-validation; one site shows none apart', () => {
+  const us = byModality('us');
+  const site = (name: string, auc: number) => ({ site: name, n: 600, auc, auc_ci: [auc - 0.03, auc + 0.02] as [number, number],
+    sensitivity: 0.9, specificity: 0.65 });
+  show('es', { ...us, quality: { ...us.quality!, sites: [site('busbra', 0.871), site('busi', 0.944)] } });
+  expect(screen.getByTestId('site-quality-busbra')).toHaveTextContent(
+    'BUS-BRA, en validación cruzada: AUC 0.87 (IC 95 % 0.84–0.89); sensibilidad 90%, especificidad 65%.');
+  expect(screen.getByTestId('site-quality-busi')).toHaveTextContent('BUSI, en validación cruzada: AUC 0.94', { exact: false });
+  screen.unmount();
+  show('en', { ...us, quality: { ...us.quality!, sites: [site('busi', 0.944)] } });
+  expect(screen.queryByTestId('site-quality-busi')).toBeNull();
 });

@@ -12,6 +12,10 @@ import { Body, Button, Card, Notice } from './ui';
 export const WEAK_AUC = 0.8;
 
 const pct = (v: number) => `${(v * 100).toFixed(0)}%`;
+const SITE_NAMES: Record<string, string> = { busi: 'BUSI', busbra: 'BUS-BRA', mias: 'mini-MIAS' };
+const siteName = (site: string) => SITE_NAMES[site] ?? site;
+const fixed = (v: number | null | undefined) => (v === null || v === undefined ? '–' : v.toFixed(2));
+const percent = (v: number | null | undefined) => (v === null || v === undefined ? '–' : pct(v));
 
 export function ProbabilityBar({ p, threshold }: { p: number; threshold: number }) {
   const palette = usePalette();
@@ -47,12 +51,19 @@ export function QualityLine({ classifier }: { classifier: ServedClassifier | nul
           sens: pct(q.sensitivity), spec: pct(q.specificity),
         })}
       </Body>
+      {(q.sites ?? []).length > 1 && (q.sites ?? []).map((s) => (
+        <Body muted key={s.site} testID={`site-quality-${s.site}`}>
+          {t('result.siteQuality', {
+            site: siteName(s.site), auc: fixed(s.auc), lo: fixed(s.auc_ci?.[0]), hi: fixed(s.auc_ci?.[1]),
+            sens: percent(s.sensitivity), spec: percent(s.specificity),
+          })}
+        </Body>
+      ))}
       {(q.out_of_site ?? []).map((o) => (
         <Body muted key={`${o.site}-${o.trained_on.join('+')}`} testID={`out-of-site-${o.site}`}>
           {t('result.outOfSite', {
-            site: o.site, trained: o.trained_on.join(', '), auc: o.auc === null ? '–' : o.auc.toFixed(2),
-            lo: o.auc_ci ? o.auc_ci[0].toFixed(2) : '–', hi: o.auc_ci ? o.auc_ci[1].toFixed(2) : '–',
-            sens: o.sensitivity === null ? '–' : pct(o.sensitivity), spec: o.specificity === null ? '–' : pct(o.specificity),
+            site: siteName(o.site), trained: o.trained_on.map(siteName).join(', '), auc: fixed(o.auc),
+            lo: fixed(o.auc_ci?.[0]), hi: fixed(o.auc_ci?.[1]), sens: percent(o.sensitivity), spec: percent(o.specificity),
           })}
         </Body>
       ))}
