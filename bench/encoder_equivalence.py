@@ -11,6 +11,8 @@
    PyTorch's (target: <= 0.01).
 Every image is encoded by every runtime in the same process, one after the other, so the encode times
 (median ms and the ratio to PyTorch) are measured under the same load.
+Each image's figures are appended to OUT with `.jsonl` for `.json` as it finishes; a rerun with the same
+runtimes, SAM and served classifier goes on after the images already there (a full run takes hours here).
 """
 from __future__ import annotations
 
@@ -96,21 +98,22 @@ def main() -> None:
     mask_dice = {r: [] for r in args.runtimes}
     encode_ms = {r: [] for r in names}
     p_mal = {r: [] for r in names}
+    rows = args.out.with_suffix(".jsonl")
+    done = resumed(rows, {"runtimes": names, "sam": sam.name, "classifier": entry.sha256})
     start = time.perf_counter()
     for i, path in enumerate(images):
-        rgb = np.asarray(Image.open(path).convert("RGB"))
-        masks: dict[str, list[np.ndarray]] = {}
+        key = str(path.relative_to(args.data))
+        row = done.get(key) or measure(path, found[path], path in analysed, names, segmenters, model, entry, probe)
+        if key not in done:
+            with open(rows, "a") as f:
+                f.write(json.dumps({"image": key, **row}) + "\n")
         for r in names:
-            t = time.perf_counter()
-            embedding = segmenters[r].encode(rgb)
-            encode_ms[r].append((time.perf_counter() - t) * 1000)
-            segs = [segmenters[r].predict(embedding, Prompt(box=list(box_of_mask(m)))) for m in found[path]]
-            masks[r] = [s.mask for s in segs]
-            expert_dice[r] += [dice(s.mask, m) for s, m in zip(segs, found[path])]
-            if path in analysed:
-                p_mal[r].append(p_malignant(segmenters[r], embedding, segs[0], rgb, model, entry, probe))
+            encode_ms[r].append(row["encode_ms"][r])
+            expert_dice[r] += row["expert_dice"][r]
+            if row["p_malignant"]:
+                p_mal[r].append(row["p_malignant"][r])
         for r in args.runtimes:
-            mask_dice[r] += [dice(a, b) for a, b in zip(masks["torch"], masks[r])]
+            mask_dice[r] += row["mask_dice"][r]
         if i % 25 == 0 or i == len(images) - 1:
             print(f"{i + 1}/{len(images)} images, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
             report = summary(sam.name, i + 1 == len(images), names, args.runtimes, expert_dice, mask_dice, encode_ms,
@@ -118,6 +121,45 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2) + "\n")  # so far: a long run can be read as it goes
     print(json.dumps(report, indent=2))
+
+
+def measure(path: Path, experts: list[np.ndarray], analyse: bool, names: list[str], segmenters, model, entry,
+            probe) -> dict:
+    """One image through every runtime: encode time, box masks from each expert mask's box, p(malignant)."""
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    row: dict = {"encode_ms": {}, "expert_dice": {}, "mask_dice": {}, "p_malignant": {}}
+    masks: dict[str, list[np.ndarray]] = {}
+    for r in names:
+        t = time.perf_counter()
+        embedding = segmenters[r].encode(rgb)
+        row["encode_ms"][r] = (time.perf_counter() - t) * 1000
+        segs = [segmenters[r].predict(embedding, Prompt(box=list(box_of_mask(m)))) for m in experts]
+        masks[r] = [s.mask for s in segs]
+        row["expert_dice"][r] = [dice(s.mask, m) for s, m in zip(segs, experts)]
+        if analyse:
+            row["p_malignant"][r] = p_malignant(segmenters[r], embedding, segs[0], rgb, model, entry, probe)
+    row["mask_dice"] = {r: [dice(a, b) for a, b in zip(masks["torch"], masks[r])] for r in names if r != "torch"}
+    return row
+
+
+def resumed(rows: Path, header: dict) -> dict[str, dict]:
+    """The images already measured in `rows` under the same header (runtimes, SAM, classifier); a file of
+    another setup is started afresh."""
+    lines = []
+    for text in rows.read_text().splitlines() if rows.is_file() else []:
+        try:
+            lines.append(json.loads(text))
+        except ValueError:  # the line a killed run was writing
+            break
+    if not lines or lines[0] != header:
+        lines = [header]
+    rows.parent.mkdir(parents=True, exist_ok=True)
+    tmp = rows.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    tmp.replace(rows)
+    if len(lines) > 1:
+        print(f"going on after {len(lines) - 1} images in {rows}", file=sys.stderr)
+    return {line.pop("image"): line for line in lines[1:]}
 
 
 def summary(sam: str, complete: bool, names, runtimes, expert_dice, mask_dice, encode_ms, p_mal, threshold,
