@@ -19,7 +19,7 @@ BUSI_PICK = {"benign": [1, 2, 3, 4, 5, 7], "malignant": [1, 2, 3, 4, 5, 6]}  # b
 MIAS_PICK = ["mdb001", "mdb002", "mdb028", "mdb184"]  # 2 benign, 2 malignant
 KEYS = {"modality", "n", "roc_auc", "roc_auc_ci", "accuracy", "sensitivity", "specificity", "f1", "ece",
         "confusion_matrix", "model_sha256", "model", "threshold", "ppv", "npv", "mcc", "per_class", "data",
-        "roi_source"}
+        "roi_source", "trained_on", "regime"}
 
 
 @pytest.fixture(scope="module")

@@ -126,6 +126,11 @@ def test_holdout_site_trains_and_calibrates_on_the_other_site(data_dir, tmp_path
         attach_out_of_site(entry, [{**row, "model_sha256": "0" * 64}])
     with pytest.raises(WeightsError, match="not out of site"):
         attach_out_of_site(entry, [{**row, "tested_on": "busi"}])
+    # another model of the recipe, trained on other sites: its row keeps its own sites and sha256
+    other = {**row, "model_sha256": "0" * 64, "trained_on": ["busbra"], "tested_on": "busi"}
+    assert attach_out_of_site(entry, [other]).metrics["out_of_site"] == [other]
+    with pytest.raises(WeightsError, match="not out of site"):
+        attach_out_of_site(entry, [{**other, "tested_on": "busbra"}])
 
 
 def test_holdout_site_must_be_one_of_several(data_dir, tmp_path, capsys):

@@ -47,7 +47,8 @@ def out_of_site(reports: list[Path]) -> dict[str, list[dict]]:
             rep = json.loads(Path(path).read_text())
             if "model_sha256" in rep and "site" not in rep:  # evaluate: these very weights on one other site
                 (site,) = rep["data"]["sources"]
-                row = {"tested_on": site, "model_sha256": rep["model_sha256"], "protocol": "evaluate"}
+                row = {"tested_on": site, "model_sha256": rep["model_sha256"], "protocol": "evaluate",
+                       **({"trained_on": rep["trained_on"], "regime": rep["regime"]} if rep.get("trained_on") else {})}
             else:
                 row = {"trained_on": rep["trained_on"], "tested_on": rep["site"], "regime": rep["regime"],
                        "protocol": "holdout"}
@@ -60,18 +61,23 @@ def out_of_site(reports: list[Path]) -> dict[str, list[dict]]:
 
 
 def attach_out_of_site(entry: ModelEntry, rows: list[dict]) -> ModelEntry:
-    """The entry with these out-of-site rows in its metrics; an evaluate row must be of this very model, on
-    a site it was not trained on."""
+    """The entry with these out-of-site rows in its metrics. An evaluate row is of this very model on a site
+    it was not trained on, or of the recipe's model trained on other sites (the report says which: the
+    estimate for a new hospital once the exported model has seen every site there is)."""
     trained_on = sorted(entry.data.get("sources", {}))
     checked = []
     for row in rows:
         if row["protocol"] == "evaluate":
-            if row["model_sha256"] != entry.sha256:
+            mine = row["model_sha256"] == entry.sha256
+            if not mine and not row.get("trained_on"):
                 raise WeightsError(f"an --out-of-site evaluate report is of model {row['model_sha256'][:12]}, "
-                                   f"not of the exported {entry.name} {entry.sha256[:12]}")
-            if row["tested_on"] in trained_on:
-                raise WeightsError(f"{entry.name} was trained on {row['tested_on']}: that is not out of site")
-            row = {"trained_on": trained_on, **{k: v for k, v in row.items() if k != "model_sha256"}}
+                                   f"not of the exported {entry.name} {entry.sha256[:12]}, and does not say what "
+                                   "that model was trained on")
+            seen = trained_on if mine else row["trained_on"]
+            if row["tested_on"] in seen:
+                raise WeightsError(f"{entry.name if mine else row['model_sha256'][:12]} was trained on "
+                                   f"{row['tested_on']}: that is not out of site")
+            row = {"trained_on": seen, **{k: v for k, v in row.items() if not (mine and k == "model_sha256")}}
         checked.append(row)
     return entry.model_copy(update={"metrics": {**entry.metrics, "out_of_site": checked}})
 

@@ -224,6 +224,10 @@ def evaluate(data: Path, weights: Path, out: Path, modality: str | None = None, 
     rep: dict[str, Any] = {
         "model": name,
         "model_sha256": entry.sha256,
+        # what the model was trained on: export takes this report as an out-of-site row of the same recipe
+        # for a model trained on other sites too (a site listed here is not out of site)
+        "trained_on": sorted(entry.data.get("sources", {})),
+        "regime": entry.regime,
         "modality": modality,
         **metrics,
         # Each source is a site (hospital, scanner): the pooled figures can hide one that fails.
