@@ -41,6 +41,7 @@ def test_served_script_trains_the_served_recipe(data_dir, tmp_path):
         load_classifier(name, weights)  # sha256 and shape verified
         want = served[name]
         assert (entry.architecture, entry.input, entry.regime) == (want.architecture, want.input, want.regime)
+        assert sorted(entry.data["sources"]) == sorted(want.data["sources"]), name  # the sites trained on
         shared = (set(entry.training) & set(want.training)) - QUICK_KEYS
         assert {k: entry.training[k] for k in shared} == {k: want.training[k] for k in shared}, name
     probe, want = trained["classifier-us"].sam_probe, served["classifier-us"].sam_probe

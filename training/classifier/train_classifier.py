@@ -497,8 +497,9 @@ def per_site_markdown(report: dict) -> list[str]:
     rows = report.get("per_site", {})
     if len(rows) < 2:
         return []
-    return [f"Out-of-fold predictions per site (source), temperature and threshold {report['threshold']:.3f} "
-            "fitted on all sites pooled:", "", *site_table(rows, report["threshold"]), ""]
+    return [f"Out-of-fold predictions per site (source): temperature fitted on all sites pooled, threshold "
+            f"{report['threshold']:.3f} the largest keeping sensitivity >= "
+            f"{report['config']['target_sensitivity']:.2f} on each site:", "", *site_table(rows, report["threshold"]), ""]
 
 
 def served_as_markdown(report: dict) -> list[str]:
