@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, h
         users, history, close_backends = open_backends(settings, host)
         app.state.users = users
         app.state.services = Services(settings, engine, history, ImageMemory(history.image_png))
-        registry = ModelRegistry(settings.models_root)
+        registry = ModelRegistry(settings.models_root, settings.weights)
         registry.clean_staging()
         app.state.models = ModelManager(settings, registry, engine)
         follower = asyncio.create_task(follow_models(app.state.models, settings.models_poll_s))

@@ -105,12 +105,17 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 class ModelRegistry:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, committed: Path | None = None):
         self.root = Path(root)
         self.versions_dir = self.root / "versions"
         self.staging_dir = self.root / ".staging"
         self.active_path = self.root / "active.json"
         self.audit_path = self.root / "audit.jsonl"
+        # This checkout's committed weights folder. A committed version whose sha256 it holds is read from it,
+        # not from the folder recorded when the version was registered: a models folder (BRANET_HOME) outlives
+        # a checkout, and several checkouts share one (a moved clone, CI clones, a second install).
+        self.committed = Path(committed).resolve() if committed else None
+        self._committed_sha: dict[str, str] | None = None
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -149,7 +154,21 @@ class ModelRegistry:
 
     def weights_dir(self, version: VersionInfo) -> Path:
         """Where its manifest and files are."""
+        if version.source == "committed" and self.committed is not None \
+                and self.committed_sha256().get(version.role) == version.sha256:
+            return self.committed
         return Path(version.weights_dir) if version.weights_dir else self.versions_dir / version.id
+
+    def committed_sha256(self) -> dict[str, str]:
+        """Per role the sha256 of the entry in this checkout's committed weights (read once)."""
+        if self._committed_sha is None:
+            try:
+                manifest = read_manifest(self.committed) if self.committed else None
+            except WeightsError:
+                manifest = None
+            self._committed_sha = {role: entry.sha256 for role in ROLES
+                                   if manifest and (entry := role_entry(manifest, role)) is not None}
+        return self._committed_sha
 
     def entry(self, version: VersionInfo) -> ModelEntry | LocaliserEntry:
         entry = role_entry(read_manifest(self.weights_dir(version)), version.role)
@@ -173,6 +192,7 @@ class ModelRegistry:
         """The committed weights as a version of each role (once per sha256), active where the role has none
         yet or where the active one is an earlier committed version no admin chose. Returns what changed."""
         manifest = read_manifest(weights)  # WeightsError when the committed folder has no manifest
+        self.committed, self._committed_sha = Path(weights).resolve(), None
         if self._settled(manifest):
             return []  # nothing to write: a read-only models folder (a replica's) starts too
         changed = []

@@ -288,6 +288,32 @@ def test_the_audit_log_records_every_change(servers, deployed):
     assert times == sorted(times)  # appended, oldest first
 
 
+def test_a_committed_version_is_read_from_the_checkout_that_starts(tmp_path):
+    """A models folder outlives the checkout that registered its committed weights (a moved clone, CI clones
+    sharing a home): the next checkout's server reads the same sha256 from its own folder, not the gone one."""
+    from models.manifest import WEIGHTS_DIR
+    from server.engine import Engine
+    from server.model_registry import ModelRegistry
+    from server.settings import Settings
+    first, second = tmp_path / "first" / "weights", tmp_path / "second" / "weights"
+    shutil.copytree(WEIGHTS_DIR, first)
+    shutil.copytree(WEIGHTS_DIR, second)
+    home = tmp_path / "home"
+    settings = Settings(home=home, weights=first, create_dev_user=False)
+    ModelRegistry(settings.models_root).register_committed(first)
+    shutil.rmtree(first.parent)
+    registry = ModelRegistry(settings.models_root, second)
+    assert {d for _, d in registry.active_dirs().values()} == {second.resolve()}
+    assert registry.register_committed(second) == []  # the same sha256: no new version
+    engine = Engine(settings.model_copy(update={"weights": second}))
+    engine.load()  # the real models, from the second checkout
+    engine.close()
+    # a committed version this checkout does not hold (another sha256) keeps the folder it was registered from
+    (version, _), = [v for role, v in registry.active_dirs().items() if role == "classifier-dm"]
+    other = version.model_copy(update={"sha256": "0" * 64})
+    assert registry.weights_dir(other) == Path(version.weights_dir) == first.resolve()
+
+
 def test_a_swap_drops_only_the_embeddings_of_a_changed_sam(tmp_path):
     """Engine.install: a SAM whose decoder or kept encoder stages changed loses its cached embeddings (they
     would lack what the new probe reads); an unchanged SAM keeps them."""
