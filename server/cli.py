@@ -255,7 +255,7 @@ def _local_manager(with_engine: bool = False):
     from server.model_registry import ModelRegistry
     from server.settings import get_settings
     settings = get_settings()
-    registry = ModelRegistry(settings.models_root, settings.weights)
+    registry = ModelRegistry(settings.models_root)
     registry.register_committed(settings.weights)  # a fresh install: the committed weights are version 1
     return ModelManager(settings, registry, Engine(settings) if with_engine else None)
 

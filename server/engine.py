@@ -133,7 +133,7 @@ class Engine:
         every routed SAM, verified; WeightsError names what is wrong."""
         from server.model_registry import ModelRegistry
         read_manifest(self.settings.weights)
-        registry = ModelRegistry(self.settings.models_root, self.settings.weights)
+        registry = ModelRegistry(self.settings.models_root)
         registry.register_committed(self.settings.weights)
         serial = registry.serial()
         self.served = self.build({role: (v.id, d) for role, (v, d) in registry.active_dirs().items()})
