@@ -133,6 +133,32 @@ def test_holdout_site_trains_and_calibrates_on_the_other_site(data_dir, tmp_path
         attach_out_of_site(entry, [{**other, "tested_on": "busbra"}])
 
 
+def test_holdout_site_without_cv_is_an_uncalibrated_arm(data_dir, tmp_path):
+    """--holdout-site with --no-cv: the final fit alone on the held-out site, for comparing recipes by AUC
+    (site-ablation reads it); marked uncalibrated, and export refuses it as a served out-of-site row."""
+    out = tmp_path / "arm"
+    res = train("--rois", data_dir, *QUICK, "--holdout-site", "busbra", "--no-cv", "--intensity", "percentile",
+                "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not (out / "cv").exists()
+    rep = json.loads((out / "holdout" / "report.json").read_text())
+    assert rep["calibrated"] is False and (rep["temperature"], rep["threshold"]) == (1.0, 0.5)
+    assert rep["training"]["intensity"] == "percentile" and rep["trained_on"] == ["busi"] and rep["n"] == 8
+    assert "uncalibrated" in (out / "holdout" / "report.md").read_text()
+    with open(out / "holdout" / "predictions.csv", newline="") as f:
+        preds = list(csv.DictReader(f))
+    logits = np.array([[float(r["logit_benign"]), float(r["logit_malignant"])] for r in preds], np.float32)
+    assert np.allclose([float(r["p_malignant"]) for r in preds], softmax_p(logits, 1.0), atol=1e-6)
+    from training.__main__ import main
+    assert main(["export", "--from", str(out / "weights"), "--to", str(tmp_path / "served"),
+                 "--out-of-site", str(out / "holdout" / "report.json")]) == 2
+    assert not (tmp_path / "served" / "manifest.json").exists()
+    assert main(["site-ablation", "--site", "busbra", "--row", f"a={out / 'holdout'}", "--row", f"b={out / 'holdout'}",
+                 "--out", str(tmp_path / "table"), "--n-boot", "50"]) == 0
+    table = json.loads((tmp_path / "table" / "site-ablation.json").read_text())
+    assert table[1]["delta_auc"] == 0 and table[0]["roc_auc"] == rep["roc_auc"]
+
+
 def test_holdout_site_must_be_one_of_several(data_dir, tmp_path, capsys):
     from training.__main__ import main
     code = main(["train-classifier", "--rois", str(data_dir), *QUICK, "--holdout-site", "udiat", "--out",

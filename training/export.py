@@ -45,6 +45,10 @@ def out_of_site(reports: list[Path]) -> dict[str, list[dict]]:
     for path in reports:
         try:
             rep = json.loads(Path(path).read_text())
+            if rep.get("calibrated") is False:
+                raise WeightsError(f"{path} is uncalibrated (train-classifier --holdout-site --no-cv: temperature 1, "
+                                   "threshold 0.5, for comparing recipes): its operating point was never fitted "
+                                   "on the training site, so it is no out-of-site row to serve")
             if "model_sha256" in rep and "site" not in rep:  # evaluate: these very weights on one other site
                 (site,) = rep["data"]["sources"]
                 row = {"tested_on": site, "model_sha256": rep["model_sha256"], "protocol": "evaluate",

@@ -135,7 +135,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout-site", default=None, metavar="SITE",
                    help="out-of-site test: cross-validate and fit on the other site(s) (sources), temperature and "
                         "threshold from their out-of-fold predictions, then score SITE (e.g. busbra, busi) under "
-                        "OUT/holdout; SITE is never trained or calibrated on")
+                        "OUT/holdout; SITE is never trained or calibrated on. With --no-cv: the final fit alone, "
+                        "uncalibrated (temperature 1, threshold 0.5), for comparing recipes by AUC")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -575,29 +576,35 @@ def final_fit(records: list[RoiRecord], images: np.ndarray, cfg: TrainConfig, ou
 
 # ---------------------------------------------------------------------------------------- held-out site
 
-def holdout_report(held: list[RoiRecord], weights: Path, cfg: TrainConfig, cv: dict, out: Path,
+def holdout_report(held: list[RoiRecord], weights: Path, cfg: TrainConfig, cv: dict | None, out: Path,
                    crop_kw: dict) -> dict:
     """The final model of the training sites on the held-out site, at the temperature and threshold fitted
-    on the training sites' out-of-fold predictions: report.json/.md, predictions.csv, ROC and reliability."""
+    on the training sites' out-of-fold predictions: report.json/.md, predictions.csv, ROC and reliability.
+    Without a cross-validation (--no-cv) nothing is calibrated: temperature 1 and threshold 0.5, marked
+    `"calibrated": false`, a recipe's AUC to compare and never an out-of-site row to serve (export refuses it)."""
     from models.manifest import load_classifier
     from training.common.metrics import SITE_KEYS, binary_report
     from training.common.plots import plot_confusion, plot_reliability, plot_roc
     name = f"classifier-{cfg.modality}"
     model, entry = load_classifier(name, weights)
     logits = logits_of(model, load_inputs(held, cfg.roi_source, cfg.channels, **crop_kw))
-    p = softmax_p(logits, cv["temperature"])
+    temperature, threshold = (cv["temperature"], cv["threshold"]) if cv else (1.0, 0.5)
+    p = softmax_p(logits, temperature)
     y = np.array([r.target for r in held])
     site = held[0].source
     trained_on = sorted(entry.data["sources"])
+    calibration = (f"temperature and threshold fitted on the out-of-fold predictions of {', '.join(trained_on)} "
+                   f"(sensitivity >= {cfg.target_sensitivity} there); {site} never trained or calibrated on"
+                   if cv else f"uncalibrated (--no-cv): temperature 1 and threshold 0.5, compare the AUC only; "
+                              f"{site} never trained on")
     report = {
         "site": site, "trained_on": trained_on, "modality": cfg.modality, "regime": cfg.regime,
         "roi_source": cfg.roi_source, "channels": cfg.channels, "model_sha256": entry.sha256,
-        "temperature": cv["temperature"], "threshold": cv["threshold"],
-        "calibration": f"temperature and threshold fitted on the out-of-fold predictions of {', '.join(trained_on)} "
-                       f"(sensitivity >= {cfg.target_sensitivity} there); {site} never trained or calibrated on",
-        **binary_report(y, p, cv["threshold"], groups=[r.group for r in held]),
+        "training": {k: getattr(cfg, k) for k in ("epochs", "seed", "augment", "intensity")},
+        "calibrated": cv is not None, "temperature": temperature, "threshold": threshold, "calibration": calibration,
+        **binary_report(y, p, threshold, groups=[r.group for r in held]),
         "training_sites_cv": {"pooled": {k: cv["summary"]["pooled"][k] for k in SITE_KEYS},
-                              "per_site": cv.get("per_site", {})},
+                              "per_site": cv.get("per_site", {})} if cv else {"pooled": {}, "per_site": {}},
     }
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.csv", "w", newline="") as f:
@@ -607,7 +614,7 @@ def holdout_report(held: list[RoiRecord], weights: Path, cfg: TrainConfig, cv: d
                     for r, lg, pi in zip(held, logits, p))
     title = f"{cfg.modality.upper()} trained on {', '.join(trained_on)}, tested on {site}"
     plot_roc([(site, y, p)], out / "roc.png", title)
-    plot_confusion(report["confusion_matrix"], out / "confusion.png", f"{title}, threshold {cv['threshold']:.3f}")
+    plot_confusion(report["confusion_matrix"], out / "confusion.png", f"{title}, threshold {threshold:.3f}")
     plot_reliability(y, p, out / "reliability.png", title)
     (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     (out / "report.md").write_text(holdout_markdown(report))
@@ -644,10 +651,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: --holdout-site {args.holdout_site}: the {cfg.modality} lesions of {args.rois} come from "
                   f"{', '.join(sites) or 'no site'}; name one of them, with another site left to train on",
                   file=sys.stderr)
-            return 2
-        if args.no_cv:
-            print("error: --holdout-site needs the cross-validation: the held-out site's temperature and threshold "
-                  "come from the training sites' out-of-fold predictions", file=sys.stderr)
             return 2
         held = [r for r in records if r.source == args.holdout_site]
         records = [r for r in records if r.source != args.holdout_site]
