@@ -133,7 +133,7 @@ def test_holdout_site_trains_and_calibrates_on_the_other_site(data_dir, tmp_path
         attach_out_of_site(entry, [{**other, "tested_on": "busbra"}])
 
 
-def test_holdout_site_without_cv_is_an_uncalibrated_arm(data_dir, tmp_path):
+def test_holdout_site_without_cv_is_an_uncalibrated_arm(data_dir, tmp_path, capsys):
     """--holdout-site with --no-cv: the final fit alone on the held-out site, for comparing recipes by AUC
     (site-ablation reads it); marked uncalibrated, and export refuses it as a served out-of-site row."""
     out = tmp_path / "arm"
@@ -153,6 +153,9 @@ def test_holdout_site_without_cv_is_an_uncalibrated_arm(data_dir, tmp_path):
     assert main(["export", "--from", str(out / "weights"), "--to", str(tmp_path / "served"),
                  "--out-of-site", str(out / "holdout" / "report.json")]) == 2
     assert not (tmp_path / "served" / "manifest.json").exists()
+    assert "is uncalibrated" in capsys.readouterr().err
+    assert main(["sam-probe", str(out), "--rois", str(data_dir), "--out", str(tmp_path / "probe")]) == 2
+    assert "holds no cross-validation" in capsys.readouterr().err
     assert main(["site-ablation", "--site", "busbra", "--row", f"a={out / 'holdout'}", "--row", f"b={out / 'holdout'}",
                  "--out", str(tmp_path / "table"), "--n-boot", "50"]) == 0
     table = json.loads((tmp_path / "table" / "site-ablation.json").read_text())

@@ -226,6 +226,9 @@ def run_configs(runs: list[Path]) -> TrainConfig:
     cfgs = [TrainConfig.model_validate_json((run / "config.json").read_text()) for run in runs]
     first = cfgs[0]
     for run, cfg in zip(runs, cfgs):
+        if not (run / "cv" / "oof.csv").is_file():
+            raise ValueError(f"{run} holds no cross-validation ({run / 'cv' / 'oof.csv'}; trained with --no-cv?): the "
+                             "probe is fitted and fused on the run's out-of-fold predictions")
         if cfg.roi_source != "sam":
             raise ValueError(f"{run} was trained on {cfg.roi_source} ROIs: the probe reads SAM's view, train on --roi-source sam")
         if (cfg.modality, cfg.sam, cfg.sam_masks, cfg.margin, cfg.channels, cfg.size) != \
