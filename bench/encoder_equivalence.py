@@ -8,7 +8,8 @@
    between the two masks.
 2. p(malignant) of `--analyses` BUSI analyses (benign and malignant interleaved, box prompt): the served
    US classifier + its SAM probe on each encoder's outline and embedding; the largest difference from
-   PyTorch's (target: <= 0.01).
+   PyTorch's (target: <= 0.01), and the AUC of those analyses under each encoder (the served model was
+   trained on these images, so it says what the encoder changes, not how good the model is).
 Every image is encoded by every runtime in the same process, one after the other, so the encode times
 (median ms and the ratio to PyTorch) are measured under the same load.
 Each image's figures are appended to OUT with `.jsonl` for `.json` as it finishes; a rerun with the same
@@ -37,6 +38,7 @@ from models.sam import load_sam  # noqa: E402
 from models.probe_head import encoder_only, fuse  # noqa: E402
 from models.sam_probe import probe_input  # noqa: E402
 from models.segmentation import Prompt, SamSegmenter  # noqa: E402
+from training.common.metrics import roc_auc  # noqa: E402
 
 
 def lesions(data: Path) -> dict[Path, list[np.ndarray]]:
@@ -98,6 +100,7 @@ def main() -> None:
     mask_dice = {r: [] for r in args.runtimes}
     encode_ms = {r: [] for r in names}
     p_mal = {r: [] for r in names}
+    malignant: list[int] = []  # the analysed images' labels, for the AUC under each encoder
     rows = args.out.with_suffix(".jsonl")
     done = resumed(rows, {"runtimes": names, "sam": sam.name, "classifier": entry.sha256})
     start = time.perf_counter()
@@ -107,6 +110,8 @@ def main() -> None:
         if key not in done:
             with open(rows, "a") as f:
                 f.write(json.dumps({"image": key, **row}) + "\n")
+        if row["p_malignant"]:
+            malignant.append(int(path.parent.name == "malignant"))
         for r in names:
             encode_ms[r].append(row["encode_ms"][r])
             expert_dice[r] += row["expert_dice"][r]
@@ -117,7 +122,7 @@ def main() -> None:
         if i % 25 == 0 or i == len(images) - 1:
             print(f"{i + 1}/{len(images)} images, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
             report = summary(sam.name, i + 1 == len(images), names, args.runtimes, expert_dice, mask_dice, encode_ms,
-                             p_mal, entry.threshold, i + 1)
+                             p_mal, malignant, entry.threshold, i + 1)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2) + "\n")  # so far: a long run can be read as it goes
     print(json.dumps(report, indent=2))
@@ -162,15 +167,17 @@ def resumed(rows: Path, header: dict) -> dict[str, dict]:
     return {line.pop("image"): line for line in lines[1:]}
 
 
-def summary(sam: str, complete: bool, names, runtimes, expert_dice, mask_dice, encode_ms, p_mal, threshold,
-            images: int) -> dict:
+def summary(sam: str, complete: bool, names, runtimes, expert_dice, mask_dice, encode_ms, p_mal, malignant,
+            threshold, images: int) -> dict:
     report = {"sam": sam, "complete": complete, "images": images, "lesions": len(expert_dice["torch"]),
               "analyses": len(p_mal["torch"]), "threads": torch.get_num_threads(), "runtimes": {}}
     ref_ms = statistics.median(encode_ms["torch"][1:] or encode_ms["torch"])
     for r in names:
         ms = statistics.median(encode_ms[r][1:] or encode_ms[r])  # the first call compiles
         row = {"encode_ms_median": round(ms, 1), "encode_vs_torch": round(ms / ref_ms, 3),
-               "box_dice_mean": round(float(np.mean(expert_dice[r])), 5)}
+               "box_dice_mean": round(float(np.mean(expert_dice[r])), 5),
+               # the served model on images it was trained on: not a performance figure, the encoder's effect on it
+               "analyses_roc_auc": roc_auc(malignant, p_mal[r]) if 0 < sum(malignant) < len(malignant) else None}
         if r != "torch":
             diffs = np.abs(np.array(p_mal[r]) - np.array(p_mal["torch"])) if p_mal[r] else np.full(1, np.nan)
             row |= {"box_dice_minus_torch": round(row["box_dice_mean"] - report["runtimes"]["torch"]["box_dice_mean"], 5),
