@@ -10,6 +10,10 @@
    US classifier + its SAM probe on each encoder's outline and embedding; the largest difference from
    PyTorch's (target: <= 0.01), and the AUC of those analyses under each encoder (the served model was
    trained on these images, so it says what the encoder changes, not how good the model is).
+3. The served model's cross-validated AUC under each runtime, bounded: with every p(malignant) moved by at
+   most the largest difference of 2., only (malignant, benign) pairs within twice that of each other can swap,
+   and their share of the CV's out-of-fold pairs (`--cv`) bounds |delta AUC| (target: 0.003). `--bound-only`
+   adds it to a finished OUT.
 Every image is encoded by every runtime in the same process, one after the other, so the encode times
 (median ms and the ratio to PyTorch) are measured under the same load.
 Each image's figures are appended to OUT with `.jsonl` for `.json` as it finishes; a rerun with the same
@@ -83,7 +87,17 @@ def main() -> None:
     p.add_argument("--analyses", type=int, default=100)
     p.add_argument("--limit", type=int, default=None, help="only the first N images (a quick look)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "encoder_equivalence.json")
+    p.add_argument("--cv", type=Path, default=ROOT / "training" / "results" / "us-two-site" / "fused",
+                   help="the served model's cross-validation (oof.csv, report.json) whose AUC is bounded")
+    p.add_argument("--bound-only", action="store_true",
+                   help="add the CV AUC bound to an existing OUT instead of measuring")
     args = p.parse_args()
+    if args.bound_only:
+        report = json.loads(args.out.read_text())
+        add_cv_bounds(report, args.cv)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps({r: v.get("cv_auc_bound") for r, v in report["runtimes"].items()}, indent=2))
+        return
 
     model, entry = load_classifier("classifier-us")
     probe = load_sam_probe(entry)
@@ -125,7 +139,38 @@ def main() -> None:
                              p_mal, malignant, entry.threshold, i + 1)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2) + "\n")  # so far: a long run can be read as it goes
+    if report["complete"]:
+        add_cv_bounds(report, args.cv)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+
+
+def add_cv_bounds(report: dict, cv: Path) -> None:
+    """Each runtime's bound on how far the served model's cross-validated AUC can move with that encoder.
+
+    If every p(malignant) moves by at most eps (the largest difference measured over the analyses), a
+    (malignant, benign) pair can change order only when its two p lie within 2 eps: the share of such pairs
+    in the CV's out-of-fold predictions bounds |delta AUC|. The fold models are assumed to react to the
+    encoder as the served model does (they are the same recipe on 4/5 of the lesions)."""
+    from training.classifier.train_classifier import read_oof, read_oof_column, softmax_p
+    cv_report = json.loads((cv / "report.json").read_text())
+    y, _, logits = read_oof(cv / "oof.csv")
+    p = softmax_p(logits, cv_report["temperature"])
+    sites = np.array(read_oof_column(cv / "oof.csv", "source"))
+    for runtime, row in report["runtimes"].items():
+        eps = row.get("p_malignant_max_abs_diff")
+        if eps is None or not np.isfinite(eps):
+            continue
+        subsets = {"pooled": np.ones_like(y, bool), **{str(s): sites == s for s in sorted(set(sites))}}
+        row["cv_auc_bound"] = {"cv": str(cv.relative_to(ROOT)) if cv.is_relative_to(ROOT) else str(cv), "eps": eps,
+                               **{name: near_pairs_share(y[mask], p[mask], eps) for name, mask in subsets.items()}}
+
+
+def near_pairs_share(y: np.ndarray, p: np.ndarray, eps: float) -> float:
+    """The share of (malignant, benign) pairs whose p lie within 2 eps of each other."""
+    pos, neg = np.sort(p[y == 1]), np.sort(p[y == 0])
+    near = np.searchsorted(neg, pos + 2 * eps, side="right") - np.searchsorted(neg, pos - 2 * eps, side="left")
+    return float(near.sum() / (len(pos) * len(neg)))
 
 
 def measure(path: Path, experts: list[np.ndarray], analyse: bool, names: list[str], segmenters, model, entry,
