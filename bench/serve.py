@@ -4,7 +4,8 @@
                                     [--runtimes torch openvino onnxruntime] [--serve-runtimes openvino]
 
 1. Bare: in this process, for each image, LiteMedSAM encoder + decoder (box from the expert mask)
-   + the US classifier: the least any server could do. Median = `bare`.
+   + the US classifier with its SAM probe and its Grad-CAM map (issue 28's bare analysis): the least any
+   server could do. Median = `bare`.
 2. Starts `branet serve` (fresh BRANET_HOME), then at each concurrency level sends POST /v1/analyses
    (multipart, box prompt; every request a new image so nothing is cached) and reports p50 / p95
    latency and throughput. Targets: p50 at concurrency 1 <= 1.15 x bare; throughput at 8 >= 0.9 / bare.
@@ -39,6 +40,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from models.gradcam import logits_and_cam  # noqa: E402
 from models.manifest import load_classifier, load_sam_probe  # noqa: E402
 from models.preprocessing import box_of_mask, classifier_input, normalize, to_gray  # noqa: E402
 from models.sam import load_sam  # noqa: E402
@@ -81,10 +83,11 @@ def bare_times(cases, runtimes: list[str]) -> dict[str, dict[str, list[float]]]:
                 embedding = segmenter.encode(rgb)
                 encoded = time.perf_counter()
                 seg = segmenter.predict(embedding, Prompt(box=box))
-                spec = entry.input
-                x = normalize(classifier_input(to_gray(rgb), seg.box, seg.mask if spec.channels == 2 else None,
-                                               spec.size, spec.roi_margin, spec.intensity)[None])
-                logits = model(x)
+            spec = entry.input
+            x = normalize(classifier_input(to_gray(rgb), seg.box, seg.mask if spec.channels == 2 else None,
+                                           spec.size, spec.roi_margin, spec.intensity)[None])
+            logits, _ = logits_and_cam(model, x)  # the classifier and its Grad-CAM map, one pass as served
+            with torch.inference_mode():
                 if probe is not None:
                     f = probe_input(segmenter, embedding, seg.mask, seg.box, spec.roi_margin, entry.sam_probe.regions,
                                     entry.sam_probe.iou_token, entry.sam_probe.stages)

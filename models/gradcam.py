@@ -10,7 +10,7 @@ from torch import nn
 from models.classifier import LogitMean
 
 
-def _cam(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+def _cam(model: nn.Module, x: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
     store: dict[str, torch.Tensor] = {}
     handle = model.layer4.register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out))
     try:
@@ -21,13 +21,21 @@ def _cam(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
     finally:
         handle.remove()
     weights = grads.mean(dim=(2, 3), keepdim=True)
-    return F.relu((weights * acts).sum(dim=1, keepdim=True)).detach()
+    return logits.detach(), F.relu((weights * acts).sum(dim=1, keepdim=True)).detach()
+
+
+def logits_and_cam(model: nn.Module, x: torch.Tensor, target: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised input (N,C,H,W) -> the model's logits (N,2) and heat maps (N,H,W) in [0, 1] for class
+    `target` (1 = malignant), from one forward pass: the map needs that pass anyway, so serving runs no other."""
+    members = list(model.members) if isinstance(model, LogitMean) else [model]
+    outs = [_cam(m, x, target) for m in members]
+    logits = torch.stack([lg for lg, _ in outs]).mean(dim=0)
+    cam = torch.stack([c for _, c in outs]).mean(dim=0)
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(dim=1).clamp_min(1e-8)[:, None, None]
+    return logits, cam / peak
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target: int = 1) -> torch.Tensor:
     """Normalised input (N,C,H,W) -> heat maps (N,H,W) in [0, 1] for class `target` (1 = malignant)."""
-    members = list(model.members) if isinstance(model, LogitMean) else [model]
-    cam = torch.stack([_cam(m, x, target) for m in members]).mean(dim=0)
-    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    peak = cam.flatten(1).amax(dim=1).clamp_min(1e-8)[:, None, None]
-    return cam / peak
+    return logits_and_cam(model, x, target)[1]

@@ -105,7 +105,7 @@ class AnalysisOut(BaseModel):
         "models": {"classifier": {"name": "classifier-us", "sha256": "592847ef...", "version": "592847ef12fe",
                                   "regime": "real", "temperature": 1.66},
                    "sam": {"name": "litemedsam", "sha256": "79d8c9dc...", "version": "79d8c9dca6db"}},
-        "timings_ms": {"encode": 950.1, "decode": 40.3, "crop": 1.2, "classify": 20.5, "gradcam": 35.0, "total": 1060.0},
+        "timings_ms": {"encode": 950.1, "decode": 40.3, "crop": 1.2, "classify": 45.5, "total": 1060.0},
         "notice": NOTICE}]})
     id: str
     image_id: str

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from segment_anything.utils.amg import rle_to_mask
 
-from models.gradcam import grad_cam
+from models.gradcam import grad_cam, logits_and_cam
 from models.manifest import load_classifier
 from models.preprocessing import box_of_mask, classifier_input, normalize, to_gray
 from models.segmentation import Embedding, _pick_lesion, mask_rle
@@ -68,3 +68,8 @@ def test_grad_cam_of_the_served_classifier_follows_the_input(busi_dir):
     assert float(cams.min()) >= 0 and torch.allclose(cams.flatten(1).amax(1), torch.ones(2))
     assert float((cams[0] - cams[1]).abs().mean()) > 0.05  # different images, different maps
     assert not any(p.grad is not None for p in model.parameters())  # no gradients left on the served model
+    # the server takes the logits from the map's own forward pass: the same as a plain inference pass
+    logits, again = logits_and_cam(model, x)
+    with torch.inference_mode():
+        assert torch.allclose(logits, model(x), atol=1e-5)
+    assert torch.equal(again, cams) and not logits.requires_grad

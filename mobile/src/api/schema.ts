@@ -407,11 +407,10 @@ export interface components {
          *       },
          *       "threshold": 0.246,
          *       "timings_ms": {
-         *         "classify": 20.5,
+         *         "classify": 45.5,
          *         "crop": 1.2,
          *         "decode": 40.3,
          *         "encode": 950.1,
-         *         "gradcam": 35,
          *         "total": 1060
          *       }
          *     }
