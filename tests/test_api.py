@@ -54,6 +54,10 @@ def test_upload_then_box_prompt_outlines_the_lesion(api, alice, uploaded, malign
     assert body["sam_model"] == "litemedsam" and body["prompt"] == "box"
     assert dice(mask, truth) > 0.8
     assert body["timings_ms"]["encode"] == 0.0  # the upload computed the embedding: the prompt skips the encoder
+    # the server's own time of the re-prompt: its stages, and a total that covers them and the mask's PNG
+    header = dict(item.split(";dur=") for item in res.headers["server-timing"].split(", "))
+    assert float(header["decode"]) == body["timings_ms"]["decode"]
+    assert float(header["total"]) >= sum(body["timings_ms"].values())
     rle = body["mask_rle"]
     assert rle["size"] == list(truth.shape) and sum(rle["counts"]) == truth.size
     assert sum(rle["counts"][1::2]) == int(mask.sum())

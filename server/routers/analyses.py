@@ -101,17 +101,13 @@ async def create_analysis(request: Request, response: Response, key: str | None 
         source, prompt = await _from_json(request, svc, user)
     try:
         result = await pipeline.analyze(svc, user, source, prompt, timer, key)
-        response.headers["Server-Timing"] = server_timing(timer.ms)
+        # with the final history write and the total after it (the body's `timings_ms` is the stored copy,
+        # written before that write could be timed)
+        response.headers["Server-Timing"] = pipeline.server_timing(timer.ms)
         return result
     except DuplicateRequest as first:  # a concurrent repeat stored its result first: answer with that one
         response.status_code = 200
         return first.existing
-
-
-def server_timing(ms: dict[str, float]) -> str:
-    """The W3C Server-Timing header: every stage of this request, the final history write and the total
-    with it (the body's `timings_ms` is the stored copy, written before that write could be timed)."""
-    return ", ".join(f"{stage};dur={value}" for stage, value in ms.items())
 
 
 @router.get("", response_model=AnalysisPage, summary="Your analyses, newest first")

@@ -9,6 +9,7 @@ from PIL import Image
 from server import pipeline
 from server.auth import current_user
 from server.deps import idempotency_key, own_image, services
+from server.engine import Timer
 from server.errors import COMMON_ERRORS, PROMPT_ERRORS, ApiError, ErrorResponse
 from server.pipeline import Services
 from server.schemas import ImageOut, Modality, SegmentationOut, SegmentRequest
@@ -51,12 +52,16 @@ async def upload_image(response: Response, file: UploadFile = File(description="
 
 
 @router.post("/{image_id}/segment", response_model=SegmentationOut, summary="Outline the lesion from a prompt",
-             responses={404: {"model": ErrorResponse, "description": "no such image (of this user)"}, **PROMPT_ERRORS,
+             responses={200: {"description": "the outline; the Server-Timing header has each stage and the total"},
+                        404: {"model": ErrorResponse, "description": "no such image (of this user)"}, **PROMPT_ERRORS,
                         503: {"model": ErrorResponse, "description": "queue full, see Retry-After"}})
-async def segment_image(request: SegmentRequest | None = None, record: ImageRecord = Depends(own_image),
-                        svc: Services = Depends(services)) -> dict:
+async def segment_image(response: Response, request: SegmentRequest | None = None,
+                        record: ImageRecord = Depends(own_image), svc: Services = Depends(services)) -> dict:
     prompt = (request or SegmentRequest()).prompt
-    return await pipeline.segment(svc, record, prompt)
+    timer = Timer()
+    out = await pipeline.segment(svc, record, prompt, timer)
+    response.headers["Server-Timing"] = pipeline.server_timing(timer.ms)
+    return out
 
 
 @router.get("/{image_id}/image.png", response_class=Response, responses={

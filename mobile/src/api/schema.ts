@@ -2436,7 +2436,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description the outline; the Server-Timing header has each stage and the total */
             200: {
                 headers: {
                     [name: string]: unknown;
