@@ -181,10 +181,9 @@ def segmentation_out(seg: Segmentation, timings: dict[str, float]) -> dict:
     return out
 
 
-async def segment(services: Services, record: ImageRecord, prompt: Prompt, timer: Timer | None = None) -> dict:
+async def segment(services: Services, record: ImageRecord, prompt: Prompt, timer: Timer) -> dict:
     """SAM's outline of a stored image; `timer` gets each stage and the total from reading the image to the
     rendered mask (the Server-Timing header: a re-prompt on a cached embedding is a decoder pass and a PNG)."""
-    timer = timer if timer is not None else Timer()
     start = time.perf_counter()
     source = await stored_source(services, record)
     seg = await services.engine.run(_segment, services, source, await drawn(prompt, source), timer)
