@@ -232,3 +232,19 @@ def test_probe_sites_scores_the_probe_on_each_site_and_each_held_out_site(data_d
     rows = json.loads((ablation / "site-ablation.json").read_text())
     assert [r["n"] for r in rows] == [8, 8] and rows[0]["roc_auc"] == rep["held_out"]["busbra"]["roc_auc"]
     assert rows[1]["delta_auc"] == 0
+
+
+def test_probe_sites_reads_the_inception_features_of_the_served_crop(data_dir, tmp_path):
+    from training.probe.sites import inception_probe_features
+    records = select(prepared(data_dir), "us", 4)
+    x = inception_probe_features(records, progress=False)
+    assert x.shape == (16, 2048) and np.isfinite(x).all()
+    assert np.linalg.matrix_rank(x - x.mean(0)) == 15  # one row per lesion, not a constant
+    out = tmp_path / "probe-sites"
+    res = subprocess.run([sys.executable, "-m", "training", "probe-sites", "--rois", str(data_dir), "--limit", "4",
+                          "--threads", "1", "--features", "sam+inception", "--out", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["features"] == "sam+inception" and set(rep["held_out"]) == {"busi", "busbra"}
+    assert "SAM + Inception-v3 probe alone" in (out / "report.md").read_text()

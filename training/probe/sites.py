@@ -9,6 +9,11 @@ of a folder with several sites (e.g. BUSI and BUS-BRA), with SAM's crop as serve
   threshold with sensitivity >= 0.90 on each site);
 - `held out SITE`: the probe fitted on the other sites, temperature and threshold from their own
   cross-validation, then scored on SITE, which it never saw.
+`--features`: what the logistic probe reads. `sam` (default, served): LiteMedSAM's encoder stages around
+SAM's mask. `inception`: the 2048-d pool features of the ImageNet-trained Inception-v3 bundled for FID
+(training.gan.fid), on the crop the server makes: a second pretrained view of the lesion, since no
+ImageNet ResNet18 ships here. `sam+inception`: both, side by side (each feature standardised, the same
+fixed C). A study of what travels between sites; none of it is served.
 AUC CIs resample patients. Writes OUT/report.json, report.md and roc.png, and per held-out site
 OUT/held-out-SITE/ (report.json with its threshold, predictions.csv per lesion): a `site-ablation` row, so
 the probe alone is paired with the ResNet18 and the fused model on the same lesions.
@@ -16,6 +21,7 @@ the probe alone is paired with the ResNet18 and the fused model on the same lesi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -23,7 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from training.datasets.roi_table import RoiRecord
+from training.rois.crops import save_atomic
 
+FEATURES = ("sam", "inception", "sam+inception")
+PROBE_NAMES = {"sam": "SAM probe", "inception": "Inception-v3 probe", "sam+inception": "SAM + Inception-v3 probe"}
 ROW_KEYS = ("n", "n_malignant", "roc_auc", "roc_auc_ci", "sensitivity", "specificity", "ece")
 
 
@@ -33,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None,
                    help="the first N lesions per class and site, in 2 folds (smoke tests)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for SAM's encoder where not cached")
+    p.add_argument("--features", choices=FEATURES, default="sam",
+                   help="what the probe reads: LiteMedSAM's encoder (served), the FID Inception-v3's pool features "
+                        "of the served crop, or both")
 
 
 def _p(diff: np.ndarray, temperature: float) -> np.ndarray:
@@ -92,7 +104,23 @@ def write_held_out(out: Path, site: str, row: dict, records: list[RoiRecord], p:
         w.writerows([r.lesion_id, r.group, r.source, r.label, repr(float(q))] for r, q in zip(records, p))
 
 
-def markdown(report: dict) -> str:
+def inception_probe_features(records: list[RoiRecord], progress: bool) -> np.ndarray:
+    """(N, 2048): the FID Inception-v3's pool features of each lesion's served crop (SAM's outline from a
+    drawn box, the ResNet18's input), cached next to the crops."""
+    from training.common.cache import cache_root
+    from training.gan.fid import inception_features
+    from training.rois.sources import load_inputs
+    crops = load_inputs(records, "sam", channels=1, progress=progress)
+    key = hashlib.sha256(np.ascontiguousarray(crops).tobytes()).hexdigest()[:20]
+    path = cache_root() / "inception" / f"{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    x = inception_features(crops, batch_size=16, progress=progress).astype(np.float32)
+    save_atomic(path, x)
+    return x
+
+
+def markdown(report: dict, features: str = "sam") -> str:
     def f(v) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
@@ -101,7 +129,7 @@ def markdown(report: dict) -> str:
         return (f"| {name} | {m['n']} ({m['n_malignant']}) | {f(m['roc_auc'])} [{ci[0]:.3f}, {ci[1]:.3f}] "
                 f"| {f(m['sensitivity'])} / {f(m['specificity'])} at {thr:.3f} | {f(m['ece'])} |")
     a = report["all_sites"]
-    lines = ["| SAM probe alone | n (malignant) | ROC AUC [95% CI] | sensitivity / specificity | ECE |",
+    lines = [f"| {PROBE_NAMES[features]} alone | n (malignant) | ROC AUC [95% CI] | sensitivity / specificity | ECE |",
              "|---|---|---|---|---|"]
     lines += [row(f"{s}, CV on all sites", m, a["threshold"]) for s, m in a["per_site"].items()]
     lines += [row(f"{s}, trained on {' + '.join(m['trained_on'])} only", m, m["threshold"])
@@ -127,15 +155,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {args.rois} holds US lesions of {', '.join(sites) or 'no site'}: probe-sites needs two or more",
               file=sys.stderr)
         return 2
-    x = probe_features(records, "sam", SAM_FOR_BOXES, ROI_MARGIN, REGIONS, progress=sys.stderr.isatty(), stages=STAGES)
+    parts = []
+    if args.features in ("sam", "sam+inception"):
+        parts.append(probe_features(records, "sam", SAM_FOR_BOXES, ROI_MARGIN, REGIONS, progress=sys.stderr.isatty(),
+                                    stages=STAGES))
+    if args.features in ("inception", "sam+inception"):
+        parts.append(inception_probe_features(records, sys.stderr.isatty()))
+    x = np.concatenate(parts, axis=1)
     report = probe_sites(records, x, folds=2 if args.limit else 5)  # a few lesions per class: two folds
     args.out.mkdir(parents=True, exist_ok=True)
     curves = report.pop("curves")
+    report["features"] = args.features
     (args.out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    (args.out / "report.md").write_text(markdown(report))
+    (args.out / "report.md").write_text(markdown(report, args.features))
     for site, c in curves.items():
         write_held_out(args.out, site, report["held_out"][site], c["records"], c["p"])
     plot_roc([(f"{s} held out", c["y"], c["p"]) for s, c in curves.items()], args.out / "roc.png",
-             "SAM probe alone, trained on the other site")
-    print(markdown(report))
+             f"{PROBE_NAMES[args.features]} alone, trained on the other site")
+    print(markdown(report, args.features))
     return 0
