@@ -360,7 +360,7 @@ def test_udiat_reads_labels_csv_and_masks(tmp_path):
     assert all(r.modality == "us" and r.mask_paths.endswith(f"GT/{r.lesion_id[-6:]}.png") for r in records)
     assert warned(warnings, "original/000003.png", "not found")
     assert warned(warnings, "original/000004.png", "unreadable image")
-    assert warned(warnings, "GT/000005.png", "mask is 45x40 but image is 40x45")
+    assert warned(warnings, "GT/000005.png", "mask is 45x40 but image 000005.png is 40x45")
     assert warned(warnings, "GT/000006.png", "empty mask")
     assert warned(warnings, "labels.csv:8", "000007", "unknown type 'Cyst?'")
     assert warned(warnings, "original/000008.png", "not listed")

@@ -102,3 +102,29 @@ def read_mask(path: Path) -> np.ndarray:
             return np.asarray(m.convert("L")) > 0
     except Exception as e:
         raise ImageError(f"unreadable mask ({e})") from e
+
+
+def mask_box(image: Path, mask: Path, label: str, warn) -> tuple[int, int, int, int] | None:
+    """The box (x0, y0, x1, y1) of the lesion in `mask`, the expert mask of `image`; None, after a warning
+    naming the file, when the mask is missing, either file is unreadable, the sizes differ or the mask is empty."""
+    from models.preprocessing import box_of_mask
+    if not mask.is_file():
+        warn(f"{mask}: mask of {image.name} not found; image skipped")
+        return None
+    try:
+        width, height = image_size(image)
+    except ImageError as e:
+        warn(f"{image}: {e}; skipped")
+        return None
+    try:
+        m = read_mask(mask)
+    except ImageError as e:
+        warn(f"{mask}: {e}; image skipped")
+        return None
+    if m.shape != (height, width):
+        warn(f"{mask}: mask is {m.shape[1]}x{m.shape[0]} but image {image.name} is {width}x{height}; image skipped")
+        return None
+    box = box_of_mask(m)
+    if box is None:
+        warn(f"{mask}: empty mask for the {label} image {image.name}; skipped")
+    return box

@@ -12,11 +12,9 @@ import csv
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
-from models.preprocessing import box_of_mask
 from training.datasets import imaging
-from training.datasets.imaging import ImageError, image_size, read_mask
+from training.datasets.imaging import mask_box
 from training.datasets.roi_table import RoiRecord
 
 NAME = "udiat"
@@ -99,25 +97,8 @@ def read(root: Path, warn: Callable[[str], None]) -> list[RoiRecord]:
         if not image.is_file():
             warn(f"{image}: image listed in {where} not found; skipped")
             continue
-        if not mask.is_file():
-            warn(f"{mask}: mask of {image.name} not found; skipped")
-            continue
-        try:
-            width, height = image_size(image)
-        except ImageError as e:
-            warn(f"{image}: {e}; skipped")
-            continue
-        try:
-            m: np.ndarray = read_mask(mask)
-        except ImageError as e:
-            warn(f"{mask}: {e}; image skipped")
-            continue
-        if m.shape != (height, width):
-            warn(f"{mask}: mask is {m.shape[1]}x{m.shape[0]} but image is {width}x{height}; image skipped")
-            continue
-        box = box_of_mask(m)
+        box = mask_box(image, mask, label, warn)
         if box is None:
-            warn(f"{mask}: empty mask for the {label} image {image.name}; skipped")
             continue
         records.append(RoiRecord(
             image_path=str(image.resolve()), modality=MODALITY, label=label, source=NAME, group=f"{NAME}:{image_id}",
