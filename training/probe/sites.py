@@ -120,7 +120,7 @@ def inception_probe_features(records: list[RoiRecord], progress: bool) -> np.nda
     return x
 
 
-def markdown(report: dict, features: str = "sam") -> str:
+def markdown(report: dict) -> str:
     def f(v) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
@@ -129,7 +129,7 @@ def markdown(report: dict, features: str = "sam") -> str:
         return (f"| {name} | {m['n']} ({m['n_malignant']}) | {f(m['roc_auc'])} [{ci[0]:.3f}, {ci[1]:.3f}] "
                 f"| {f(m['sensitivity'])} / {f(m['specificity'])} at {thr:.3f} | {f(m['ece'])} |")
     a = report["all_sites"]
-    lines = [f"| {PROBE_NAMES[features]} alone | n (malignant) | ROC AUC [95% CI] | sensitivity / specificity | ECE |",
+    lines = [f"| {PROBE_NAMES[report.get('features', 'sam')]} alone | n (malignant) | ROC AUC [95% CI] | sensitivity / specificity | ECE |",
              "|---|---|---|---|---|"]
     lines += [row(f"{s}, CV on all sites", m, a["threshold"]) for s, m in a["per_site"].items()]
     lines += [row(f"{s}, trained on {' + '.join(m['trained_on'])} only", m, m["threshold"])
@@ -167,10 +167,10 @@ def run(args: argparse.Namespace) -> int:
     curves = report.pop("curves")
     report["features"] = args.features
     (args.out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    (args.out / "report.md").write_text(markdown(report, args.features))
+    (args.out / "report.md").write_text(markdown(report))
     for site, c in curves.items():
         write_held_out(args.out, site, report["held_out"][site], c["records"], c["p"])
     plot_roc([(f"{s} held out", c["y"], c["p"]) for s, c in curves.items()], args.out / "roc.png",
              f"{PROBE_NAMES[args.features]} alone, trained on the other site")
-    print(markdown(report, args.features))
+    print(markdown(report))
     return 0
