@@ -57,7 +57,7 @@ def test_sam_source_outlines_the_lesion_and_matches_the_server(records, api):
 
 
 def test_sam_masks_fill_the_embedding_cache_in_the_same_pass(records, api, tmp_path, monkeypatch):
-    from training.rois.sam_embeddings import EmbeddingWriter, Embeddings, cache_path, is_cached
+    from training.rois.sam_embeddings import EmbeddingWriter, Embeddings, cache_path, encoder_identity, is_cached
     # An empty cache of its own: masks another test cached for these lesions would skip the pass under test
     monkeypatch.setenv("BRANET_CACHE", str(tmp_path))
     load_inputs(records, "sam", channels=2, progress=False)  # SamViews' pass
@@ -71,10 +71,33 @@ def test_sam_masks_fill_the_embedding_cache_in_the_same_pass(records, api, tmp_p
     # A pass that stops half-way leaves no cache file behind, so the next run computes it whole.
     target = path.with_name("interrupted.npy")
     with pytest.raises(RuntimeError):
-        with EmbeddingWriter(target, 2) as writer:
+        with EmbeddingWriter(target, [r.image_path for r in records[:2]], encoder_identity("litemedsam")) as writer:
             writer.add(fresh)
             raise RuntimeError("stopped")
     assert not target.exists() and not list(path.parent.glob("*.tmp.npy"))
+
+
+def test_another_list_of_images_copies_the_embeddings_a_cache_file_holds(records, tmp_path, monkeypatch):
+    from models.segmentation import Embedding
+    from training.rois.sam_embeddings import EmbeddingWriter, Embeddings, cache_path, encoder_identity
+    monkeypatch.setenv("BRANET_CACHE", str(tmp_path))
+    first = records[:3]
+    full = Embeddings(first, "litemedsam", progress=False)
+    # A file whose rows are marked (zeros, an odd size) for two images: another list must copy them, not encode
+    marked = [Embedding("litemedsam", torch.zeros(1, 256, 64, 64), (7, 9), (256, 200)) for _ in range(2)]
+    with EmbeddingWriter(cache_path(records[3:5], "litemedsam"), [r.image_path for r in records[3:5]],
+                         encoder_identity("litemedsam")) as writer:
+        for e in marked:
+            writer.add(e)
+    other = Embeddings([records[4], records[1], records[5]], "litemedsam", progress=False)
+    assert other.path not in (full.path, cache_path(records[3:5], "litemedsam"))
+    assert torch.equal(other[1], full[1]) and other.original_size[1] == full.original_size[1]
+    assert not other[0].any() and other.original_size[0] == (7, 9) and other.input_size[0] == (256, 200)
+    assert other[2].abs().sum() > 0 and other.original_size[2] != (7, 9)  # not held anywhere: encoded
+    # A file of another encoder (runtime, precision, checkpoint) is never a source
+    with EmbeddingWriter(tmp_path / "sam-embeddings" / "foreign.npy", [records[5].image_path], "another") as writer:
+        writer.add(marked[0])
+    assert Embeddings([records[5], records[0]], "litemedsam", progress=False)[0].abs().sum() > 0
 
 
 def test_another_list_of_the_same_lesions_reuses_their_masks(records):

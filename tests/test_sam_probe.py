@@ -217,6 +217,26 @@ def test_view_workers_compute_what_one_process_does(data_dir):
     assert np.allclose(here, pooled, rtol=1e-4, atol=1e-5)
 
 
+def test_the_outline_pass_gives_the_clean_view_a_fresh_pass_would(data_dir, tmp_path, monkeypatch):
+    from models.preprocessing import ROI_MARGIN
+    from training.probe.sam_probe import probe_features
+    from training.probe.views import Job, View, view_rows
+    from training.rois.prepare import prepared
+    from training.rois.sources import SamViews
+    from training.rois.splits import select
+    monkeypatch.setenv("BRANET_CACHE", str(tmp_path))  # masks cached by another test were outlined without them
+    records = select(prepared(data_dir / "busi"), "us", 2)[:3]
+    sam = SamViews(records, progress=False)
+    rows = sam.probe_rows(ROI_MARGIN, REGIONS, False, STAGES)
+    assert rows.shape == (3, probe_size(REGIONS, False, STAGES)) and not np.allclose(rows[0], rows[1])
+    fresh = view_rows(Job(records, View("clean", source="sam", sam=sam), "litemedsam", ROI_MARGIN, REGIONS, 0, False,
+                          STAGES), progress=False, workers=1)
+    assert np.allclose(rows, fresh, rtol=1e-4, atol=1e-5)  # the same encoder forward, up to thread count
+    assert sam.probe_rows(0.2, REGIONS, False, STAGES) is None  # another probe: sam-probe encodes afresh
+    assert np.array_equal(probe_features(records, "sam", "litemedsam", ROI_MARGIN, REGIONS, progress=False,
+                                         stages=STAGES), rows)
+
+
 def test_probe_logit_adds_to_the_difference():
     from models.probe_head import fuse
     logits = torch.tensor([[0.2, 1.0], [1.5, -0.5]])

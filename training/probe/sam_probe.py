@@ -162,6 +162,16 @@ def view_cache(records: list[RoiRecord], sam_name: str, margin: float, regions: 
     return cache_root() / "sam-probe" / f"{name}-{digest.hexdigest()[:20]}.npy"
 
 
+def outline_rows(view: View, todo: list[int], margin: float, regions: tuple[Region, ...], iou_token: bool,
+                 stages: tuple[Stage, ...]) -> np.ndarray | None:
+    """The clean view's rows of lesions `todo` as the `sam` source's outline pass computed them, in the same
+    encoder forward (SamViews.probe_rows: the served probe only), or None: then a fresh pass computes them."""
+    if view.change is not None or not isinstance(view.sam, SamViews):
+        return None
+    rows = view.sam.probe_rows(margin, regions, iou_token, stages)
+    return None if rows is None else rows[todo]
+
+
 def view_features(records: list[RoiRecord], sam_name: str, margin: float, regions: tuple[Region, ...], view: View,
                   key: list, seed: int, progress: bool, iou_token: bool = False,
                   stages: tuple[Stage, ...] = ("neck",)) -> np.ndarray:
@@ -186,9 +196,11 @@ def view_features(records: list[RoiRecord], sam_name: str, margin: float, region
         # the sam source indexes its masks by position: a subset of lesions needs the subset's masks
         if view.sam is not None and len(todo) < len(records) and not hasattr(view.sam, "_ident"):
             todo, subset = list(range(len(records))), records  # masks from a file: all of its lesions at once
-        sub_view = view if view.sam is None or len(todo) == len(records) else \
-            View(view.name, view.change, view.source, view.sam.subset(subset))
-        new = view_rows(Job(subset, sub_view, sam_name, margin, regions, seed, iou_token, stages), progress)
+        new = outline_rows(view, todo, margin, regions, iou_token, stages)
+        if new is None:
+            sub_view = view if view.sam is None or len(todo) == len(records) else \
+                View(view.name, view.change, view.source, view.sam.subset(subset))
+            new = view_rows(Job(subset, sub_view, sam_name, margin, regions, seed, iou_token, stages), progress)
         rows = np.zeros((len(records), new.shape[1]), np.float32)
         at = {i: k for k, i in enumerate(todo)}
         for i, r in enumerate(records):

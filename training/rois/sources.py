@@ -24,7 +24,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from models.manifest import WEIGHTS_DIR, sha256_file
+from models.encoder_runtime import EXPORTED
 from models.preprocessing import INPUT_SIZE, ROI_MARGIN, classifier_input, jitter_box
+from models.probe_head import IOU_TOKEN, REGIONS, STAGES, encoder_only
+from models.sam_probe import probe_input
 from training.common.cache import cache_root
 from training.datasets.roi_table import RoiRecord
 from training.rois.crops import load_gray, save_atomic
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from training.rois.auto_views import AutoViews
 
 ROI_SOURCES = ("expert", "box", "sam", "auto")
+PROBE_SPEC = (ROI_MARGIN, REGIONS, IOU_TOKEN, STAGES)  # the served SAM probe's margin, regions, token, stages
 SAM_FOR_BOXES = "litemedsam"  # the server's default box route (server/settings.py DEFAULT_ROUTE)
 
 
@@ -139,7 +143,10 @@ class SamViews:
         from models.segmentation import SamSegmenter
         from training.rois.sam_embeddings import writer_for
         cached = [self._lesion_path(r).is_file() for r in self.records]
-        segmenter = None if all(cached) else SamSegmenter(load_sam(self.sam_name, weights_dir=self.weights_dir))
+        # the served SAM probe reads the TinyViT stages of this same encoder forward (PROBE_SPEC)
+        stages = encoder_only(STAGES) if self.sam_name in EXPORTED else None
+        segmenter = None if all(cached) else SamSegmenter(load_sam(self.sam_name, weights_dir=self.weights_dir),
+                                                          stages=stages or ())
         # the SAM probe's embeddings come from this same pass, when it encodes every image
         writer = None if any(cached) else writer_for(self.records, self.sam_name)
         lesions = []
@@ -159,6 +166,8 @@ class SamViews:
                 lesion = {"mask": np.packbits(mask), "box": np.asarray(seg_box, np.float32),
                           "score": np.float32(score),
                           "dice": np.float32(2 * (mask & truth).sum() / max(1, mask.sum() + truth.sum()))}
+                if stages is not None:
+                    lesion["probe"] = probe_input(segmenter, embedding, mask, seg_box, *PROBE_SPEC).numpy()
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
                 np.savez(tmp, **lesion)
@@ -168,6 +177,8 @@ class SamViews:
         out |= {"boxes": np.asarray([le["box"] for le in lesions], np.float32).reshape(-1, 4),
                 "scores": np.asarray([le["score"] for le in lesions], np.float32),
                 "dice": np.asarray([le["dice"] for le in lesions], np.float32)}
+        if lesions and all("probe" in le for le in lesions):  # lesions cached before the probe's features were kept lack them
+            out["probe"] = np.stack([le["probe"] for le in lesions])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp.npz")  # another process may be computing the same masks
         np.savez_compressed(tmp, **out)
@@ -187,6 +198,14 @@ class SamViews:
 
     def dice(self) -> np.ndarray:
         return self.data["dice"]
+
+    def probe_rows(self, margin: float, regions: tuple, iou_token: bool, stages: tuple) -> np.ndarray | None:
+        """(N, probe_size): the served SAM probe's features of every lesion's clean image, from the outline
+        pass's own encoder forward; None for another probe (`margin`, `regions`, ...: PROBE_SPEC's order) or
+        lesions outlined before these were kept. They save `sam-probe` its clean view's encoder pass."""
+        if (margin, tuple(regions), iou_token, tuple(stages)) != PROBE_SPEC or "probe" not in self.data:
+            return None
+        return self.data["probe"]
 
 
 def load_inputs(records: list[RoiRecord], source: str = "expert", channels: int = 1, size: int = INPUT_SIZE,
