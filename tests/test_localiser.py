@@ -51,10 +51,13 @@ def test_train_localiser_quick_reports_cv_held_out_and_exports(data_dir, tmp_pat
     for png in ("dice.png", "scores.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
     assert "| busbra, trained on busi only | 24 |" in (out / "report.md").read_text()
+    # BUS-BRA joins every CV fold's training (as the served fit): its held-out threshold is from a BUSI-only CV
+    assert report["held_out_threshold_from"] == "out-of-fold scores of a busi-only CV"
 
     entry = LocaliserEntry.model_validate_json((out / "entry.json").read_text())
     assert (entry.name, entry.modality, entry.sam) == ("localiser-us", "us", "litemedsam")
     assert entry.data == {"busi": 36, "busbra": 24}
+    assert held["threshold"] != entry.threshold  # the served one: the CV's, whose folds saw BUS-BRA
     weights = tmp_path / "weights"
     shutil.copytree("models/weights", weights)
     assert main(["export", "--localiser", str(out), "--to", str(weights)]) == 0

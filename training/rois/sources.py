@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from models.manifest import WEIGHTS_DIR, sha256_file
 from models.encoder_runtime import EXPORTED
+from models.manifest import WEIGHTS_DIR, sha256_file
 from models.preprocessing import INPUT_SIZE, ROI_MARGIN, classifier_input, jitter_box
 from models.probe_head import IOU_TOKEN, REGIONS, STAGES, encoder_only
 from models.sam_probe import probe_input
@@ -177,7 +177,7 @@ class SamViews:
         out |= {"boxes": np.asarray([le["box"] for le in lesions], np.float32).reshape(-1, 4),
                 "scores": np.asarray([le["score"] for le in lesions], np.float32),
                 "dice": np.asarray([le["dice"] for le in lesions], np.float32)}
-        if lesions and all("probe" in le for le in lesions):  # lesions cached before the probe's features were kept lack them
+        if lesions and all("probe" in le for le in lesions):  # lesions cached before these were kept lack them
             out["probe"] = np.stack([le["probe"] for le in lesions])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp.npz")  # another process may be computing the same masks

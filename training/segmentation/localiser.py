@@ -346,18 +346,9 @@ def cross_validate(data: Encoded, reduced: torch.Tensor, index: np.ndarray, fold
     (fitted on the other folds' out-of-fold scores), those thresholds, the threshold of all out-of-fold
     scores (for nets fitted on all of `index`), and each fold's loss curve. `extra` (another site's images)
     joins every fold's training images, never a test fold."""
-    extra = np.array([], int) if extra is None else extra
-    from training.rois.splits import folds_of
     lesion = np.array([not im.normal for im in data.images])
-    splits = folds_of([site_record(data.images[i]) for i in index], folds, seed)
-    oof = np.zeros(len(data.images))
-    nets, curves = [], []
-    for k, (train, test) in enumerate(splits):
-        net, losses = fit(data, reduced, np.concatenate([index[train], extra]), recipe, seed + k, progress,
-                          f"fold {k + 1}/{folds}")
-        oof[index[test]] = peak_scores(net, reduced, data, index[test])
-        nets.append(net)
-        curves.append(losses)
+    splits = folds_over(data, index, folds, seed)
+    oof, nets, curves = out_of_fold(data, reduced, index, splits, recipe, seed, progress, extra)
     rows, thresholds = [], []
     for k, (_, test) in enumerate(splits):
         others = np.concatenate([index[t] for j, (_, t) in enumerate(splits) if j != k])
@@ -366,6 +357,40 @@ def cross_validate(data: Encoded, reduced: torch.Tensor, index: np.ndarray, fold
         rows += score_images(Localiser(nets[k], SAM, threshold, rank_by=rank_by), data, index[test], segmenter,
                              progress, f"fold {k + 1} outlines")
     return rows, thresholds, fit_threshold(oof[index], lesion[index], find_rate), curves
+
+
+def folds_over(data: Encoded, index: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Group-aware folds of `index`'s images (positions into `index`)."""
+    from training.rois.splits import folds_of
+    return folds_of([site_record(data.images[i]) for i in index], folds, seed)
+
+
+def out_of_fold(data: Encoded, reduced: torch.Tensor, index: np.ndarray, splits: list, recipe: Recipe, seed: int,
+                progress: bool, extra: np.ndarray | None = None, desc: str = "fold"
+                ) -> tuple[np.ndarray, list[LocaliserNet], list[list[float]]]:
+    """Each fold's net (fitted on the other folds plus `extra`), its loss curve, and every image of `index`
+    scored by the net of its own fold (a vector over all images, zero elsewhere)."""
+    extra = np.array([], int) if extra is None else extra
+    oof = np.zeros(len(data.images))
+    nets, curves = [], []
+    for k, (train, test) in enumerate(splits):
+        net, losses = fit(data, reduced, np.concatenate([index[train], extra]), recipe, seed + k, progress,
+                          f"{desc} {k + 1}/{len(splits)}")
+        oof[index[test]] = peak_scores(net, reduced, data, index[test])
+        nets.append(net)
+        curves.append(losses)
+    return oof, nets, curves
+
+
+def held_out_threshold(data: Encoded, reduced: torch.Tensor, index: np.ndarray, folds: int, recipe: Recipe,
+                       find_rate: float, seed: int, progress: bool) -> float:
+    """The threshold for a fit on `index` alone scored on another site: from the out-of-fold scores of
+    folds that train on `index` alone too (the CV's folds may train on that other site: its threshold
+    would then come from nets that saw the held-out images)."""
+    lesion = np.array([not im.normal for im in data.images])
+    oof, _, _ = out_of_fold(data, reduced, index, folds_over(data, index, folds, seed), recipe, seed, progress,
+                            desc="alone, fold")
+    return fit_threshold(oof[index], lesion[index], find_rate)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -410,13 +435,17 @@ def run(args: argparse.Namespace) -> int:
                     "cv": {cv_source: summarise(rows, thresholds)}, "held_out": {}}
     held = [s for s in sources if s != cv_source]
     if held:
+        threshold = held_out_threshold(data, reduced, cv, folds, recipe, args.find_rate, args.seed, progress) \
+            if len(extra) else cv_threshold
+        report["held_out_threshold_from"] = f"out-of-fold scores of a {cv_source}-only CV" if len(extra) else \
+            f"out-of-fold scores of the {cv_source} CV"
         net, _ = fit(data, reduced, cv, recipe, args.seed, progress, f"{cv_source} only")
         for s in held:
-            scored = score_images(Localiser(net, SAM, cv_threshold, rank_by=args.rank_by), data, np.flatnonzero(site == s), segmenter,
-                                  progress, f"{s} held out")
+            scored = score_images(Localiser(net, SAM, threshold, rank_by=args.rank_by), data, np.flatnonzero(site == s),
+                                  segmenter, progress, f"{s} held out")
             for r in scored:
                 r["protocol"] = f"trained on {cv_source}"
-            report["held_out"][s] = summarise(scored, round(cv_threshold, 4))
+            report["held_out"][s] = summarise(scored, round(threshold, 4))
             rows += scored
     served, losses = fit(data, reduced, np.arange(len(data.images)), recipe, args.seed, progress, "served")
     curves.append(losses)
@@ -478,6 +507,8 @@ def markdown(report: dict) -> str:
             "of the training images' lesions on out-of-fold scores (per CV fold: the other folds'); "
             f"{report['epochs']} epochs; {report['seconds']} s in all. The time column is the localiser and "
             "LiteMedSAM's decoder on a cached embedding (the encoder's cost comes on top, bench/auto.py)."]
+    if report["held_out"]:
+        out[-1] += f" The held-out rows' threshold: {report['held_out_threshold_from']}."
     return "\n".join(out) + "\n"
 
 
