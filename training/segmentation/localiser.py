@@ -16,7 +16,8 @@ Protocol, nothing tuned on a test fold:
   threshold is fitted on the other folds' out-of-fold scores (cross-fitted), by the served rule: the
   largest threshold that still finds `--find-rate` of the lesion images.
 - `held out SITE`: fitted on `--cv-source` alone, scored on SITE (BUS-BRA), which it never saw: the
-  estimate for a hospital the project never sees. Its threshold is the CV's (all out-of-fold scores).
+  estimate for a hospital the project never sees. Its threshold is the CV's (all out-of-fold scores),
+  or, where the CV's folds train on SITE too (`--cv-extra`), a second CV's on `--cv-source` alone.
 - `served`: fitted on every `--sources` site, threshold from the CV's pooled out-of-fold scores.
 Training (`Recipe`): the recipe is the same for every fit; `--flip` mirrors half of each batch.
 Per image: the best candidate's box goes to LiteMedSAM as a drawn box would; Dice and IoU of that
